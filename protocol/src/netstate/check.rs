@@ -1,0 +1,150 @@
+//! Internal consistency of a state: what a document must satisfy beyond parsing and its digest,
+//! so that restore never feeds the kernel something it would half-apply.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use super::consts::*;
+use super::InterfaceState;
+use crate::message::{validate_ifname, validate_pci_address};
+
+/// The first problem found, with the item it is in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Inconsistency {
+    /// Where: `mtu`, `addresses[2]`, `routes[17]`, …
+    pub at: String,
+    pub problem: String,
+}
+
+impl fmt::Display for Inconsistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.problem)
+    }
+}
+
+fn bad(at: impl Into<String>, problem: impl Into<String>) -> Inconsistency {
+    Inconsistency { at: at.into(), problem: problem.into() }
+}
+
+fn bits(a: IpAddr) -> u8 {
+    if a.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+fn is_link_local_v6(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// True when every bit of `a` past `len` is zero (the kernel refuses such IPv4 prefixes).
+fn host_bits_clear(a: IpAddr, len: u8) -> bool {
+    let (value, width) = match a {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u32),
+        IpAddr::V6(v6) => (u128::from(v6), 128u32),
+    };
+    let len = u32::from(len);
+    len >= width || value & ((1u128 << (width - len)) - 1) == 0
+}
+
+pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
+    let id = &s.identity;
+    validate_ifname("name", &id.name).map_err(|p| bad("identity.name", p))?;
+    if id.mac.is_zero() || id.mac.is_multicast() {
+        return Err(bad("identity.mac", format!("{} is not a unicast address", id.mac)));
+    }
+    if let Some(pci) = &id.pci {
+        validate_pci_address(&pci.address).map_err(|p| bad("identity.pci.address", p))?;
+    }
+    let min_mtu = if s.addresses.iter().any(|a| a.address.is_ipv6()) { 1280 } else { 68 };
+    if !(min_mtu..=65535).contains(&s.mtu) {
+        return Err(bad("mtu", format!("{} is outside {min_mtu}..=65535", s.mtu)));
+    }
+
+    let mut seen = HashSet::new();
+    for (i, a) in s.addresses.iter().enumerate() {
+        let at = || format!("addresses[{i}] ({}/{})", a.address, a.prefix_len);
+        if a.prefix_len > bits(a.address) {
+            return Err(bad(at(), "prefix length exceeds the address width"));
+        }
+        if is_link_local_v6(a.address) {
+            return Err(bad(at(), "IPv6 link-local addresses are the kernel's, never saved"));
+        }
+        if a.peer.is_some_and(|p| !same_family(p, a.address)) {
+            return Err(bad(at(), "peer is of another address family"));
+        }
+        if a.broadcast.is_some() && a.address.is_ipv6() {
+            return Err(bad(at(), "IPv6 addresses have no broadcast"));
+        }
+        if let (Some(v), Some(p)) = (a.valid_lft, a.preferred_lft) {
+            if p > v {
+                return Err(bad(at(), "preferred lifetime exceeds valid lifetime"));
+            }
+        }
+        if a.preferred_lft.is_none() && a.valid_lft.is_some() {
+            return Err(bad(at(), "preferred lifetime is forever but valid lifetime is finite"));
+        }
+        if a.flags & !super::Address::CONFIG_FLAGS != 0 {
+            return Err(bad(at(), format!("flags {:#x} include kernel-state bits", a.flags)));
+        }
+        if a.label.as_deref().is_some_and(|l| l.is_empty() || l.len() > 15) {
+            return Err(bad(at(), "label must be 1..=15 bytes"));
+        }
+        if !seen.insert((a.address, a.prefix_len)) {
+            return Err(bad(at(), "listed twice"));
+        }
+    }
+
+    let mut seen = HashSet::new();
+    for (i, r) in s.routes.iter().enumerate() {
+        let at = || format!("routes[{i}] ({}/{} table {})", r.destination, r.prefix_len, r.table);
+        if r.prefix_len > bits(r.destination) {
+            return Err(bad(at(), "prefix length exceeds the address width"));
+        }
+        if !host_bits_clear(r.destination, r.prefix_len) {
+            return Err(bad(at(), "destination has bits set beyond its prefix length"));
+        }
+        if r.table == RT_TABLE_UNSPEC || r.table == RT_TABLE_LOCAL {
+            return Err(bad(at(), "table 0 and the local table (255) are never saved"));
+        }
+        if r.kind != RTN_UNICAST {
+            return Err(bad(at(), format!("route type {} does not use an interface", r.kind)));
+        }
+        if r.protocol == RTPROT_KERNEL || r.protocol == RTPROT_RA {
+            return Err(bad(at(), "routes the kernel makes (protocol kernel or ra) are never saved"));
+        }
+        if r.gateway.is_some_and(|g| !same_family(g, r.destination)) {
+            return Err(bad(at(), "gateway is of another address family"));
+        }
+        if r.source.is_some_and(|g| !same_family(g, r.destination)) {
+            return Err(bad(at(), "source is of another address family"));
+        }
+        if r.onlink && r.gateway.is_none() {
+            return Err(bad(at(), "onlink without a gateway"));
+        }
+        if !seen.insert(r.key()) {
+            return Err(bad(at(), "listed twice"));
+        }
+    }
+
+    let mut seen = HashSet::new();
+    for (i, n) in s.neighbours.iter().enumerate() {
+        let at = || format!("neighbours[{i}] ({})", n.address);
+        if n.state & NUD_SAVED == 0 || n.state & (NUD_FAILED | NUD_NOARP | NUD_INCOMPLETE) != 0 {
+            return Err(bad(at(), format!("state {:#x} holds no usable link-layer address", n.state)));
+        }
+        if n.lladdr.is_zero() {
+            return Err(bad(at(), "link-layer address is all zeros"));
+        }
+        if !seen.insert(n.address) {
+            return Err(bad(at(), "listed twice"));
+        }
+    }
+    Ok(())
+}

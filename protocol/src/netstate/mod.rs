@@ -1,0 +1,152 @@
+//! The saved network state of one interface: what the guest agent captures before the VF is
+//! unplugged and restores onto the fresh VF after migration.
+//!
+//! The document is versioned and sealed with a SHA-256 digest of its canonical JSON
+//! ([`seal`]). [`open`] refuses a document that is too large, truncated, from an unknown format,
+//! altered, or internally inconsistent, and says which. The numeric fields (`scope`, `protocol`,
+//! `kind`, `state`, `flags`) are the kernel's own rtnetlink values, kept raw so nothing is lost
+//! in translation.
+//!
+//! What the kernel makes by itself is never part of a state: IPv6 link-local addresses, routes
+//! of protocol `kernel` or `ra`, the local table, NOARP and FAILED neighbours.
+
+mod check;
+mod seal;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+pub use check::{check, Inconsistency};
+pub use seal::{digest, open, seal, StateError, FORMAT_VERSION, MAX_DOCUMENT};
+
+/// A captured interface and when it was captured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    /// Wall-clock milliseconds since the Unix epoch at capture; restore uses it to shorten
+    /// finite address lifetimes by the time that passed.
+    pub captured_unix_ms: u64,
+    pub interface: InterfaceState,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceState {
+    pub identity: Identity,
+    pub mtu: u32,
+    pub admin_up: bool,
+    pub addresses: Vec<Address>,
+    pub routes: Vec<Route>,
+    pub neighbours: Vec<Neighbour>,
+}
+
+/// Who the interface was. The host compares it with the fresh VF; `ifindex` is informational
+/// (a fresh link always gets a new one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: String,
+    pub ifindex: u32,
+    pub mac: MacAddr,
+    pub permanent_mac: Option<MacAddr>,
+    pub driver: Option<String>,
+    pub pci: Option<PciIdentity>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciIdentity {
+    /// `0000:01:00.0`
+    pub address: String,
+    pub vendor: u16,
+    pub device: u16,
+    pub subsystem_vendor: u16,
+    pub subsystem_device: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Address {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    /// IPv4 point-to-point peer, when it differs from `address`.
+    pub peer: Option<IpAddr>,
+    pub broadcast: Option<Ipv4Addr>,
+    pub label: Option<String>,
+    /// RT_SCOPE_* value.
+    pub scope: u8,
+    /// The configuration flags (IFA_F_NODAD, NOPREFIXROUTE, MANAGETEMPADDR, HOMEADDRESS);
+    /// kernel-state flags such as TENTATIVE or PERMANENT are not part of the state.
+    pub flags: u32,
+    /// Seconds left at capture; `None` is forever.
+    pub valid_lft: Option<u32>,
+    pub preferred_lft: Option<u32>,
+}
+
+impl Address {
+    /// Flags a user can set; everything else in IFA_FLAGS is the kernel's bookkeeping.
+    pub const CONFIG_FLAGS: u32 = 0x02 | 0x10 | 0x100 | 0x200; // NODAD | HOMEADDRESS | MANAGETEMPADDR | NOPREFIXROUTE
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Route {
+    pub table: u32,
+    pub destination: IpAddr,
+    pub prefix_len: u8,
+    pub metric: Option<u32>,
+    pub tos: u8,
+    pub gateway: Option<IpAddr>,
+    /// The gateway is on-link without a covering prefix (RTNH_F_ONLINK).
+    pub onlink: bool,
+    /// RTPROT_* value.
+    pub protocol: u8,
+    /// RT_SCOPE_* value.
+    pub scope: u8,
+    /// RTN_* value; only unicast routes use an interface and are captured.
+    pub kind: u8,
+    /// Preferred source address.
+    pub source: Option<IpAddr>,
+}
+
+impl Route {
+    /// The fields the kernel uses to tell two routes apart.
+    pub fn key(&self) -> (u32, IpAddr, u8, u8, Option<u32>) {
+        (self.table, self.destination, self.prefix_len, self.tos, self.metric)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Neighbour {
+    pub address: IpAddr,
+    pub lladdr: MacAddr,
+    /// NUD_* value (PERMANENT, REACHABLE, STALE, DELAY, PROBE).
+    pub state: u16,
+    /// NDP: the neighbour is a router (NTF_ROUTER).
+    pub router: bool,
+}
+
+/// Kernel constants the model refers to, named once.
+pub mod consts {
+    pub const RT_TABLE_UNSPEC: u32 = 0;
+    pub const RT_TABLE_LOCAL: u32 = 255;
+    pub const RTN_UNICAST: u8 = 1;
+    pub const RTPROT_KERNEL: u8 = 2;
+    pub const RTPROT_RA: u8 = 9;
+    pub const NUD_INCOMPLETE: u16 = 0x01;
+    pub const NUD_REACHABLE: u16 = 0x02;
+    pub const NUD_STALE: u16 = 0x04;
+    pub const NUD_DELAY: u16 = 0x08;
+    pub const NUD_PROBE: u16 = 0x10;
+    pub const NUD_FAILED: u16 = 0x20;
+    pub const NUD_NOARP: u16 = 0x40;
+    pub const NUD_PERMANENT: u16 = 0x80;
+    /// The neighbour states worth saving: the entry holds a usable link-layer address.
+    pub const NUD_SAVED: u16 = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT;
+}
+
+impl InterfaceState {
+    /// Puts every list in a canonical order so equal states compare and hash equal.
+    pub fn sort(&mut self) {
+        self.addresses.sort();
+        self.routes.sort();
+        self.neighbours.sort();
+    }
+}

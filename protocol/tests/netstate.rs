@@ -1,0 +1,144 @@
+//! A saved state opens only when it is whole, unaltered, of a known format and consistent.
+
+use std::net::IpAddr;
+
+use vfmig_protocol::netstate::{consts::*, *};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sample() -> SavedState {
+    let mut interface = InterfaceState {
+        identity: Identity {
+            name: "eth1".into(),
+            ifindex: 3,
+            mac: "02:00:00:aa:bb:01".parse().unwrap(),
+            permanent_mac: Some("52:54:00:12:34:56".parse().unwrap()),
+            driver: Some("e1000e".into()),
+            pci: Some(PciIdentity {
+                address: "0000:01:00.0".into(),
+                vendor: 0x8086,
+                device: 0x10d3,
+                subsystem_vendor: 0x8086,
+                subsystem_device: 0,
+            }),
+        },
+        mtu: 1500,
+        admin_up: true,
+        addresses: vec![
+            Address {
+                address: ip("198.18.0.10"),
+                prefix_len: 24,
+                peer: None,
+                broadcast: Some("198.18.0.255".parse().unwrap()),
+                label: Some("eth1".into()),
+                scope: 0,
+                flags: 0,
+                valid_lft: None,
+                preferred_lft: None,
+            },
+            Address {
+                address: ip("2001:db8::10"),
+                prefix_len: 64,
+                peer: None,
+                broadcast: None,
+                label: None,
+                scope: 0,
+                flags: 0x200,
+                valid_lft: Some(3600),
+                preferred_lft: Some(1800),
+            },
+        ],
+        routes: vec![Route {
+            table: 100,
+            destination: ip("198.51.100.0"),
+            prefix_len: 24,
+            metric: Some(10),
+            tos: 0,
+            gateway: Some(ip("198.18.0.1")),
+            onlink: false,
+            protocol: 4,
+            scope: 0,
+            kind: RTN_UNICAST,
+            source: Some(ip("198.18.0.10")),
+        }],
+        neighbours: vec![Neighbour {
+            address: ip("198.18.0.1"),
+            lladdr: "02:00:00:00:00:01".parse().unwrap(),
+            state: NUD_PERMANENT,
+            router: false,
+        }],
+    };
+    interface.sort();
+    SavedState { captured_unix_ms: 1_700_000_000_000, interface }
+}
+
+#[test]
+fn a_sealed_state_opens_to_the_same_state() {
+    let state = sample();
+    let doc = seal(&state);
+    assert_eq!(open(doc.as_bytes()).unwrap(), state);
+    assert!(doc.contains(&digest(&state)));
+}
+
+#[test]
+fn a_truncated_document_is_called_truncated() {
+    let doc = seal(&sample());
+    for cut in [1, doc.len() / 3, doc.len() / 2, doc.len() - 1] {
+        assert_eq!(open(&doc.as_bytes()[..cut]), Err(StateError::Truncated), "cut at {cut}");
+    }
+}
+
+#[test]
+fn an_altered_document_fails_its_digest() {
+    let doc = seal(&sample()).replace("198.18.0.10", "198.18.0.11");
+    assert!(matches!(open(doc.as_bytes()), Err(StateError::DigestMismatch { .. })));
+    let doc = seal(&sample()).replace("\"mtu\":1500", "\"mtu\":9000");
+    assert!(matches!(open(doc.as_bytes()), Err(StateError::DigestMismatch { .. })));
+}
+
+#[test]
+fn an_unknown_format_is_named_before_anything_else_is_read() {
+    let doc = seal(&sample()).replacen("\"format\":1", "\"format\":2", 1);
+    assert_eq!(open(doc.as_bytes()), Err(StateError::UnknownFormat { found: 2 }));
+    let doc = r#"{"format":3,"whatever":"a future layout"}"#;
+    assert_eq!(open(doc.as_bytes()), Err(StateError::UnknownFormat { found: 3 }));
+}
+
+#[test]
+fn garbage_and_oversize_documents_are_refused() {
+    assert!(matches!(open(b"\x00\x01binary"), Err(StateError::Malformed(_))));
+    assert!(matches!(open(br#"{"format":1,"digest":"x","state":{},"extra":1}"#), Err(StateError::Malformed(_))));
+    let huge = vec![b' '; MAX_DOCUMENT + 1];
+    assert_eq!(open(&huge), Err(StateError::TooLarge { len: MAX_DOCUMENT + 1 }));
+}
+
+#[test]
+fn an_inconsistent_state_says_where() {
+    type Edit = fn(&mut InterfaceState);
+    let cases: Vec<(Edit, &str, &str)> = vec![
+        (|s| s.identity.name = "a/b".into(), "identity.name", "not a valid interface name"),
+        (|s| s.mtu = 1000, "mtu", "outside 1280..=65535"),
+        (|s| s.addresses[0].prefix_len = 33, "addresses[0]", "prefix length"),
+        (|s| s.addresses[1].address = ip("fe80::1"), "addresses[1]", "link-local"),
+        (|s| s.addresses[0].flags = 0x80, "addresses[0]", "kernel-state bits"),
+        (|s| s.addresses[1].preferred_lft = Some(7200), "addresses[1]", "preferred lifetime exceeds"),
+        (|s| s.addresses.push(s.addresses[0].clone()), "addresses[2]", "listed twice"),
+        (|s| s.routes[0].gateway = Some(ip("2001:db8::1")), "routes[0]", "another address family"),
+        (|s| s.routes[0].destination = ip("198.51.100.7"), "routes[0]", "bits set beyond its prefix"),
+        (|s| s.routes[0].table = 255, "routes[0]", "local table"),
+        (|s| s.routes[0].protocol = RTPROT_KERNEL, "routes[0]", "never saved"),
+        (|s| s.routes.push(s.routes[0].clone()), "routes[1]", "listed twice"),
+        (|s| s.neighbours[0].state = NUD_FAILED, "neighbours[0]", "no usable link-layer address"),
+        (|s| s.neighbours[0].state = NUD_NOARP | NUD_PERMANENT, "neighbours[0]", "no usable link-layer address"),
+        (|s| s.identity.mac = "01:00:5e:00:00:01".parse().unwrap(), "identity.mac", "not a unicast"),
+    ];
+    for (edit, at, problem) in cases {
+        let mut state = sample();
+        edit(&mut state.interface);
+        let err = open(seal(&state).as_bytes()).unwrap_err();
+        let StateError::Inconsistent(inc) = &err else { panic!("{err} is not an inconsistency") };
+        assert!(inc.at.starts_with(at) && inc.problem.contains(problem), "{err}: want {at}: {problem}");
+    }
+}
