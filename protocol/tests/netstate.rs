@@ -35,6 +35,7 @@ fn sample() -> SavedState {
                 label: Some("eth1".into()),
                 scope: 0,
                 flags: 0,
+                route_metric: None,
                 valid_lft: None,
                 preferred_lft: None,
             },
@@ -46,6 +47,7 @@ fn sample() -> SavedState {
                 label: None,
                 scope: 0,
                 flags: 0x200,
+                route_metric: Some(50),
                 valid_lft: Some(3600),
                 preferred_lft: Some(1800),
             },
@@ -80,6 +82,25 @@ fn a_sealed_state_opens_to_the_same_state() {
     let doc = seal(&state);
     assert_eq!(open(doc.as_bytes()).unwrap(), state);
     assert!(doc.contains(&digest(&state)));
+}
+
+#[test]
+fn default_routes_of_both_families_validate() {
+    let mut state = sample();
+    for dst in ["0.0.0.0", "::"] {
+        let mut r = state.interface.routes[0].clone();
+        r.destination = ip(dst);
+        r.prefix_len = 0;
+        r.gateway = Some(ip(if dst == "::" { "2001:db8::1" } else { "198.18.0.1" }));
+        r.source = None;
+        state.interface.routes.push(r);
+    }
+    state.interface.sort();
+    assert_eq!(open(seal(&state).as_bytes()).unwrap(), state);
+    let mut host = state.clone();
+    host.interface.routes.retain(|r| r.prefix_len == 0);
+    host.interface.routes[1].destination = ip("::1");
+    assert!(matches!(open(seal(&host).as_bytes()), Err(StateError::Inconsistent(_))));
 }
 
 #[test]

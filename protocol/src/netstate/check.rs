@@ -49,8 +49,9 @@ fn host_bits_clear(a: IpAddr, len: u8) -> bool {
         IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u32),
         IpAddr::V6(v6) => (u128::from(v6), 128u32),
     };
-    let len = u32::from(len);
-    len >= width || value & ((1u128 << (width - len)) - 1) == 0
+    let host_bits = width.saturating_sub(u32::from(len));
+    let mask = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+    value & mask == 0
 }
 
 pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {

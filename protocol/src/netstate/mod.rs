@@ -76,6 +76,8 @@ pub struct Address {
     /// The configuration flags (IFA_F_NODAD, NOPREFIXROUTE, MANAGETEMPADDR, HOMEADDRESS);
     /// kernel-state flags such as TENTATIVE or PERMANENT are not part of the state.
     pub flags: u32,
+    /// Metric of the prefix route the kernel makes for this address (IFA_RT_PRIORITY).
+    pub route_metric: Option<u32>,
     /// Seconds left at capture; `None` is forever.
     pub valid_lft: Option<u32>,
     pub preferred_lft: Option<u32>,

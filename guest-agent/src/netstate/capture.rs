@@ -1,0 +1,251 @@
+//! Reading one interface's state: link, addresses, routes in every table, neighbours.
+//!
+//! Dumps run one after another: the kernel serves one dump at a time per netlink socket.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
+use rtnetlink::{Handle, RouteMessageBuilder};
+use vfmig_protocol::netstate::consts::*;
+use vfmig_protocol::netstate::{Address, Identity, InterfaceState, Neighbour, Route};
+use vfmig_protocol::MacAddr;
+
+use super::{errno, sysfs, NetstateError};
+
+/// IFA_CACHEINFO's "forever".
+const INFINITY_LIFE_TIME: u32 = u32::MAX;
+
+/// A captured state, and what was seen but could not be represented (reported, not dropped
+/// silently).
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub state: InterfaceState,
+    pub skipped: Vec<String>,
+}
+
+fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetstateError {
+    let what = what.into();
+    move |source| NetstateError::Netlink { what, source }
+}
+
+/// Captures the interface named `name`.
+pub async fn capture(handle: &Handle, name: &str) -> Result<Captured, NetstateError> {
+    let link = handle.link().get().match_name(name.to_owned()).execute().try_next().await;
+    match link {
+        Ok(Some(link)) => capture_link(handle, link).await,
+        Ok(None) => Err(NetstateError::NoSuchInterface(name.to_owned())),
+        Err(e) if errno::code(&e) == Some(libc::ENODEV) => Err(NetstateError::NoSuchInterface(name.to_owned())),
+        Err(e) => Err(netlink(format!("reading link {name}"))(e)),
+    }
+}
+
+/// Captures the interface with index `index`.
+pub async fn capture_index(handle: &Handle, index: u32) -> Result<Captured, NetstateError> {
+    let link = handle.link().get().match_index(index).execute().try_next().await;
+    match link {
+        Ok(Some(link)) => capture_link(handle, link).await,
+        Ok(None) => Err(NetstateError::NoSuchInterface(format!("with index {index}"))),
+        Err(e) if errno::code(&e) == Some(libc::ENODEV) => {
+            Err(NetstateError::NoSuchInterface(format!("with index {index}")))
+        }
+        Err(e) => Err(netlink(format!("reading link {index}"))(e)),
+    }
+}
+
+async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, NetstateError> {
+    let index = link.header.index;
+    let (mut name, mut mac, mut permanent_mac, mut mtu) = (String::new(), None, None, 0);
+    for attr in &link.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Address(a) => mac = MacAddr::from_slice(a),
+            LinkAttribute::PermAddress(a) => permanent_mac = MacAddr::from_slice(a),
+            LinkAttribute::Mtu(m) => mtu = *m,
+            _ => {}
+        }
+    }
+    let mac = mac.ok_or_else(|| NetstateError::NotEthernet { name: name.clone() })?;
+    let (driver, pci) = sysfs::identity(&name, index);
+    let mut skipped = Vec::new();
+
+    let addresses = dump_addresses(handle, index).await?;
+    let routes = dump_routes(handle, index, &mut skipped).await?;
+    let neighbours = dump_neighbours(handle, index).await?;
+
+    let mut state = InterfaceState {
+        identity: Identity { name, ifindex: index, mac, permanent_mac: permanent_mac.filter(|m| !m.is_zero()), driver, pci },
+        mtu,
+        admin_up: link.header.flags.contains(LinkFlags::Up),
+        addresses,
+        routes,
+        neighbours,
+    };
+    state.sort();
+    Ok(Captured { state, skipped })
+}
+
+async fn dump_addresses(handle: &Handle, index: u32) -> Result<Vec<Address>, NetstateError> {
+    let messages: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("dumping addresses"))?;
+    Ok(messages.iter().filter(|m| m.header.index == index).filter_map(address_from).collect())
+}
+
+fn address_from(m: &AddressMessage) -> Option<Address> {
+    let (mut local, mut addr, mut label, mut broadcast, mut cache, mut route_metric) = (None, None, None, None, None, None);
+    let mut flags = u32::from(m.header.flags.bits());
+    for attr in &m.attributes {
+        match attr {
+            AddressAttribute::Local(a) => local = Some(*a),
+            AddressAttribute::Address(a) => addr = Some(*a),
+            AddressAttribute::Label(l) => label = Some(l.clone()),
+            AddressAttribute::Broadcast(b) => broadcast = Some(*b),
+            AddressAttribute::CacheInfo(c) => cache = Some(*c),
+            AddressAttribute::Flags(f) => flags = f.bits(),
+            AddressAttribute::RoutePriority(p) => route_metric = Some(*p),
+            // Addresses the kernel made itself (loopback, SLAAC, link-local) come back by themselves.
+            AddressAttribute::Protocol(
+                AddressProtocol::Loopback | AddressProtocol::RouterAnnouncement | AddressProtocol::LinkLocal,
+            ) => return None,
+            _ => {}
+        }
+    }
+    let address = local.or(addr)?;
+    if let IpAddr::V6(v6) = address {
+        if v6.segments()[0] & 0xffc0 == 0xfe80 {
+            return None;
+        }
+    }
+    let lifetime = |secs: u32| (secs != INFINITY_LIFE_TIME).then_some(secs);
+    Some(Address {
+        address,
+        prefix_len: m.header.prefix_len,
+        peer: addr.filter(|a| local.is_some() && *a != address),
+        broadcast,
+        label,
+        scope: m.header.scope.into(),
+        flags: flags & Address::CONFIG_FLAGS,
+        route_metric,
+        valid_lft: cache.and_then(|c| lifetime(c.ifa_valid)),
+        preferred_lft: cache.and_then(|c| lifetime(c.ifa_preferred)),
+    })
+}
+
+async fn dump_routes(handle: &Handle, index: u32, skipped: &mut Vec<String>) -> Result<Vec<Route>, NetstateError> {
+    let mut routes = Vec::new();
+    // Table 0 asks for every table; a non-strict dump returns them all anyway.
+    for request in [
+        RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).build(),
+    ] {
+        let messages: Vec<RouteMessage> =
+            handle.route().get(request).execute().try_collect().await.map_err(netlink("dumping routes"))?;
+        for m in &messages {
+            if let Some(route) = route_from(m, index, skipped) {
+                routes.push(route);
+            }
+        }
+    }
+    Ok(routes)
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn route_from(m: &RouteMessage, index: u32, skipped: &mut Vec<String>) -> Option<Route> {
+    let h = &m.header;
+    let mut table = u32::from(h.table);
+    let (mut oif, mut destination, mut gateway, mut metric, mut source) = (None, None, None, None, None);
+    let (mut multipath, mut via, mut metrics) = (false, false, false);
+    for attr in &m.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Destination(d) => destination = ip_of(d),
+            RouteAttribute::Gateway(g) => gateway = ip_of(g),
+            RouteAttribute::Priority(p) => metric = Some(*p),
+            RouteAttribute::PrefSource(s) => source = ip_of(s),
+            RouteAttribute::MultiPath(hops) => multipath = hops.iter().any(|hop| hop.interface_index == index),
+            RouteAttribute::Via(_) => via = true,
+            RouteAttribute::Metrics(list) => metrics = !list.is_empty(),
+            _ => {}
+        }
+    }
+    let kind: u8 = h.kind.into();
+    let protocol: u8 = h.protocol.into();
+    let is_ipv4 = h.address_family == rtnetlink::packet_route::AddressFamily::Inet;
+    let destination = destination.unwrap_or(if is_ipv4 { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() });
+    let describe = || format!("route {destination}/{} table {table}", h.destination_prefix_length);
+    if multipath {
+        skipped.push(format!("{}: multipath routes are not saved", describe()));
+        return None;
+    }
+    if oif != Some(index) || table == RT_TABLE_LOCAL || kind != RTN_UNICAST {
+        return None;
+    }
+    if protocol == RTPROT_KERNEL || protocol == RTPROT_RA {
+        return None;
+    }
+    if via {
+        skipped.push(format!("{}: a gateway of another address family (via) is not saved", describe()));
+        return None;
+    }
+    if metrics {
+        skipped.push(format!("{}: route metrics (mtu, window, …) are not saved; the route is", describe()));
+    }
+    Some(Route {
+        table,
+        destination,
+        prefix_len: h.destination_prefix_length,
+        metric,
+        tos: h.tos,
+        gateway,
+        onlink: h.flags.contains(RouteFlags::Onlink),
+        protocol,
+        scope: h.scope.into(),
+        kind,
+        source,
+    })
+}
+
+async fn dump_neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, NetstateError> {
+    let messages: Vec<NeighbourMessage> =
+        handle.neighbours().get().execute().try_collect().await.map_err(netlink("dumping neighbours"))?;
+    Ok(messages.iter().filter(|m| m.header.ifindex == index).filter_map(neighbour_from).collect())
+}
+
+fn neighbour_from(m: &NeighbourMessage) -> Option<Neighbour> {
+    let state: u16 = m.header.state.into();
+    if state & NUD_SAVED == 0 || state & (NUD_NOARP | NUD_FAILED | NUD_INCOMPLETE) != 0 {
+        return None;
+    }
+    let (mut address, mut lladdr) = (None, None);
+    for attr in &m.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => address = Some(IpAddr::V4(*a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => address = Some(IpAddr::V6(*a)),
+            NeighbourAttribute::LinkLayerAddress(l) => lladdr = MacAddr::from_slice(l),
+            _ => {}
+        }
+    }
+    Some(Neighbour {
+        address: address?,
+        lladdr: lladdr.filter(|l| !l.is_zero())?,
+        state,
+        router: m.header.flags.contains(NeighbourFlags::Router),
+    })
+}

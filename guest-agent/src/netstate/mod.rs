@@ -1,0 +1,36 @@
+//! Reading an interface's network state from the kernel and writing it onto another, over
+//! rtnetlink. The state model itself lives in `vfmig_protocol::netstate`.
+
+mod announce;
+mod capture;
+mod errno;
+mod restore;
+mod sysfs;
+
+pub use announce::announce;
+pub use capture::{capture, capture_index, Captured};
+pub use restore::{restore, RestoreOptions, RestoreReport};
+
+use rtnetlink::Handle;
+
+/// Opens an rtnetlink connection in the calling thread's network namespace and drives it on
+/// the current tokio runtime.
+pub fn connect() -> std::io::Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetstateError {
+    #[error("no interface {0}")]
+    NoSuchInterface(String),
+    #[error("interface {name} has no Ethernet address; vfmig handles Ethernet VFs only")]
+    NotEthernet { name: String },
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}

@@ -1,0 +1,241 @@
+//! Capture and restore on the real kernel, each test in its own throw-away network namespace.
+//! State is set up with iproute2, an independent tool, and compared after a full trip through
+//! the sealed document, as the agent persists it.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions, RestoreReport};
+use vfmig_protocol::netstate::{self, consts::*, InterfaceState, SavedState};
+use vfmig_protocol::MacAddr;
+use vfmig_testbed::netns::{enter_fresh, ip_batch, Namespace};
+
+const MAC_A: &str = "02:00:00:00:0a:01";
+const MAC_B: &str = "02:00:00:00:0b:01";
+
+/// Interface A: 3 IPv4 + 3 IPv6 addresses, routes in main and table 100 (on-link and gateway,
+/// both families), 25 permanent and 25 reachable neighbours.
+fn setup_interface_a() -> String {
+    let mut b = format!(
+        "link add vfa0 type veth peer name vfa0p
+link set vfa0p up
+link set vfa0 address {MAC_A} mtu 1400 up
+addr add 198.18.10.2/24 dev vfa0
+addr add 198.18.11.2/24 dev vfa0 metric 300
+addr add 198.18.12.2/25 broadcast 198.18.12.127 dev vfa0 label vfa0:1
+addr add 2001:db8:10::2/64 dev vfa0 nodad
+addr add 2001:db8:11::2/64 dev vfa0 nodad noprefixroute
+addr add 2001:db8:12::2/64 dev vfa0 nodad valid_lft 3600 preferred_lft 1800
+route add 198.51.100.0/24 via 198.18.10.1 dev vfa0
+route add 203.0.113.0/24 dev vfa0 src 198.18.10.2 metric 20
+route add default via 198.18.10.1 dev vfa0 table 100
+route add 198.18.20.0/24 dev vfa0 table 100 metric 50 proto static
+route add 2001:db8:100::/48 via 2001:db8:10::1 dev vfa0
+route add 2001:db8:11::/64 dev vfa0 metric 256
+route add 2001:db8:200::/48 dev vfa0 table 100
+route add default via 2001:db8:10::1 dev vfa0 table 100 metric 10 src 2001:db8:10::2
+"
+    );
+    for i in 0..25 {
+        b += &format!("neigh add 198.18.10.{} lladdr 02:00:00:01:00:{i:02x} dev vfa0 nud permanent\n", 100 + i);
+    }
+    for i in 0..15 {
+        b += &format!("neigh add 198.18.11.{} lladdr 02:00:00:02:00:{i:02x} dev vfa0 nud reachable\n", 100 + i);
+    }
+    for i in 0..10 {
+        let router = if i == 0 { " router" } else { "" };
+        b += &format!("neigh add 2001:db8:10::{:x} lladdr 02:00:00:03:00:{i:02x} dev vfa0 nud reachable{router}\n", 0x100 + i);
+    }
+    b
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// The index of a link in this thread's namespace (if_nametoindex asks through a socket
+/// made on this thread; /proc/self would show the process's namespace instead).
+fn index_of(name: &str) -> u32 {
+    nix::net::if_::if_nametoindex(name).unwrap()
+}
+
+/// Everything but what must differ on a fresh link: its ifindex, its MAC (unless restored),
+/// and finite lifetimes, which count down (checked separately, to the second).
+fn comparable(s: &InterfaceState) -> InterfaceState {
+    let mut s = s.clone();
+    s.identity.ifindex = 0;
+    s.identity.mac = MacAddr([0; 6]);
+    s.identity.permanent_mac = None;
+    for a in &mut s.addresses {
+        a.valid_lft = a.valid_lft.map(|_| 0);
+        a.preferred_lft = a.preferred_lft.map(|_| 0);
+    }
+    s
+}
+
+fn assert_lifetimes_carried(saved: &InterfaceState, now: &InterfaceState, allowed_drop: u32) {
+    for (a, b) in saved.addresses.iter().zip(&now.addresses) {
+        if let (Some(before), Some(after)) = (a.valid_lft, b.valid_lft) {
+            assert!(after <= before && before - after <= allowed_drop, "{}: valid {before} -> {after}", a.address);
+        }
+    }
+}
+
+fn seal_and_open(state: InterfaceState) -> SavedState {
+    let doc = netstate::seal(&SavedState { captured_unix_ms: now_ms(), interface: state });
+    netstate::open(doc.as_bytes()).expect("a fresh capture validates")
+}
+
+fn assert_clean(report: &RestoreReport) {
+    assert!(report.failed.is_empty(), "restore failed items: {:#?}", report.failed);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn restore_onto_a_new_link_reproduces_the_captured_state_and_is_idempotent() {
+    enter_fresh().unwrap();
+    ip_batch(&setup_interface_a()).unwrap();
+    let handle = connect().unwrap();
+
+    let captured = capture(&handle, "vfa0").await.unwrap();
+    assert!(captured.skipped.is_empty(), "{:?}", captured.skipped);
+    let a = &captured.state;
+    assert_eq!((a.addresses.len(), a.routes.len(), a.neighbours.len()), (6, 8, 50), "{a:#?}");
+    assert_eq!(a.identity.mac.to_string(), MAC_A);
+    assert_eq!(a.mtu, 1400);
+    assert_eq!(a.routes.iter().filter(|r| r.table == 100).count(), 4);
+    assert_eq!(a.neighbours.iter().filter(|n| n.state == NUD_PERMANENT).count(), 25);
+    assert!(a.neighbours.iter().any(|n| n.router), "the NDP router flag is captured");
+    let saved = seal_and_open(captured.state.clone());
+
+    ip_batch(&format!(
+        "link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink set vfb0p up\nlink set vfb0 address {MAC_B}\n"
+    ))
+    .unwrap();
+    let b = index_of("vfb0");
+    let report = restore(&handle, &saved, b, RestoreOptions { restore_mac: false, announce: true }).await.unwrap();
+    assert_clean(&report);
+    // 1 link change + 1 link up + 6 addresses + 8 routes + 50 neighbours
+    assert_eq!(report.applied.len(), 66, "{:#?}", report.applied);
+    assert_eq!(report.announced, 6);
+
+    let restored = capture(&handle, "vfa0").await.expect("the new link carries the saved name");
+    assert_eq!(restored.state.identity.ifindex, b);
+    assert_eq!(restored.state.identity.mac.to_string(), MAC_B, "MAC kept unless asked");
+    assert_eq!(comparable(&restored.state), comparable(&saved.interface));
+    assert_lifetimes_carried(&saved.interface, &restored.state, 2);
+
+    let again = restore(&handle, &saved, b, RestoreOptions { restore_mac: false, announce: false }).await.unwrap();
+    assert_clean(&again);
+    assert!(again.applied.is_empty(), "second restore changed {:#?}", again.applied);
+    assert_eq!(again.unchanged.len(), 1 + 6 + 8 + 50);
+    let after_again = capture(&handle, "vfa0").await.unwrap();
+    assert_eq!(comparable(&after_again.state), comparable(&restored.state));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn restore_mac_gives_the_new_link_the_saved_address() {
+    enter_fresh().unwrap();
+    ip_batch(&setup_interface_a()).unwrap();
+    let handle = connect().unwrap();
+    let saved = seal_and_open(capture(&handle, "vfa0").await.unwrap().state);
+    ip_batch(&format!("link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink set vfb0 address {MAC_B} up\n"))
+        .unwrap();
+    let report = restore(&handle, &saved, index_of("vfb0"), RestoreOptions { restore_mac: true, announce: false })
+        .await
+        .unwrap();
+    assert_clean(&report);
+    let restored = capture(&handle, "vfa0").await.unwrap().state;
+    assert_eq!(restored.identity.mac.to_string(), MAC_A);
+    assert_eq!(comparable(&restored), comparable(&saved.interface));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_item_that_cannot_be_applied_is_reported_and_the_rest_is_restored() {
+    enter_fresh().unwrap();
+    ip_batch(&setup_interface_a()).unwrap();
+    let handle = connect().unwrap();
+    let mut state = capture(&handle, "vfa0").await.unwrap().state;
+    // Two gateways no address covers: the kernel refuses both routes.
+    for (table, gw) in [(200, "198.51.200.1"), (201, "198.51.201.1")] {
+        let mut r = state.routes.iter().find(|r| r.gateway.is_some() && r.destination.is_ipv4()).unwrap().clone();
+        r.destination = "192.0.2.0".parse().unwrap();
+        r.prefix_len = 24;
+        r.gateway = Some(gw.parse().unwrap());
+        r.table = table;
+        state.routes.push(r);
+    }
+    state.sort();
+    let saved = seal_and_open(state);
+    // The saved name is held by another link: restore keeps the new link's name and says so.
+    ip_batch("link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink add vfa0 type veth peer name other\n").unwrap();
+    let report = restore(&handle, &saved, index_of("vfb0"), RestoreOptions::default()).await.unwrap();
+    assert_eq!(report.failed.len(), 3, "{:#?}", report.failed);
+    assert!(report.failed[0].starts_with("link name vfa0: already used"), "{}", report.failed[0]);
+    for f in &report.failed[1..] {
+        assert!(f.contains("192.0.2.0/24 via 198.51.20") && f.contains("Network is unreachable"), "{f}");
+    }
+    let restored = capture(&handle, "vfb0").await.unwrap().state;
+    assert_eq!(restored.addresses.len(), 6);
+    assert_eq!(restored.routes.len(), 8);
+    assert_eq!(restored.neighbours.len(), 50);
+}
+
+/// The peer's caches follow the addresses to the new MAC: gratuitous ARP and unsolicited NA
+/// arrive in another namespace across a veth and override its entries for the old MAC.
+#[tokio::test(flavor = "current_thread")]
+async fn announcements_move_the_peers_neighbour_entries_to_the_new_mac() {
+    enter_fresh().unwrap();
+    let peer = Namespace::new().unwrap();
+    ip_batch("link add vfa0 type veth peer name vfa0p\nlink set vfa0 up\naddr add 198.18.10.2/24 dev vfa0\naddr add 2001:db8:10::2/64 dev vfa0 nodad\n").unwrap();
+    let handle = connect().unwrap();
+    let saved = seal_and_open(capture(&handle, "vfa0").await.unwrap().state);
+    ip_batch("link del vfa0\nlink add vfb0 type veth peer name vfb0p\n").unwrap();
+    ip_batch(&format!("link set vfb0 address {MAC_B}\nlink set vfb0p netns /proc/{}/fd/{}\n", std::process::id(), {
+        use std::os::fd::AsRawFd;
+        peer.fd().as_raw_fd()
+    }))
+    .unwrap();
+    peer.run(|| {
+        // locktime 0: a real peer's entry is older than the default 1 s lock, which would
+        // otherwise make the kernel ignore an update this soon after the entry was made.
+        ip_batch(&format!(
+            "link set vfb0p up\naddr add 198.18.10.1/24 dev vfb0p\naddr add 2001:db8:10::1/64 dev vfb0p nodad
+ntable change name arp_cache dev vfb0p locktime 0
+ntable change name ndisc_cache dev vfb0p locktime 0
+neigh add 198.18.10.2 lladdr {MAC_A} dev vfb0p nud stale
+neigh add 2001:db8:10::2 lladdr {MAC_A} dev vfb0p nud stale\n"
+        ))
+    })
+    .unwrap()
+    .unwrap();
+
+    let report = restore(&handle, &saved, index_of("vfb0"), RestoreOptions { restore_mac: false, announce: true })
+        .await
+        .unwrap();
+    assert_clean(&report);
+    assert_eq!(report.announced, 2);
+
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let seen = peer.run(peer_entries).unwrap();
+        let want = [("198.18.10.2".parse().unwrap(), MAC_B.to_string()), ("2001:db8:10::2".parse().unwrap(), MAC_B.to_string())];
+        if want.iter().all(|w| seen.contains(w)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "peer still has {seen:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn peer_entries() -> Vec<(IpAddr, String)> {
+    let out = std::process::Command::new("ip").args(["-o", "neigh", "show", "dev", "vfb0p"]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let at = f.iter().position(|w| *w == "lladdr")?;
+            Some((f[0].parse().ok()?, f[at + 1].to_string()))
+        })
+        .collect()
+}
