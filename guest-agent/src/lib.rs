@@ -7,3 +7,4 @@
 //! error is worse than one with a list of what is missing.
 
 pub mod netstate;
+pub mod store;

@@ -32,15 +32,23 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Netstate
     move |source| NetstateError::Netlink { what, source }
 }
 
-/// Captures the interface named `name`.
-pub async fn capture(handle: &Handle, name: &str) -> Result<Captured, NetstateError> {
-    let link = handle.link().get().match_name(name.to_owned()).execute().try_next().await;
-    match link {
-        Ok(Some(link)) => capture_link(handle, link).await,
+async fn link_by_name(handle: &Handle, name: &str) -> Result<LinkMessage, NetstateError> {
+    match handle.link().get().match_name(name.to_owned()).execute().try_next().await {
+        Ok(Some(link)) => Ok(link),
         Ok(None) => Err(NetstateError::NoSuchInterface(name.to_owned())),
         Err(e) if errno::code(&e) == Some(libc::ENODEV) => Err(NetstateError::NoSuchInterface(name.to_owned())),
         Err(e) => Err(netlink(format!("reading link {name}"))(e)),
     }
+}
+
+/// The index of the link named `name`.
+pub async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetstateError> {
+    Ok(link_by_name(handle, name).await?.header.index)
+}
+
+/// Captures the interface named `name`.
+pub async fn capture(handle: &Handle, name: &str) -> Result<Captured, NetstateError> {
+    capture_link(handle, link_by_name(handle, name).await?).await
 }
 
 /// Captures the interface with index `index`.

@@ -8,7 +8,7 @@ mod restore;
 mod sysfs;
 
 pub use announce::announce;
-pub use capture::{capture, capture_index, Captured};
+pub use capture::{capture, capture_index, link_index, Captured};
 pub use restore::{restore, RestoreOptions, RestoreReport};
 
 use rtnetlink::Handle;

@@ -1,0 +1,111 @@
+//! `vfmig-guestd`: the guest agent's command line.
+//!
+//! `capture` and `restore` do by hand what the daemon does when the host asks, so an operator
+//! can save and restore an interface without a host, and so the benchmark and the demo drive
+//! the same code as production.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use vfmig_guest::netstate::{self, RestoreOptions};
+use vfmig_guest::store;
+use vfmig_protocol::netstate::SavedState;
+
+#[derive(Parser)]
+#[command(name = "vfmig-guestd", version, about = "vfmig guest agent: save and restore a VF's network state")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Save an interface's addresses, routes (every table) and neighbours to a sealed document.
+    Capture {
+        /// The interface to save.
+        interface: String,
+        /// Where to write it (default: /run/vfmig/INTERFACE.json). Written atomically.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Restore a saved document onto an interface: renames it to the saved name, sets MTU,
+    /// brings it up, adds addresses, routes and neighbours, then announces the addresses.
+    /// Running it again changes nothing. Exits 1 if any item could not be applied.
+    Restore {
+        /// The saved document.
+        state: PathBuf,
+        /// The (fresh) interface to restore onto.
+        #[arg(long)]
+        onto: String,
+        /// Also give the interface the saved MAC address.
+        #[arg(long)]
+        restore_mac: bool,
+        /// Do not send gratuitous ARP / unsolicited neighbour advertisements.
+        #[arg(long)]
+        no_announce: bool,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vfmig-guestd: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let handle = netstate::connect().context("opening rtnetlink")?;
+    match cli.command {
+        Command::Capture { interface, out } => {
+            let started = Instant::now();
+            let captured = netstate::capture(&handle, &interface).await.with_context(|| format!("capturing {interface}"))?;
+            let captured_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+            let path = out.unwrap_or_else(|| store::path_for(store::DEFAULT_DIR.as_ref(), &interface));
+            let state = SavedState { captured_unix_ms, interface: captured.state };
+            store::save(&path, &state)?;
+            let s = &state.interface;
+            println!(
+                "saved {interface}: {} addresses, {} routes, {} neighbours in {} ms -> {}",
+                s.addresses.len(),
+                s.routes.len(),
+                s.neighbours.len(),
+                started.elapsed().as_millis(),
+                path.display()
+            );
+            for skipped in &captured.skipped {
+                println!("  not saved: {skipped}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { state, onto, restore_mac, no_announce } => {
+            let saved = store::load(&state)?;
+            let index = netstate::link_index(&handle, &onto).await.with_context(|| format!("restoring onto {onto}"))?;
+            let opts = RestoreOptions { restore_mac, announce: !no_announce };
+            let report = netstate::restore(&handle, &saved, index, opts).await?;
+            println!(
+                "restored {} onto {onto}: {} applied, {} unchanged, {} failed, {} announced in {} ms",
+                saved.interface.identity.name,
+                report.applied.len(),
+                report.unchanged.len(),
+                report.failed.len(),
+                report.announced,
+                report.elapsed.as_millis()
+            );
+            for f in &report.failed {
+                println!("  failed: {f}");
+            }
+            Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}

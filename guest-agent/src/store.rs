@@ -1,0 +1,61 @@
+//! Persisting saved states under /run/vfmig/, which migrates with the VM's memory.
+//!
+//! A state is written to a temporary file, synced, and renamed over the old one, then the
+//! directory is synced: a crash or a kill at any moment leaves either the old document or the
+//! new one, never half of one. Reading checks the size before reading and validates everything
+//! ([`vfmig_protocol::netstate::open`]).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use vfmig_protocol::netstate::{self, SavedState, StateError, MAX_DOCUMENT};
+
+/// Where the agent keeps its states.
+pub const DEFAULT_DIR: &str = "/run/vfmig";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: StateError,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_owned(), source }
+}
+
+/// The file a state for interface `name` lives in.
+pub fn path_for(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.json"))
+}
+
+/// Seals `state` and writes it atomically to `path`.
+pub fn save(path: &Path, state: &SavedState) -> Result<(), StoreError> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
+    file.write_all(netstate::seal(state).as_bytes()).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Reads and validates the state at `path`.
+pub fn load(path: &Path) -> Result<SavedState, StoreError> {
+    let file = File::open(path).map_err(io(path))?;
+    let mut bytes = Vec::new();
+    // One byte past the limit is enough to know the file is too large, without reading it all.
+    file.take(MAX_DOCUMENT as u64 + 1).read_to_end(&mut bytes).map_err(io(path))?;
+    netstate::open(&bytes).map_err(|source| StoreError::Invalid { path: path.to_owned(), source })
+}
