@@ -39,12 +39,14 @@ pub fn ip_batch(commands: &str) -> Result<(), NetnsError> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(NetnsError::Spawn)?;
-    child.stdin.take().expect("piped").write_all(commands.as_bytes()).map_err(NetnsError::Spawn)?;
+    // ip stops reading at its first failing line; its exit status and stderr say why, so a
+    // broken pipe on our side is only reported when ip itself claims success.
+    let written = child.stdin.take().expect("piped").write_all(commands.as_bytes());
     let out = child.wait_with_output().map_err(NetnsError::Spawn)?;
     if !out.status.success() {
         return Err(NetnsError::Ip { status: out.status, stderr: String::from_utf8_lossy(&out.stderr).into() });
     }
-    Ok(())
+    written.map_err(NetnsError::Spawn)
 }
 
 /// A second namespace, held open by a descriptor, for a peer host beside the test's own.

@@ -2,6 +2,7 @@
 //! rtnetlink. The state model itself lives in `vfmig_protocol::netstate`.
 
 mod announce;
+mod bulk;
 mod capture;
 mod errno;
 mod restore;
@@ -27,6 +28,8 @@ pub enum NetstateError {
     NoSuchInterface(String),
     #[error("interface {name} has no Ethernet address; vfmig handles Ethernet VFs only")]
     NotEthernet { name: String },
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
     #[error("{what}: {source}")]
     Netlink {
         what: String,

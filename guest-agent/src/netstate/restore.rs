@@ -3,30 +3,28 @@
 //!
 //! Restore compares with what the target already has and only sends what differs, so running
 //! it twice changes nothing the second time. Every item is attempted; each failure is reported
-//! with the kernel's reason, never by stopping at the first. Requests within a step are
-//! pipelined on the netlink socket (a bounded number in flight) rather than sent one round trip
-//! at a time, which is where the speed over `ip -batch` comes from.
+//! with the kernel's reason, never by stopping at the first. The many small changes (addresses,
+//! routes, neighbours) go through [`super::bulk`], many to a datagram, which is where the speed
+//! over `ip -batch` comes from; the link itself is set through rtnetlink's handle.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryStreamExt};
-use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, CacheInfo};
-use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags, RouteMessage};
-use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec};
 use vfmig_protocol::netstate::consts::*;
 use vfmig_protocol::netstate::{Address, Neighbour, Route, SavedState};
 
+use super::bulk::{Bulk, Change};
 use super::capture::capture_index;
 use super::{announce, errno, NetstateError};
-
-/// Netlink requests in flight at once: enough to hide the round trips, few enough that the
-/// acknowledgements never overrun the socket's receive buffer.
-const IN_FLIGHT: usize = 32;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RestoreOptions {
@@ -48,18 +46,29 @@ pub struct RestoreReport {
     pub elapsed: Duration,
 }
 
-type Request = (String, BoxFuture<'static, Result<(), rtnetlink::Error>>);
-
 impl RestoreReport {
-    async fn run(&mut self, requests: Vec<Request>) {
-        let mut results = futures::stream::iter(requests.into_iter().map(|(what, fut)| async move { (what, fut.await) }))
-            .buffered(IN_FLIGHT);
-        while let Some((what, result)) = results.next().await {
-            match result {
+    fn record(&mut self, outcomes: Vec<(String, Result<(), std::io::Error>)>) {
+        for (what, outcome) in outcomes {
+            match outcome {
                 Ok(()) => self.applied.push(what),
-                Err(e) => self.failed.push(format!("{what}: {}", errno::describe(&e))),
+                Err(e) => self.failed.push(format!("{what}: {e}")),
             }
         }
+    }
+
+    async fn run_link(&mut self, what: String, request: impl std::future::Future<Output = Result<(), rtnetlink::Error>>) {
+        match request.await {
+            Ok(()) => self.applied.push(what),
+            Err(e) => self.failed.push(format!("{what}: {}", errno::describe(&e))),
+        }
+    }
+}
+
+fn family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
     }
 }
 
@@ -75,6 +84,7 @@ pub async fn restore(
     let mut report = RestoreReport::default();
     let want = &saved.interface;
     let current = capture_index(handle, onto).await?.state;
+    let mut bulk = Bulk::open().map_err(NetstateError::Socket)?;
 
     let (name, up) = restore_link(handle, &mut report, saved, &current, onto, opts).await;
     {
@@ -84,11 +94,11 @@ pub async fn restore(
         let _dad = DadSuppressed::on(&name);
         if want.admin_up && !up {
             let up = handle.link().set(LinkUnspec::new_with_index(onto).up().build()).execute();
-            report.run(vec![(format!("link {name} up"), up.boxed())]).await;
+            report.run_link(format!("link {name} up"), up).await;
         }
         let elapsed_secs = elapsed_since(saved.captured_unix_ms);
         let have: HashMap<_, _> = current.addresses.iter().map(|a| ((a.address, a.prefix_len), a)).collect();
-        let mut requests = Vec::new();
+        let mut changes = Vec::new();
         for a in &want.addresses {
             let what = format!("address {}/{}", a.address, a.prefix_len);
             let existing = have.get(&(a.address, a.prefix_len));
@@ -96,47 +106,38 @@ pub async fn restore(
                 report.unchanged.push(what);
                 continue;
             }
-            match address_request(handle, onto, a, elapsed_secs, existing.is_some()) {
-                Ok(req) => requests.push((what, req)),
+            match address_message(onto, a, elapsed_secs) {
+                Ok(msg) => changes.push(Change { what, msg, replace: existing.is_some() }),
                 Err(why) => report.failed.push(format!("{what}: {why}")),
             }
         }
-        report.run(requests).await;
+        report.record(bulk.apply(changes).await);
     }
 
     let have: HashMap<_, _> = current.routes.iter().map(|r| (r.key(), r)).collect();
     for gateway_routes in [false, true] {
-        let mut requests = Vec::new();
+        let mut changes = Vec::new();
         for r in want.routes.iter().filter(|r| r.gateway.is_some() == gateway_routes) {
             let what = describe_route(r);
             match have.get(&r.key()) {
                 Some(existing) if *existing == r => report.unchanged.push(what),
-                existing => requests.push((what, route_request(handle, onto, r, existing.is_some()))),
+                existing => changes.push(Change { what, msg: route_message(onto, r), replace: existing.is_some() }),
             }
         }
-        report.run(requests).await;
+        report.record(bulk.apply(changes).await);
     }
 
     let have: HashMap<_, _> = current.neighbours.iter().map(|n| (n.address, n)).collect();
-    let mut requests = Vec::new();
+    let mut changes = Vec::new();
     for n in &want.neighbours {
         let what = format!("neighbour {} lladdr {}", n.address, n.lladdr);
         if have.get(&n.address).is_some_and(|e| same_neighbour(e, n)) {
             report.unchanged.push(what);
             continue;
         }
-        let mut req = handle
-            .neighbours()
-            .add(onto, n.address)
-            .link_layer_address(&n.lladdr.0)
-            .state(NeighbourState::from(n.state))
-            .replace();
-        if n.router {
-            req = req.flags(NeighbourFlags::Router);
-        }
-        requests.push((what, req.execute().boxed()));
+        changes.push(Change { what, msg: neighbour_message(onto, n), replace: true });
     }
-    report.run(requests).await;
+    report.record(bulk.apply(changes).await);
 
     if opts.announce && want.admin_up {
         let mac = if opts.restore_mac { want.identity.mac } else { current.identity.mac };
@@ -197,7 +198,7 @@ async fn restore_link(
     }
     let request = handle.link().set(msg.build()).execute();
     let before = report.failed.len();
-    report.run(vec![(format!("link {name}: {}", what.join(", ")), request.boxed())]).await;
+    report.run_link(format!("link {name}: {}", what.join(", ")), request).await;
     let done = report.failed.len() == before;
     if rename && done {
         name = want.name.clone();
@@ -223,27 +224,19 @@ fn same_neighbour(a: &Neighbour, b: &Neighbour) -> bool {
     a.lladdr == b.lladdr && a.router == b.router && permanent(a) == permanent(b)
 }
 
-fn address_request(
-    handle: &Handle,
-    onto: u32,
-    a: &Address,
-    elapsed_secs: u32,
-    exists: bool,
-) -> Result<BoxFuture<'static, Result<(), rtnetlink::Error>>, &'static str> {
+fn address_message(onto: u32, a: &Address, elapsed_secs: u32) -> Result<RouteNetlinkMessage, &'static str> {
     let valid = match a.valid_lft {
         None => u32::MAX,
         Some(v) if v > elapsed_secs => v - elapsed_secs,
         Some(_) => return Err("its valid lifetime expired since capture"),
     };
     let preferred = a.preferred_lft.map_or(u32::MAX, |p| p.saturating_sub(elapsed_secs));
-    let mut req = handle.address().add(onto, a.address, a.prefix_len);
-    if exists {
-        req = req.replace();
-    }
-    let m = req.message_mut();
+    let mut m = AddressMessage::default();
+    m.header.family = family(a.address);
+    m.header.prefix_len = a.prefix_len;
+    m.header.index = onto;
     m.header.scope = a.scope.into();
     m.header.flags = AddressHeaderFlags::from_bits_truncate(a.flags as u8);
-    m.attributes.clear();
     match (a.address, a.peer) {
         (IpAddr::V6(_), None) => m.attributes.push(AddressAttribute::Address(a.address)),
         (_, peer) => {
@@ -265,7 +258,24 @@ fn address_request(
     lifetimes.ifa_preferred = preferred;
     lifetimes.ifa_valid = valid;
     m.attributes.push(AddressAttribute::CacheInfo(lifetimes));
-    Ok(req.execute().boxed())
+    Ok(RouteNetlinkMessage::NewAddress(m))
+}
+
+fn neighbour_message(onto: u32, n: &Neighbour) -> RouteNetlinkMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family(n.address);
+    m.header.ifindex = onto;
+    m.header.state = NeighbourState::from(n.state);
+    if n.router {
+        m.header.flags = NeighbourFlags::Router;
+    }
+    m.header.kind = RTN_UNICAST.into();
+    m.attributes.push(NeighbourAttribute::Destination(match n.address {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }));
+    m.attributes.push(NeighbourAttribute::LinkLayerAddress(n.lladdr.0.to_vec()));
+    RouteNetlinkMessage::NewNeighbour(m)
 }
 
 fn describe_route(r: &Route) -> String {
@@ -279,14 +289,9 @@ fn describe_route(r: &Route) -> String {
     s + &format!(" table {}", r.table)
 }
 
-fn route_request(
-    handle: &Handle,
-    onto: u32,
-    r: &Route,
-    exists: bool,
-) -> BoxFuture<'static, Result<(), rtnetlink::Error>> {
+fn route_message(onto: u32, r: &Route) -> RouteNetlinkMessage {
     let mut m = RouteMessage::default();
-    m.header.address_family = if r.destination.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.address_family = family(r.destination);
     m.header.destination_prefix_length = r.prefix_len;
     m.header.tos = r.tos;
     // Tables above 255 only fit the attribute; the header then says RT_TABLE_UNSPEC.
@@ -311,11 +316,7 @@ fn route_request(
     if let Some(s) = r.source {
         m.attributes.push(RouteAttribute::PrefSource(s.into()));
     }
-    let mut req = handle.route().add(m);
-    if exists {
-        req = req.replace();
-    }
-    req.execute().boxed()
+    RouteNetlinkMessage::NewRoute(m)
 }
 
 /// Turns IPv6 duplicate address detection off on one link until dropped, then restores the
