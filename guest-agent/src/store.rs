@@ -31,7 +31,10 @@ pub enum StoreError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_owned(), source }
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// The file a state for interface `name` lives in.
@@ -41,10 +44,18 @@ pub fn path_for(dir: &Path, name: &str) -> PathBuf {
 
 /// Seals `state` and writes it atomically to `path`.
 pub fn save(path: &Path, state: &SavedState) -> Result<(), StoreError> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = path.with_extension("json.tmp");
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     file.write_all(netstate::seal(state).as_bytes()).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     fs::rename(&tmp, path).map_err(io(path))?;
@@ -56,6 +67,11 @@ pub fn load(path: &Path) -> Result<SavedState, StoreError> {
     let file = File::open(path).map_err(io(path))?;
     let mut bytes = Vec::new();
     // One byte past the limit is enough to know the file is too large, without reading it all.
-    file.take(MAX_DOCUMENT as u64 + 1).read_to_end(&mut bytes).map_err(io(path))?;
-    netstate::open(&bytes).map_err(|source| StoreError::Invalid { path: path.to_owned(), source })
+    file.take(MAX_DOCUMENT as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(path))?;
+    netstate::open(&bytes).map_err(|source| StoreError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -37,14 +37,23 @@ route add default via 2001:db8:10::1 dev vfa0 table 100 metric 10 src 2001:db8:1
 "
     );
     for i in 0..25 {
-        b += &format!("neigh add 198.18.10.{} lladdr 02:00:00:01:00:{i:02x} dev vfa0 nud permanent\n", 100 + i);
+        b += &format!(
+            "neigh add 198.18.10.{} lladdr 02:00:00:01:00:{i:02x} dev vfa0 nud permanent\n",
+            100 + i
+        );
     }
     for i in 0..15 {
-        b += &format!("neigh add 198.18.11.{} lladdr 02:00:00:02:00:{i:02x} dev vfa0 nud reachable\n", 100 + i);
+        b += &format!(
+            "neigh add 198.18.11.{} lladdr 02:00:00:02:00:{i:02x} dev vfa0 nud reachable\n",
+            100 + i
+        );
     }
     for i in 0..10 {
         let router = if i == 0 { " router" } else { "" };
-        b += &format!("neigh add 2001:db8:10::{:x} lladdr 02:00:00:03:00:{i:02x} dev vfa0 nud reachable{router}\n", 0x100 + i);
+        b += &format!(
+            "neigh add 2001:db8:10::{:x} lladdr 02:00:00:03:00:{i:02x} dev vfa0 nud reachable{router}\n",
+            0x100 + i
+        );
     }
     b
 }
@@ -76,13 +85,20 @@ fn comparable(s: &InterfaceState) -> InterfaceState {
 fn assert_lifetimes_carried(saved: &InterfaceState, now: &InterfaceState, allowed_drop: u32) {
     for (a, b) in saved.addresses.iter().zip(&now.addresses) {
         if let (Some(before), Some(after)) = (a.valid_lft, b.valid_lft) {
-            assert!(after <= before && before - after <= allowed_drop, "{}: valid {before} -> {after}", a.address);
+            assert!(
+                after <= before && before - after <= allowed_drop,
+                "{}: valid {before} -> {after}",
+                a.address
+            );
         }
     }
 }
 
 fn seal_and_open(state: InterfaceState) -> SavedState {
-    let doc = netstate::seal(&SavedState { captured_unix_ms: now_ms(), interface: state });
+    let doc = netstate::seal(&SavedState {
+        captured_unix_ms: now_ms(),
+        interface: state,
+    });
     netstate::open(doc.as_bytes()).expect("a fresh capture validates")
 }
 
@@ -99,7 +115,11 @@ async fn restore_onto_a_new_link_reproduces_the_captured_state_and_is_idempotent
     let captured = capture(&handle, "vfa0").await.unwrap();
     assert!(captured.skipped.is_empty(), "{:?}", captured.skipped);
     let a = &captured.state;
-    assert_eq!((a.addresses.len(), a.routes.len(), a.neighbours.len()), (6, 8, 50), "{a:#?}");
+    assert_eq!(
+        (a.addresses.len(), a.routes.len(), a.neighbours.len()),
+        (6, 8, 50),
+        "{a:#?}"
+    );
     assert_eq!(a.identity.mac.to_string(), MAC_A);
     assert_eq!(a.mtu, 1400);
     assert_eq!(a.routes.iter().filter(|r| r.table == 100).count(), 4);
@@ -112,19 +132,41 @@ async fn restore_onto_a_new_link_reproduces_the_captured_state_and_is_idempotent
     ))
     .unwrap();
     let b = index_of("vfb0");
-    let report = restore(&handle, &saved, b, RestoreOptions { restore_mac: false, announce: true }).await.unwrap();
+    let report = restore(
+        &handle,
+        &saved,
+        b,
+        RestoreOptions {
+            restore_mac: false,
+            announce: true,
+        },
+    )
+    .await
+    .unwrap();
     assert_clean(&report);
     // 1 link change + 1 link up + 6 addresses + 8 routes + 50 neighbours
     assert_eq!(report.applied.len(), 66, "{:#?}", report.applied);
     assert_eq!(report.announced, 6);
 
-    let restored = capture(&handle, "vfa0").await.expect("the new link carries the saved name");
+    let restored = capture(&handle, "vfa0")
+        .await
+        .expect("the new link carries the saved name");
     assert_eq!(restored.state.identity.ifindex, b);
     assert_eq!(restored.state.identity.mac.to_string(), MAC_B, "MAC kept unless asked");
     assert_eq!(comparable(&restored.state), comparable(&saved.interface));
     assert_lifetimes_carried(&saved.interface, &restored.state, 2);
 
-    let again = restore(&handle, &saved, b, RestoreOptions { restore_mac: false, announce: false }).await.unwrap();
+    let again = restore(
+        &handle,
+        &saved,
+        b,
+        RestoreOptions {
+            restore_mac: false,
+            announce: false,
+        },
+    )
+    .await
+    .unwrap();
     assert_clean(&again);
     assert!(again.applied.is_empty(), "second restore changed {:#?}", again.applied);
     assert_eq!(again.unchanged.len(), 1 + 6 + 8 + 50);
@@ -138,11 +180,21 @@ async fn restore_mac_gives_the_new_link_the_saved_address() {
     ip_batch(&setup_interface_a()).unwrap();
     let handle = connect().unwrap();
     let saved = seal_and_open(capture(&handle, "vfa0").await.unwrap().state);
-    ip_batch(&format!("link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink set vfb0 address {MAC_B} up\n"))
-        .unwrap();
-    let report = restore(&handle, &saved, index_of("vfb0"), RestoreOptions { restore_mac: true, announce: false })
-        .await
-        .unwrap();
+    ip_batch(&format!(
+        "link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink set vfb0 address {MAC_B} up\n"
+    ))
+    .unwrap();
+    let report = restore(
+        &handle,
+        &saved,
+        index_of("vfb0"),
+        RestoreOptions {
+            restore_mac: true,
+            announce: false,
+        },
+    )
+    .await
+    .unwrap();
     assert_clean(&report);
     let restored = capture(&handle, "vfa0").await.unwrap().state;
     assert_eq!(restored.identity.mac.to_string(), MAC_A);
@@ -157,7 +209,12 @@ async fn every_item_that_cannot_be_applied_is_reported_and_the_rest_is_restored(
     let mut state = capture(&handle, "vfa0").await.unwrap().state;
     // Two gateways no address covers: the kernel refuses both routes.
     for (table, gw) in [(200, "198.51.200.1"), (201, "198.51.201.1")] {
-        let mut r = state.routes.iter().find(|r| r.gateway.is_some() && r.destination.is_ipv4()).unwrap().clone();
+        let mut r = state
+            .routes
+            .iter()
+            .find(|r| r.gateway.is_some() && r.destination.is_ipv4())
+            .unwrap()
+            .clone();
         r.destination = "192.0.2.0".parse().unwrap();
         r.prefix_len = 24;
         r.gateway = Some(gw.parse().unwrap());
@@ -167,12 +224,22 @@ async fn every_item_that_cannot_be_applied_is_reported_and_the_rest_is_restored(
     state.sort();
     let saved = seal_and_open(state);
     // The saved name is held by another link: restore keeps the new link's name and says so.
-    ip_batch("link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink add vfa0 type veth peer name other\n").unwrap();
-    let report = restore(&handle, &saved, index_of("vfb0"), RestoreOptions::default()).await.unwrap();
+    ip_batch("link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink add vfa0 type veth peer name other\n")
+        .unwrap();
+    let report = restore(&handle, &saved, index_of("vfb0"), RestoreOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.failed.len(), 3, "{:#?}", report.failed);
-    assert!(report.failed[0].starts_with("link name vfa0: already used"), "{}", report.failed[0]);
+    assert!(
+        report.failed[0].starts_with("link name vfa0: already used"),
+        "{}",
+        report.failed[0]
+    );
     for f in &report.failed[1..] {
-        assert!(f.contains("192.0.2.0/24 via 198.51.20") && f.contains("Network is unreachable"), "{f}");
+        assert!(
+            f.contains("192.0.2.0/24 via 198.51.20") && f.contains("Network is unreachable"),
+            "{f}"
+        );
     }
     let restored = capture(&handle, "vfb0").await.unwrap().state;
     assert_eq!(restored.addresses.len(), 6);
@@ -190,10 +257,14 @@ async fn announcements_move_the_peers_neighbour_entries_to_the_new_mac() {
     let handle = connect().unwrap();
     let saved = seal_and_open(capture(&handle, "vfa0").await.unwrap().state);
     ip_batch("link del vfa0\nlink add vfb0 type veth peer name vfb0p\n").unwrap();
-    ip_batch(&format!("link set vfb0 address {MAC_B}\nlink set vfb0p netns /proc/{}/fd/{}\n", std::process::id(), {
-        use std::os::fd::AsRawFd;
-        peer.fd().as_raw_fd()
-    }))
+    ip_batch(&format!(
+        "link set vfb0 address {MAC_B}\nlink set vfb0p netns /proc/{}/fd/{}\n",
+        std::process::id(),
+        {
+            use std::os::fd::AsRawFd;
+            peer.fd().as_raw_fd()
+        }
+    ))
     .unwrap();
     peer.run(|| {
         // locktime 0: a real peer's entry is older than the default 1 s lock, which would
@@ -209,16 +280,27 @@ neigh add 2001:db8:10::2 lladdr {MAC_A} dev vfb0p nud stale\n"
     .unwrap()
     .unwrap();
 
-    let report = restore(&handle, &saved, index_of("vfb0"), RestoreOptions { restore_mac: false, announce: true })
-        .await
-        .unwrap();
+    let report = restore(
+        &handle,
+        &saved,
+        index_of("vfb0"),
+        RestoreOptions {
+            restore_mac: false,
+            announce: true,
+        },
+    )
+    .await
+    .unwrap();
     assert_clean(&report);
     assert_eq!(report.announced, 2);
 
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let seen = peer.run(peer_entries).unwrap();
-        let want = [("198.18.10.2".parse().unwrap(), MAC_B.to_string()), ("2001:db8:10::2".parse().unwrap(), MAC_B.to_string())];
+        let want = [
+            ("198.18.10.2".parse().unwrap(), MAC_B.to_string()),
+            ("2001:db8:10::2".parse().unwrap(), MAC_B.to_string()),
+        ];
         if want.iter().all(|w| seen.contains(w)) {
             break;
         }
@@ -228,7 +310,10 @@ neigh add 2001:db8:10::2 lladdr {MAC_A} dev vfb0p nud stale\n"
 }
 
 fn peer_entries() -> Vec<(IpAddr, String)> {
-    let out = std::process::Command::new("ip").args(["-o", "neigh", "show", "dev", "vfb0p"]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-o", "neigh", "show", "dev", "vfb0p"])
+        .output()
+        .unwrap();
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()

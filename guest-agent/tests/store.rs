@@ -38,7 +38,11 @@ fn state() -> SavedState {
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("vfmig-store-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir = std::env::temp_dir().join(format!(
+        "vfmig-store-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -49,7 +53,10 @@ fn a_saved_state_loads_back_and_leaves_no_temporary_file() {
     let path = store::path_for(&dir, "eth1");
     store::save(&path, &state()).unwrap();
     assert_eq!(store::load(&path).unwrap(), state());
-    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("eth1.json")]);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -62,12 +69,24 @@ fn damaged_and_oversize_files_are_refused_with_their_path() {
     let text = std::fs::read(&path).unwrap();
     std::fs::write(&path, &text[..text.len() / 2]).unwrap();
     let err = store::load(&path).unwrap_err();
-    assert!(matches!(err, StoreError::Invalid { source: StateError::Truncated, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Invalid {
+                source: StateError::Truncated,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("eth1.json"), "{err}");
 
     std::fs::write(&path, vec![b' '; MAX_DOCUMENT + 10]).unwrap();
     let err = store::load(&path).unwrap_err();
-    assert!(matches!(err, StoreError::Invalid { source: StateError::TooLarge { len }, .. } if len == MAX_DOCUMENT + 1), "{err}");
+    assert!(
+        matches!(err, StoreError::Invalid { source: StateError::TooLarge { len }, .. } if len == MAX_DOCUMENT + 1),
+        "{err}"
+    );
 
     let err = store::load(&dir.join("missing.json")).unwrap_err();
     assert!(matches!(err, StoreError::Io { .. }), "{err}");

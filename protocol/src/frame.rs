@@ -98,7 +98,10 @@ impl fmt::Debug for Decoder {
 
 impl Decoder {
     pub fn new() -> Self {
-        Self { state: State::Hunt { skipped: 0 }, buf: Vec::new() }
+        Self {
+            state: State::Hunt { skipped: 0 },
+            buf: Vec::new(),
+        }
     }
 
     /// Forgets any partial frame, as after the peer reconnected.
@@ -176,7 +179,10 @@ impl Decoder {
                 let (len, crc) = (*len, *crc);
                 let take = (len - self.buf.len()).min(input.len());
                 if let Some(pos) = memchr::memchr(MARK, &input[..take]) {
-                    out.push(Err(FrameError::Truncated { declared: len, received: self.buf.len() + pos }));
+                    out.push(Err(FrameError::Truncated {
+                        declared: len,
+                        received: self.buf.len() + pos,
+                    }));
                     self.start_frame();
                     return &input[pos + 1..];
                 }
@@ -187,7 +193,10 @@ impl Decoder {
                     out.push(if computed == crc {
                         Ok(payload)
                     } else {
-                        Err(FrameError::Checksum { expected: crc, computed })
+                        Err(FrameError::Checksum {
+                            expected: crc,
+                            computed,
+                        })
                     });
                     self.state = State::Hunt { skipped: 0 };
                 }
@@ -203,7 +212,9 @@ impl Decoder {
                 (Some(len), Some(crc)) => Ok((len as usize, crc)),
                 _ => Err(FrameError::BadHeader),
             },
-            (TAG, other) => Err(FrameError::UnknownFormat { found: char::from(other) }),
+            (TAG, other) => Err(FrameError::UnknownFormat {
+                found: char::from(other),
+            }),
             _ => Err(FrameError::BadHeader),
         };
         self.state = match parsed {
@@ -213,7 +224,14 @@ impl Decoder {
             }
             Ok((0, crc)) => {
                 let computed = crc32fast::hash(&[]);
-                out.push(if computed == crc { Ok(Vec::new()) } else { Err(FrameError::Checksum { expected: crc, computed }) });
+                out.push(if computed == crc {
+                    Ok(Vec::new())
+                } else {
+                    Err(FrameError::Checksum {
+                        expected: crc,
+                        computed,
+                    })
+                });
                 State::Hunt { skipped: 0 }
             }
             Ok((len, crc)) => State::Payload { len, crc },
@@ -243,7 +261,9 @@ mod tests {
     use super::*;
 
     fn frames(out: Vec<Result<Vec<u8>, FrameError>>) -> Vec<Result<String, FrameError>> {
-        out.into_iter().map(|r| r.map(|p| String::from_utf8(p).unwrap())).collect()
+        out.into_iter()
+            .map(|r| r.map(|p| String::from_utf8(p).unwrap()))
+            .collect()
     }
 
     #[test]
@@ -256,7 +276,10 @@ mod tests {
         for b in &stream {
             got.extend(frames(d.push(std::slice::from_ref(b))));
         }
-        assert_eq!(got, vec![Ok("{\"a\":1}".into()), Ok(String::new()), Ok("second".into())]);
+        assert_eq!(
+            got,
+            vec![Ok("{\"a\":1}".into()), Ok(String::new()), Ok("second".into())]
+        );
         assert_eq!(d.buffered(), 0);
     }
 

@@ -82,7 +82,13 @@ mod tests {
     fn round_trips_and_rejects_bad_text() {
         let mac: MacAddr = "02:00:5e:10:00:ff".parse().unwrap();
         assert_eq!(mac.to_string(), "02:00:5e:10:00:ff");
-        for bad in ["", "02:00:5e:10:00", "02:00:5e:10:00:ff:00", "0:00:5e:10:00:ff", "zz:00:5e:10:00:ff"] {
+        for bad in [
+            "",
+            "02:00:5e:10:00",
+            "02:00:5e:10:00:ff:00",
+            "0:00:5e:10:00:ff",
+            "zz:00:5e:10:00:ff",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad:?} accepted");
         }
     }

@@ -58,7 +58,11 @@ pub struct Hello {
 
 impl Hello {
     pub fn ours(agent: impl Into<String>, capabilities: Capabilities) -> Self {
-        Self { versions: SUPPORTED, agent: agent.into(), capabilities }
+        Self {
+            versions: SUPPORTED,
+            agent: agent.into(),
+            capabilities,
+        }
     }
 }
 
@@ -143,7 +147,9 @@ pub struct ErrorReply {
 pub enum HostMessage {
     Hello(Hello),
     /// Starts a session: the guest echoes the nonce, and replies that do not carry it are stale.
-    Sync { nonce: u64 },
+    Sync {
+        nonce: u64,
+    },
     PrepareUnplug(PrepareUnplug),
     Restore(Restore),
     StatusQuery,
@@ -204,8 +210,15 @@ impl Message for HostMessage {
 }
 
 impl Message for GuestMessage {
-    const KINDS: &'static [&'static str] =
-        &["hello", "sync_ack", "state_saved", "unplug_ready", "restored", "status", "error"];
+    const KINDS: &'static [&'static str] = &[
+        "hello",
+        "sync_ack",
+        "state_saved",
+        "unplug_ready",
+        "restored",
+        "status",
+        "error",
+    ];
 
     fn kind(&self) -> &'static str {
         match self {
@@ -225,7 +238,10 @@ impl Message for GuestMessage {
             Self::SyncAck { .. } => Ok(()),
             Self::StateSaved(s) => {
                 validate_ifname("interface", &s.interface)?;
-                let hex = s.digest.strip_prefix("sha256:").ok_or("digest must start with sha256:")?;
+                let hex = s
+                    .digest
+                    .strip_prefix("sha256:")
+                    .ok_or("digest must start with sha256:")?;
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err("digest must be 64 hex digits".into());
                 }
@@ -235,13 +251,19 @@ impl Message for GuestMessage {
             Self::Restored(r) => {
                 validate_ifname("interface", &r.interface)?;
                 if r.failed.len() > MAX_FAILURES {
-                    return Err(format!("{} failure lines, at most {MAX_FAILURES} allowed", r.failed.len()));
+                    return Err(format!(
+                        "{} failure lines, at most {MAX_FAILURES} allowed",
+                        r.failed.len()
+                    ));
                 }
                 r.failed.iter().try_for_each(|f| validate_text("failed", f))
             }
             Self::Status(s) => {
                 if s.saved.len() > MAX_FAILURES {
-                    return Err(format!("{} saved states listed, at most {MAX_FAILURES} allowed", s.saved.len()));
+                    return Err(format!(
+                        "{} saved states listed, at most {MAX_FAILURES} allowed",
+                        s.saved.len()
+                    ));
                 }
                 s.saved.iter().try_for_each(|n| validate_ifname("saved", n))
             }
@@ -263,7 +285,9 @@ pub fn validate_ifname(field: &str, name: &str) -> Result<(), String> {
         && name.len() <= MAX_IFNAME
         && name != "."
         && name != ".."
-        && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
     if ok {
         Ok(())
     } else {
@@ -349,7 +373,11 @@ pub enum MessageError {
     #[error("message is protocol major version {found}; this build speaks major {supported}")]
     UnsupportedMajor { found: u16, supported: u16 },
     #[error("message {kind} (id {id}) is invalid: {reason}")]
-    Invalid { id: RequestId, kind: &'static str, reason: String },
+    Invalid {
+        id: RequestId,
+        kind: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     TooLarge(#[from] frame::PayloadTooLarge),
 }
@@ -367,8 +395,12 @@ impl MessageError {
 
 /// Encodes a message as one frame.
 pub fn encode<M: Message>(id: RequestId, msg: &M) -> Result<Vec<u8>, MessageError> {
-    let json = serde_json::to_string(&WireOut { v: SUPPORTED.max.major, id, msg })
-        .map_err(|e| MessageError::Malformed(e.to_string()))?;
+    let json = serde_json::to_string(&WireOut {
+        v: SUPPORTED.max.major,
+        id,
+        msg,
+    })
+    .map_err(|e| MessageError::Malformed(e.to_string()))?;
     Ok(frame::encode(&json)?)
 }
 
@@ -379,11 +411,19 @@ pub fn decode<M: Message>(payload: &[u8]) -> Result<Envelope<M>, MessageError> {
         return Err(MessageError::UnknownType(head.msg.kind.into_owned()));
     };
     if kind != "hello" && head.v != SUPPORTED.max.major {
-        return Err(MessageError::UnsupportedMajor { found: head.v, supported: SUPPORTED.max.major });
+        return Err(MessageError::UnsupportedMajor {
+            found: head.v,
+            supported: SUPPORTED.max.major,
+        });
     }
     let id = head.id;
-    let wire: WireIn<M> = serde_json::from_slice(payload)
-        .map_err(|e| MessageError::Invalid { id, kind, reason: e.to_string() })?;
-    wire.msg.validate().map_err(|reason| MessageError::Invalid { id, kind, reason })?;
+    let wire: WireIn<M> = serde_json::from_slice(payload).map_err(|e| MessageError::Invalid {
+        id,
+        kind,
+        reason: e.to_string(),
+    })?;
+    wire.msg
+        .validate()
+        .map_err(|reason| MessageError::Invalid { id, kind, reason })?;
     Ok(Envelope { id, msg: wire.msg })
 }

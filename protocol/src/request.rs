@@ -16,7 +16,11 @@ pub enum ReplyError {
     #[error("reply {kind} carries id {id}, which matches no outstanding request")]
     Unsolicited { id: RequestId, kind: &'static str },
     #[error("reply {got} to request {id} ({request}) is not an answer to it")]
-    WrongKind { id: RequestId, request: &'static str, got: &'static str },
+    WrongKind {
+        id: RequestId,
+        request: &'static str,
+        got: &'static str,
+    },
     #[error("sync acknowledgement carries nonce {got}, expected {expected}: stale bytes from an earlier session")]
     StaleSync { expected: u64, got: u64 },
     #[error("{0} requests already outstanding")]
@@ -38,7 +42,10 @@ pub struct RequestTracker {
 
 impl RequestTracker {
     pub fn new() -> Self {
-        Self { next_id: 1, pending: HashMap::new() }
+        Self {
+            next_id: 1,
+            pending: HashMap::new(),
+        }
     }
 
     /// Registers a request and returns the id to send it with.
@@ -66,13 +73,19 @@ impl RequestTracker {
         use GuestMessage as G;
         use HostMessage as H;
         let got = crate::message::Message::kind(&reply.msg);
-        let request = self.pending.get(&reply.id).ok_or(ReplyError::Unsolicited { id: reply.id, kind: got })?;
+        let request = self.pending.get(&reply.id).ok_or(ReplyError::Unsolicited {
+            id: reply.id,
+            kind: got,
+        })?;
         let progress = match (request, &reply.msg) {
             (_, G::Error(_)) => Progress::Final,
             (H::Hello(_), G::Hello(_)) => Progress::Final,
             (H::Sync { nonce }, G::SyncAck { nonce: echoed }) => {
                 if nonce != echoed {
-                    return Err(ReplyError::StaleSync { expected: *nonce, got: *echoed });
+                    return Err(ReplyError::StaleSync {
+                        expected: *nonce,
+                        got: *echoed,
+                    });
                 }
                 Progress::Final
             }
@@ -82,7 +95,11 @@ impl RequestTracker {
             (H::StatusQuery, G::Status(_)) => Progress::Final,
             (request, _) => {
                 let request = crate::message::Message::kind(request);
-                return Err(ReplyError::WrongKind { id: reply.id, request, got });
+                return Err(ReplyError::WrongKind {
+                    id: reply.id,
+                    request,
+                    got,
+                });
             }
         };
         if progress == Progress::Final {

@@ -72,23 +72,38 @@ mod tests {
     use super::*;
 
     fn range(a: (u16, u16), b: (u16, u16)) -> VersionRange {
-        VersionRange { min: ProtocolVersion::new(a.0, a.1), max: ProtocolVersion::new(b.0, b.1) }
+        VersionRange {
+            min: ProtocolVersion::new(a.0, a.1),
+            max: ProtocolVersion::new(b.0, b.1),
+        }
     }
 
     #[test]
     fn picks_the_highest_common_version() {
-        assert_eq!(negotiate(range((1, 0), (2, 3)), range((1, 2), (3, 0))), Ok(ProtocolVersion::new(2, 3)));
-        assert_eq!(negotiate(range((1, 0), (1, 4)), range((1, 2), (1, 2))), Ok(ProtocolVersion::new(1, 2)));
+        assert_eq!(
+            negotiate(range((1, 0), (2, 3)), range((1, 2), (3, 0))),
+            Ok(ProtocolVersion::new(2, 3))
+        );
+        assert_eq!(
+            negotiate(range((1, 0), (1, 4)), range((1, 2), (1, 2))),
+            Ok(ProtocolVersion::new(1, 2))
+        );
     }
 
     #[test]
     fn names_both_ranges_when_there_is_no_overlap() {
         let err = negotiate(range((1, 0), (1, 9)), range((2, 0), (3, 0))).unwrap_err();
-        assert_eq!(err.to_string(), "no common protocol version: we speak 1.0..=1.9, the peer speaks 2.0..=3.0");
+        assert_eq!(
+            err.to_string(),
+            "no common protocol version: we speak 1.0..=1.9, the peer speaks 2.0..=3.0"
+        );
     }
 
     #[test]
     fn refuses_an_empty_range() {
-        assert!(matches!(negotiate(SUPPORTED, range((2, 0), (1, 0))), Err(NegotiationError::EmptyRange(_))));
+        assert!(matches!(
+            negotiate(SUPPORTED, range((2, 0), (1, 0))),
+            Err(NegotiationError::EmptyRange(_))
+        ));
     }
 }

@@ -10,15 +10,26 @@ fn mac() -> MacAddr {
 }
 
 fn selector() -> InterfaceSelector {
-    InterfaceSelector { name: Some("eth1".into()), mac: Some(mac()), pci_address: Some("0000:01:00.0".into()) }
+    InterfaceSelector {
+        name: Some("eth1".into()),
+        mac: Some(mac()),
+        pci_address: Some("0000:01:00.0".into()),
+    }
 }
 
 fn host_messages() -> Vec<HostMessage> {
     vec![
         HostMessage::Hello(Hello::ours("vfmig-host 0.1.0", Capabilities::default())),
         HostMessage::Sync { nonce: u64::MAX },
-        HostMessage::PrepareUnplug(PrepareUnplug { interface: selector(), deadline_ms: 5000 }),
-        HostMessage::Restore(Restore { saved: "eth1".into(), onto: selector(), restore_mac: true }),
+        HostMessage::PrepareUnplug(PrepareUnplug {
+            interface: selector(),
+            deadline_ms: 5000,
+        }),
+        HostMessage::Restore(Restore {
+            saved: "eth1".into(),
+            onto: selector(),
+            restore_mac: true,
+        }),
         HostMessage::StatusQuery,
     ]
 }
@@ -27,7 +38,11 @@ fn guest_messages() -> Vec<GuestMessage> {
     vec![
         GuestMessage::Hello(Hello::ours(
             "vfmig-guestd 0.1.0",
-            Capabilities { kernel_hook: true, network_manager: false, standby: Some("eth0".into()) },
+            Capabilities {
+                kernel_hook: true,
+                network_manager: false,
+                standby: Some("eth0".into()),
+            },
         )),
         GuestMessage::SyncAck { nonce: 7 },
         GuestMessage::StateSaved(StateSaved {
@@ -37,7 +52,9 @@ fn guest_messages() -> Vec<GuestMessage> {
             routes: 8,
             neighbours: 50,
         }),
-        GuestMessage::UnplugReady(UnplugReady { interface: "eth1".into() }),
+        GuestMessage::UnplugReady(UnplugReady {
+            interface: "eth1".into(),
+        }),
         GuestMessage::Restored(Restored {
             interface: "eth1".into(),
             applied: 64,
@@ -45,8 +62,14 @@ fn guest_messages() -> Vec<GuestMessage> {
             failed: vec!["route 198.18.5.0/24: Network is unreachable".into()],
             duration_ms: 12,
         }),
-        GuestMessage::Status(Status { phase: Phase::Saved, saved: vec!["eth1".into()] }),
-        GuestMessage::Error(ErrorReply { code: ErrorCode::InvalidState, message: "digest mismatch".into() }),
+        GuestMessage::Status(Status {
+            phase: Phase::Saved,
+            saved: vec!["eth1".into()],
+        }),
+        GuestMessage::Error(ErrorReply {
+            code: ErrorCode::InvalidState,
+            message: "digest mismatch".into(),
+        }),
     ]
 }
 
@@ -75,11 +98,20 @@ fn a_frame_cut_in_half_then_a_whole_frame_yields_truncated_then_the_frame() {
     let first = encode(1, &HostMessage::StatusQuery).unwrap();
     let second = encode(2, &HostMessage::Sync { nonce: 9 }).unwrap();
     let mut d = Decoder::new();
-    assert!(d.push(&first[..first.len() / 2]).is_empty(), "half a frame waits for more");
+    assert!(
+        d.push(&first[..first.len() / 2]).is_empty(),
+        "half a frame waits for more"
+    );
     let out = d.push(&second);
     assert!(matches!(out[0], Err(FrameError::Truncated { .. })), "{out:?}");
     let env: Envelope<HostMessage> = decode(out[1].as_ref().unwrap()).unwrap();
-    assert_eq!(env, Envelope { id: 2, msg: HostMessage::Sync { nonce: 9 } });
+    assert_eq!(
+        env,
+        Envelope {
+            id: 2,
+            msg: HostMessage::Sync { nonce: 9 }
+        }
+    );
     assert_eq!(out.len(), 2);
 }
 
@@ -110,7 +142,10 @@ fn garbage_then_a_valid_frame_reports_the_garbage_and_decodes_the_frame() {
     stream.extend(encode(3, &HostMessage::StatusQuery).unwrap());
     let out = Decoder::new().push(&stream);
     assert_eq!(out[0], Err(FrameError::Garbage { bytes: garbage }));
-    assert_eq!(decode::<HostMessage>(out[1].as_ref().unwrap()).unwrap().msg, HostMessage::StatusQuery);
+    assert_eq!(
+        decode::<HostMessage>(out[1].as_ref().unwrap()).unwrap().msg,
+        HostMessage::StatusQuery
+    );
 }
 
 #[test]
@@ -118,14 +153,20 @@ fn a_corrupted_payload_fails_its_checksum() {
     let mut bytes = encode(3, &HostMessage::StatusQuery).unwrap();
     let last = bytes.len() - 3;
     bytes[last] ^= 0x01;
-    assert!(matches!(Decoder::new().push(&bytes)[0], Err(FrameError::Checksum { .. })));
+    assert!(matches!(
+        Decoder::new().push(&bytes)[0],
+        Err(FrameError::Checksum { .. })
+    ));
 }
 
 #[test]
 fn an_unknown_frame_format_is_named() {
     let mut bytes = encode(3, &HostMessage::StatusQuery).unwrap();
     bytes[2] = b'9';
-    assert_eq!(Decoder::new().push(&bytes)[0], Err(FrameError::UnknownFormat { found: '9' }));
+    assert_eq!(
+        Decoder::new().push(&bytes)[0],
+        Err(FrameError::UnknownFormat { found: '9' })
+    );
 }
 
 fn framed(json: &str) -> Vec<u8> {
@@ -147,9 +188,14 @@ fn an_unknown_major_version_is_refused_but_hello_still_negotiates() {
     assert_eq!(err, MessageError::UnsupportedMajor { found: 2, supported: 1 });
     let hello = r#"{"v":7,"id":1,"msg":{"type":"hello","body":{"versions":{"min":{"major":7,"minor":0},"max":{"major":9,"minor":1}},"agent":"future","capabilities":{"kernel_hook":true,"teleport":true}}}}"#;
     let env: Envelope<HostMessage> = decode(&framed(hello)).unwrap();
-    let HostMessage::Hello(h) = env.msg else { panic!("not a hello") };
+    let HostMessage::Hello(h) = env.msg else {
+        panic!("not a hello")
+    };
     let err = vfmig_protocol::version::negotiate(vfmig_protocol::version::SUPPORTED, h.versions).unwrap_err();
-    assert!(err.to_string().contains("1.0..=1.0") && err.to_string().contains("7.0..=9.1"), "{err}");
+    assert!(
+        err.to_string().contains("1.0..=1.0") && err.to_string().contains("7.0..=9.1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -168,29 +214,69 @@ fn out_of_bounds_fields_are_invalid_with_the_request_id() {
     }
     let err = decode::<GuestMessage>(&framed(r#"{"v":1,"id":3,"msg":{"type":"state_saved","body":{"interface":"eth1","digest":"md5:00","addresses":0,"routes":0,"neighbours":0}}}"#)).unwrap_err();
     assert!(err.to_string().contains("sha256"), "{err}");
-    assert!(matches!(decode::<GuestMessage>(b"not json"), Err(MessageError::Malformed(_))));
+    assert!(matches!(
+        decode::<GuestMessage>(b"not json"),
+        Err(MessageError::Malformed(_))
+    ));
 }
 
 #[test]
 fn replies_must_match_an_outstanding_request_of_the_right_kind() {
     let mut t = RequestTracker::new();
     let sync = t.issue(HostMessage::Sync { nonce: 41 }).unwrap();
-    let prep = t.issue(HostMessage::PrepareUnplug(PrepareUnplug { interface: selector(), deadline_ms: 100 })).unwrap();
+    let prep = t
+        .issue(HostMessage::PrepareUnplug(PrepareUnplug {
+            interface: selector(),
+            deadline_ms: 100,
+        }))
+        .unwrap();
     assert_ne!(sync.id, prep.id);
 
-    let stale = Envelope { id: sync.id, msg: GuestMessage::SyncAck { nonce: 40 } };
+    let stale = Envelope {
+        id: sync.id,
+        msg: GuestMessage::SyncAck { nonce: 40 },
+    };
     assert_eq!(t.accept(&stale), Err(ReplyError::StaleSync { expected: 41, got: 40 }));
-    assert_eq!(t.accept(&Envelope { id: sync.id, msg: GuestMessage::SyncAck { nonce: 41 } }), Ok(Progress::Final));
+    assert_eq!(
+        t.accept(&Envelope {
+            id: sync.id,
+            msg: GuestMessage::SyncAck { nonce: 41 }
+        }),
+        Ok(Progress::Final)
+    );
 
     let saved = guest_messages().remove(2);
-    assert_eq!(t.accept(&Envelope { id: prep.id, msg: saved }), Ok(Progress::Interim));
-    let wrong = Envelope { id: prep.id, msg: GuestMessage::Status(Status { phase: Phase::Idle, saved: vec![] }) };
+    assert_eq!(
+        t.accept(&Envelope {
+            id: prep.id,
+            msg: saved
+        }),
+        Ok(Progress::Interim)
+    );
+    let wrong = Envelope {
+        id: prep.id,
+        msg: GuestMessage::Status(Status {
+            phase: Phase::Idle,
+            saved: vec![],
+        }),
+    };
     assert!(matches!(t.accept(&wrong), Err(ReplyError::WrongKind { .. })));
-    let ready = Envelope { id: prep.id, msg: GuestMessage::UnplugReady(UnplugReady { interface: "eth1".into() }) };
+    let ready = Envelope {
+        id: prep.id,
+        msg: GuestMessage::UnplugReady(UnplugReady {
+            interface: "eth1".into(),
+        }),
+    };
     assert_eq!(t.accept(&ready), Ok(Progress::Final));
-    assert!(matches!(t.accept(&ready), Err(ReplyError::Unsolicited { .. })), "a request is retired by its final reply");
+    assert!(
+        matches!(t.accept(&ready), Err(ReplyError::Unsolicited { .. })),
+        "a request is retired by its final reply"
+    );
     assert!(matches!(
-        t.accept(&Envelope { id: 999, msg: GuestMessage::SyncAck { nonce: 1 } }),
+        t.accept(&Envelope {
+            id: 999,
+            msg: GuestMessage::SyncAck { nonce: 1 }
+        }),
         Err(ReplyError::Unsolicited { id: 999, .. })
     ));
     assert_eq!(t.outstanding(), 0);

@@ -73,7 +73,10 @@ fn sample() -> SavedState {
         }],
     };
     interface.sort();
-    SavedState { captured_unix_ms: 1_700_000_000_000, interface }
+    SavedState {
+        captured_unix_ms: 1_700_000_000_000,
+        interface,
+    }
 }
 
 #[test]
@@ -130,7 +133,10 @@ fn an_unknown_format_is_named_before_anything_else_is_read() {
 #[test]
 fn garbage_and_oversize_documents_are_refused() {
     assert!(matches!(open(b"\x00\x01binary"), Err(StateError::Malformed(_))));
-    assert!(matches!(open(br#"{"format":1,"digest":"x","state":{},"extra":1}"#), Err(StateError::Malformed(_))));
+    assert!(matches!(
+        open(br#"{"format":1,"digest":"x","state":{},"extra":1}"#),
+        Err(StateError::Malformed(_))
+    ));
     let huge = vec![b' '; MAX_DOCUMENT + 1];
     assert_eq!(open(&huge), Err(StateError::TooLarge { len: MAX_DOCUMENT + 1 }));
 }
@@ -139,27 +145,64 @@ fn garbage_and_oversize_documents_are_refused() {
 fn an_inconsistent_state_says_where() {
     type Edit = fn(&mut InterfaceState);
     let cases: Vec<(Edit, &str, &str)> = vec![
-        (|s| s.identity.name = "a/b".into(), "identity.name", "not a valid interface name"),
+        (
+            |s| s.identity.name = "a/b".into(),
+            "identity.name",
+            "not a valid interface name",
+        ),
         (|s| s.mtu = 1000, "mtu", "outside 1280..=65535"),
         (|s| s.addresses[0].prefix_len = 33, "addresses[0]", "prefix length"),
         (|s| s.addresses[1].address = ip("fe80::1"), "addresses[1]", "link-local"),
         (|s| s.addresses[0].flags = 0x80, "addresses[0]", "kernel-state bits"),
-        (|s| s.addresses[1].preferred_lft = Some(7200), "addresses[1]", "preferred lifetime exceeds"),
-        (|s| s.addresses.push(s.addresses[0].clone()), "addresses[2]", "listed twice"),
-        (|s| s.routes[0].gateway = Some(ip("2001:db8::1")), "routes[0]", "another address family"),
-        (|s| s.routes[0].destination = ip("198.51.100.7"), "routes[0]", "bits set beyond its prefix"),
+        (
+            |s| s.addresses[1].preferred_lft = Some(7200),
+            "addresses[1]",
+            "preferred lifetime exceeds",
+        ),
+        (
+            |s| s.addresses.push(s.addresses[0].clone()),
+            "addresses[2]",
+            "listed twice",
+        ),
+        (
+            |s| s.routes[0].gateway = Some(ip("2001:db8::1")),
+            "routes[0]",
+            "another address family",
+        ),
+        (
+            |s| s.routes[0].destination = ip("198.51.100.7"),
+            "routes[0]",
+            "bits set beyond its prefix",
+        ),
         (|s| s.routes[0].table = 255, "routes[0]", "local table"),
         (|s| s.routes[0].protocol = RTPROT_KERNEL, "routes[0]", "never saved"),
         (|s| s.routes.push(s.routes[0].clone()), "routes[1]", "listed twice"),
-        (|s| s.neighbours[0].state = NUD_FAILED, "neighbours[0]", "no usable link-layer address"),
-        (|s| s.neighbours[0].state = NUD_NOARP | NUD_PERMANENT, "neighbours[0]", "no usable link-layer address"),
-        (|s| s.identity.mac = "01:00:5e:00:00:01".parse().unwrap(), "identity.mac", "not a unicast"),
+        (
+            |s| s.neighbours[0].state = NUD_FAILED,
+            "neighbours[0]",
+            "no usable link-layer address",
+        ),
+        (
+            |s| s.neighbours[0].state = NUD_NOARP | NUD_PERMANENT,
+            "neighbours[0]",
+            "no usable link-layer address",
+        ),
+        (
+            |s| s.identity.mac = "01:00:5e:00:00:01".parse().unwrap(),
+            "identity.mac",
+            "not a unicast",
+        ),
     ];
     for (edit, at, problem) in cases {
         let mut state = sample();
         edit(&mut state.interface);
         let err = open(seal(&state).as_bytes()).unwrap_err();
-        let StateError::Inconsistent(inc) = &err else { panic!("{err} is not an inconsistency") };
-        assert!(inc.at.starts_with(at) && inc.problem.contains(problem), "{err}: want {at}: {problem}");
+        let StateError::Inconsistent(inc) = &err else {
+            panic!("{err} is not an inconsistency")
+        };
+        assert!(
+            inc.at.starts_with(at) && inc.problem.contains(problem),
+            "{err}: want {at}: {problem}"
+        );
     }
 }

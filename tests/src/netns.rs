@@ -19,7 +19,10 @@ pub enum NetnsError {
     #[error("cannot run ip: {0}")]
     Spawn(std::io::Error),
     #[error("ip -batch failed ({status}): {stderr}")]
-    Ip { status: std::process::ExitStatus, stderr: String },
+    Ip {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
 }
 
 /// Moves the calling thread into a new, empty network namespace and brings up its loopback.
@@ -44,7 +47,10 @@ pub fn ip_batch(commands: &str) -> Result<(), NetnsError> {
     let written = child.stdin.take().expect("piped").write_all(commands.as_bytes());
     let out = child.wait_with_output().map_err(NetnsError::Spawn)?;
     if !out.status.success() {
-        return Err(NetnsError::Ip { status: out.status, stderr: String::from_utf8_lossy(&out.stderr).into() });
+        return Err(NetnsError::Ip {
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        });
     }
     written.map_err(NetnsError::Spawn)
 }

@@ -15,7 +15,11 @@ use vfmig_guest::store;
 use vfmig_protocol::netstate::SavedState;
 
 #[derive(Parser)]
-#[command(name = "vfmig-guestd", version, about = "vfmig guest agent: save and restore a VF's network state")]
+#[command(
+    name = "vfmig-guestd",
+    version,
+    about = "vfmig guest agent: save and restore a VF's network state"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,10 +73,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Capture { interface, out } => {
             let started = Instant::now();
-            let captured = netstate::capture(&handle, &interface).await.with_context(|| format!("capturing {interface}"))?;
+            let captured = netstate::capture(&handle, &interface)
+                .await
+                .with_context(|| format!("capturing {interface}"))?;
             let captured_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
             let path = out.unwrap_or_else(|| store::path_for(store::DEFAULT_DIR.as_ref(), &interface));
-            let state = SavedState { captured_unix_ms, interface: captured.state };
+            let state = SavedState {
+                captured_unix_ms,
+                interface: captured.state,
+            };
             store::save(&path, &state)?;
             let s = &state.interface;
             println!(
@@ -88,10 +97,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Restore { state, onto, restore_mac, no_announce } => {
+        Command::Restore {
+            state,
+            onto,
+            restore_mac,
+            no_announce,
+        } => {
             let saved = store::load(&state)?;
-            let index = netstate::link_index(&handle, &onto).await.with_context(|| format!("restoring onto {onto}"))?;
-            let opts = RestoreOptions { restore_mac, announce: !no_announce };
+            let index = netstate::link_index(&handle, &onto)
+                .await
+                .with_context(|| format!("restoring onto {onto}"))?;
+            let opts = RestoreOptions {
+                restore_mac,
+                announce: !no_announce,
+            };
             let report = netstate::restore(&handle, &saved, index, opts).await?;
             println!(
                 "restored {} onto {onto}: {} applied, {} unchanged, {} failed, {} announced in {} ms",
@@ -105,7 +124,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             for f in &report.failed {
                 println!("  failed: {f}");
             }
-            Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

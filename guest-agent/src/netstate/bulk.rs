@@ -63,8 +63,14 @@ impl Bulk {
             let chunk: Vec<Change> = changes.by_ref().take(CHUNK).collect();
             let results = match tokio::time::timeout(CHUNK_DEADLINE, self.apply_chunk(&chunk)).await {
                 Ok(Ok(results)) => results,
-                Ok(Err(e)) => chunk.iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect(),
-                Err(_) => chunk.iter().map(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel"))).collect(),
+                Ok(Err(e)) => chunk
+                    .iter()
+                    .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                    .collect(),
+                Err(_) => chunk
+                    .iter()
+                    .map(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer from the kernel")))
+                    .collect(),
             };
             out.extend(chunk.into_iter().map(|c| c.what).zip(results));
         }
@@ -100,7 +106,10 @@ impl Bulk {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
                 let len = msg.header.length as usize;
                 if len == 0 {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, "zero-length netlink message"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "zero-length netlink message",
+                    ));
                 }
                 offset += (len + 3) & !3;
                 let seq = msg.header.sequence_number;

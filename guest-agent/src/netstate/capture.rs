@@ -33,7 +33,14 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Netstate
 }
 
 async fn link_by_name(handle: &Handle, name: &str) -> Result<LinkMessage, NetstateError> {
-    match handle.link().get().match_name(name.to_owned()).execute().try_next().await {
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(Some(link)) => Ok(link),
         Ok(None) => Err(NetstateError::NoSuchInterface(name.to_owned())),
         Err(e) if errno::code(&e) == Some(libc::ENODEV) => Err(NetstateError::NoSuchInterface(name.to_owned())),
@@ -85,7 +92,14 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
     let neighbours = dump_neighbours(handle, index).await?;
 
     let mut state = InterfaceState {
-        identity: Identity { name, ifindex: index, mac, permanent_mac: permanent_mac.filter(|m| !m.is_zero()), driver, pci },
+        identity: Identity {
+            name,
+            ifindex: index,
+            mac,
+            permanent_mac: permanent_mac.filter(|m| !m.is_zero()),
+            driver,
+            pci,
+        },
         mtu,
         admin_up: link.header.flags.contains(LinkFlags::Up),
         addresses,
@@ -105,11 +119,16 @@ async fn dump_addresses(handle: &Handle, index: u32) -> Result<Vec<Address>, Net
         .try_collect()
         .await
         .map_err(netlink("dumping addresses"))?;
-    Ok(messages.iter().filter(|m| m.header.index == index).filter_map(address_from).collect())
+    Ok(messages
+        .iter()
+        .filter(|m| m.header.index == index)
+        .filter_map(address_from)
+        .collect())
 }
 
 fn address_from(m: &AddressMessage) -> Option<Address> {
-    let (mut local, mut addr, mut label, mut broadcast, mut cache, mut route_metric) = (None, None, None, None, None, None);
+    let (mut local, mut addr, mut label, mut broadcast, mut cache, mut route_metric) =
+        (None, None, None, None, None, None);
     let mut flags = u32::from(m.header.flags.bits());
     for attr in &m.attributes {
         match attr {
@@ -155,8 +174,13 @@ async fn dump_routes(handle: &Handle, index: u32, skipped: &mut Vec<String>) -> 
         RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build(),
         RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).build(),
     ] {
-        let messages: Vec<RouteMessage> =
-            handle.route().get(request).execute().try_collect().await.map_err(netlink("dumping routes"))?;
+        let messages: Vec<RouteMessage> = handle
+            .route()
+            .get(request)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(netlink("dumping routes"))?;
         for m in &messages {
             if let Some(route) = route_from(m, index, skipped) {
                 routes.push(route);
@@ -196,7 +220,11 @@ fn route_from(m: &RouteMessage, index: u32, skipped: &mut Vec<String>) -> Option
     let kind: u8 = h.kind.into();
     let protocol: u8 = h.protocol.into();
     let is_ipv4 = h.address_family == rtnetlink::packet_route::AddressFamily::Inet;
-    let destination = destination.unwrap_or(if is_ipv4 { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() });
+    let destination = destination.unwrap_or(if is_ipv4 {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    });
     let describe = || format!("route {destination}/{} table {table}", h.destination_prefix_length);
     if multipath {
         skipped.push(format!("{}: multipath routes are not saved", describe()));
@@ -209,11 +237,17 @@ fn route_from(m: &RouteMessage, index: u32, skipped: &mut Vec<String>) -> Option
         return None;
     }
     if via {
-        skipped.push(format!("{}: a gateway of another address family (via) is not saved", describe()));
+        skipped.push(format!(
+            "{}: a gateway of another address family (via) is not saved",
+            describe()
+        ));
         return None;
     }
     if metrics {
-        skipped.push(format!("{}: route metrics (mtu, window, …) are not saved; the route is", describe()));
+        skipped.push(format!(
+            "{}: route metrics (mtu, window, …) are not saved; the route is",
+            describe()
+        ));
     }
     Some(Route {
         table,
@@ -231,9 +265,18 @@ fn route_from(m: &RouteMessage, index: u32, skipped: &mut Vec<String>) -> Option
 }
 
 async fn dump_neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, NetstateError> {
-    let messages: Vec<NeighbourMessage> =
-        handle.neighbours().get().execute().try_collect().await.map_err(netlink("dumping neighbours"))?;
-    Ok(messages.iter().filter(|m| m.header.ifindex == index).filter_map(neighbour_from).collect())
+    let messages: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("dumping neighbours"))?;
+    Ok(messages
+        .iter()
+        .filter(|m| m.header.ifindex == index)
+        .filter_map(neighbour_from)
+        .collect())
 }
 
 fn neighbour_from(m: &NeighbourMessage) -> Option<Neighbour> {

@@ -56,7 +56,11 @@ impl RestoreReport {
         }
     }
 
-    async fn run_link(&mut self, what: String, request: impl std::future::Future<Output = Result<(), rtnetlink::Error>>) {
+    async fn run_link(
+        &mut self,
+        what: String,
+        request: impl std::future::Future<Output = Result<(), rtnetlink::Error>>,
+    ) {
         match request.await {
             Ok(()) => self.applied.push(what),
             Err(e) => self.failed.push(format!("{what}: {}", errno::describe(&e))),
@@ -93,11 +97,18 @@ pub async fn restore(
         // them as source). Suppressed for the restore, put back afterwards.
         let _dad = DadSuppressed::on(&name);
         if want.admin_up && !up {
-            let up = handle.link().set(LinkUnspec::new_with_index(onto).up().build()).execute();
+            let up = handle
+                .link()
+                .set(LinkUnspec::new_with_index(onto).up().build())
+                .execute();
             report.run_link(format!("link {name} up"), up).await;
         }
         let elapsed_secs = elapsed_since(saved.captured_unix_ms);
-        let have: HashMap<_, _> = current.addresses.iter().map(|a| ((a.address, a.prefix_len), a)).collect();
+        let have: HashMap<_, _> = current
+            .addresses
+            .iter()
+            .map(|a| ((a.address, a.prefix_len), a))
+            .collect();
         let mut changes = Vec::new();
         for a in &want.addresses {
             let what = format!("address {}/{}", a.address, a.prefix_len);
@@ -107,7 +118,11 @@ pub async fn restore(
                 continue;
             }
             match address_message(onto, a, elapsed_secs) {
-                Ok(msg) => changes.push(Change { what, msg, replace: existing.is_some() }),
+                Ok(msg) => changes.push(Change {
+                    what,
+                    msg,
+                    replace: existing.is_some(),
+                }),
                 Err(why) => report.failed.push(format!("{what}: {why}")),
             }
         }
@@ -121,7 +136,11 @@ pub async fn restore(
             let what = describe_route(r);
             match have.get(&r.key()) {
                 Some(existing) if *existing == r => report.unchanged.push(what),
-                existing => changes.push(Change { what, msg: route_message(onto, r), replace: existing.is_some() }),
+                existing => changes.push(Change {
+                    what,
+                    msg: route_message(onto, r),
+                    replace: existing.is_some(),
+                }),
             }
         }
         report.record(bulk.apply(changes).await);
@@ -135,16 +154,26 @@ pub async fn restore(
             report.unchanged.push(what);
             continue;
         }
-        changes.push(Change { what, msg: neighbour_message(onto, n), replace: true });
+        changes.push(Change {
+            what,
+            msg: neighbour_message(onto, n),
+            replace: true,
+        });
     }
     report.record(bulk.apply(changes).await);
 
     if opts.announce && want.admin_up {
-        let mac = if opts.restore_mac { want.identity.mac } else { current.identity.mac };
+        let mac = if opts.restore_mac {
+            want.identity.mac
+        } else {
+            current.identity.mac
+        };
         let addresses: Vec<IpAddr> = want.addresses.iter().map(|a| a.address).collect();
         let failures = announce(onto, mac, &addresses);
         report.announced = addresses.len() - failures.len();
-        report.failed.extend(failures.into_iter().map(|(ip, e)| format!("announce {ip}: {e}")));
+        report
+            .failed
+            .extend(failures.into_iter().map(|(ip, e)| format!("announce {ip}: {e}")));
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -164,7 +193,13 @@ async fn restore_link(
     let mut name = current.identity.name.clone();
     let mut rename = name != want.name;
     if rename {
-        let holder = handle.link().get().match_name(want.name.clone()).execute().try_next().await;
+        let holder = handle
+            .link()
+            .get()
+            .match_name(want.name.clone())
+            .execute()
+            .try_next()
+            .await;
         if let Ok(Some(other)) = holder {
             report.failed.push(format!(
                 "link name {}: already used by the link with index {}; keeping {name}",
@@ -198,7 +233,9 @@ async fn restore_link(
     }
     let request = handle.link().set(msg.build()).execute();
     let before = report.failed.len();
-    report.run_link(format!("link {name}: {}", what.join(", ")), request).await;
+    report
+        .run_link(format!("link {name}: {}", what.join(", ")), request)
+        .await;
     let done = report.failed.len() == before;
     if rename && done {
         name = want.name.clone();
@@ -207,7 +244,9 @@ async fn restore_link(
 }
 
 fn elapsed_since(captured_unix_ms: u64) -> u32 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     u32::try_from(now.saturating_sub(captured_unix_ms) / 1000).unwrap_or(u32::MAX)
 }
 
@@ -250,7 +289,8 @@ fn address_message(onto: u32, a: &Address, elapsed_secs: u32) -> Result<RouteNet
     if let Some(l) = &a.label {
         m.attributes.push(AddressAttribute::Label(l.clone()));
     }
-    m.attributes.push(AddressAttribute::Flags(AddressFlags::from_bits_retain(a.flags)));
+    m.attributes
+        .push(AddressAttribute::Flags(AddressFlags::from_bits_retain(a.flags)));
     if let Some(p) = a.route_metric {
         m.attributes.push(AddressAttribute::RoutePriority(p));
     }
@@ -274,7 +314,8 @@ fn neighbour_message(onto: u32, n: &Neighbour) -> RouteNetlinkMessage {
         IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
         IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
     }));
-    m.attributes.push(NeighbourAttribute::LinkLayerAddress(n.lladdr.0.to_vec()));
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(n.lladdr.0.to_vec()));
     RouteNetlinkMessage::NewNeighbour(m)
 }
 
@@ -330,7 +371,9 @@ impl DadSuppressed {
     fn on(link: &str) -> Self {
         // /proc/sys/net is per network namespace of the calling thread: plain (blocking) file
         // I/O on this thread, never a thread pool that may live elsewhere. Two tiny writes.
-        let path = std::path::Path::new("/proc/sys/net/ipv6/conf").join(link).join("accept_dad");
+        let path = std::path::Path::new("/proc/sys/net/ipv6/conf")
+            .join(link)
+            .join("accept_dad");
         let previous = std::fs::read_to_string(&path).ok();
         if previous.is_some() {
             if let Err(e) = std::fs::write(&path, "0") {

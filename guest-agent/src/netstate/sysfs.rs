@@ -9,7 +9,9 @@ use vfmig_protocol::netstate::PciIdentity;
 /// was mounted in, so the entry is used only when its ifindex is the link's own.
 pub(crate) fn identity(name: &str, ifindex: u32) -> (Option<String>, Option<PciIdentity>) {
     let dir = Path::new("/sys/class/net").join(name);
-    let same_link = fs::read_to_string(dir.join("ifindex")).ok().and_then(|s| s.trim().parse::<u32>().ok())
+    let same_link = fs::read_to_string(dir.join("ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
         == Some(ifindex);
     if !same_link {
         return (None, None);

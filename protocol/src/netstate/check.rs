@@ -24,7 +24,10 @@ impl fmt::Display for Inconsistency {
 }
 
 fn bad(at: impl Into<String>, problem: impl Into<String>) -> Inconsistency {
-    Inconsistency { at: at.into(), problem: problem.into() }
+    Inconsistency {
+        at: at.into(),
+        problem: problem.into(),
+    }
 }
 
 fn bits(a: IpAddr) -> u8 {
@@ -63,7 +66,11 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
     if let Some(pci) = &id.pci {
         validate_pci_address(&pci.address).map_err(|p| bad("identity.pci.address", p))?;
     }
-    let min_mtu = if s.addresses.iter().any(|a| a.address.is_ipv6()) { 1280 } else { 68 };
+    let min_mtu = if s.addresses.iter().any(|a| a.address.is_ipv6()) {
+        1280
+    } else {
+        68
+    };
     if !(min_mtu..=65535).contains(&s.mtu) {
         return Err(bad("mtu", format!("{} is outside {min_mtu}..=65535", s.mtu)));
     }
@@ -118,7 +125,10 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
             return Err(bad(at(), format!("route type {} does not use an interface", r.kind)));
         }
         if r.protocol == RTPROT_KERNEL || r.protocol == RTPROT_RA {
-            return Err(bad(at(), "routes the kernel makes (protocol kernel or ra) are never saved"));
+            return Err(bad(
+                at(),
+                "routes the kernel makes (protocol kernel or ra) are never saved",
+            ));
         }
         if r.gateway.is_some_and(|g| !same_family(g, r.destination)) {
             return Err(bad(at(), "gateway is of another address family"));
@@ -138,7 +148,10 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
     for (i, n) in s.neighbours.iter().enumerate() {
         let at = || format!("neighbours[{i}] ({})", n.address);
         if n.state & NUD_SAVED == 0 || n.state & (NUD_FAILED | NUD_NOARP | NUD_INCOMPLETE) != 0 {
-            return Err(bad(at(), format!("state {:#x} holds no usable link-layer address", n.state)));
+            return Err(bad(
+                at(),
+                format!("state {:#x} holds no usable link-layer address", n.state),
+            ));
         }
         if n.lladdr.is_zero() {
             return Err(bad(at(), "link-layer address is all zeros"));

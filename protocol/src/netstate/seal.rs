@@ -62,7 +62,11 @@ pub fn digest(state: &SavedState) -> String {
 
 /// The document to persist: format, digest, state.
 pub fn seal(state: &SavedState) -> String {
-    let doc = DocumentOut { format: FORMAT_VERSION, digest: digest(state), state };
+    let doc = DocumentOut {
+        format: FORMAT_VERSION,
+        digest: digest(state),
+        state,
+    };
     serde_json::to_string(&doc).expect("a SavedState always serialises")
 }
 
@@ -86,7 +90,10 @@ pub fn open(bytes: &[u8]) -> Result<SavedState, StateError> {
     let doc: DocumentIn = serde_json::from_slice(bytes).map_err(parse_error)?;
     let computed = digest(&doc.state);
     if computed != doc.digest {
-        return Err(StateError::DigestMismatch { recorded: doc.digest, computed });
+        return Err(StateError::DigestMismatch {
+            recorded: doc.digest,
+            computed,
+        });
     }
     check(&doc.state.interface)?;
     Ok(doc.state)
