@@ -1,0 +1,11 @@
+//! vfmig's host agent: drives QEMU (over QMP) and the guest agent (over virtio-serial) through
+//! a live migration that keeps the VF active during pre-copy, then unplugs it cooperatively
+//! and has the state restored on the destination.
+//!
+//! It must never trust what the guest says (every message is validated and every wait has a
+//! deadline), never start a migration it cannot finish or roll back, and never change the VM
+//! before the guest and the destination have been checked.
+//!
+//! The QMP client, the guest channel and the migration state machine arrive with the
+//! end-to-end migration work; today the crate only fixes its place in the workspace and its
+//! dependency on `vfmig-protocol`, whose types it speaks.
