@@ -12,6 +12,11 @@ use vfmig_testbed::netns::{enter_fresh, ip_batch, Namespace};
 
 const MAC_A: &str = "02:00:00:00:0a:01";
 const MAC_B: &str = "02:00:00:00:0b:01";
+/// Keep the new link's MAC, announce the addresses: what the daemon does after a migration.
+const ANNOUNCE: RestoreOptions = RestoreOptions {
+    restore_mac: false,
+    announce: true,
+};
 
 /// Interface A: 3 IPv4 + 3 IPv6 addresses, routes in main and table 100 (on-link and gateway,
 /// both families), 25 permanent and 25 reachable neighbours.
@@ -132,17 +137,7 @@ async fn restore_onto_a_new_link_reproduces_the_captured_state_and_is_idempotent
     ))
     .unwrap();
     let b = index_of("vfb0");
-    let report = restore(
-        &handle,
-        &saved,
-        b,
-        RestoreOptions {
-            restore_mac: false,
-            announce: true,
-        },
-    )
-    .await
-    .unwrap();
+    let report = restore(&handle, &saved, b, ANNOUNCE).await.unwrap();
     assert_clean(&report);
     // 1 link change + 1 link up + 6 addresses + 8 routes + 50 neighbours
     assert_eq!(report.applied.len(), 66, "{:#?}", report.applied);
@@ -280,17 +275,7 @@ neigh add 2001:db8:10::2 lladdr {MAC_A} dev vfb0p nud stale\n"
     .unwrap()
     .unwrap();
 
-    let report = restore(
-        &handle,
-        &saved,
-        index_of("vfb0"),
-        RestoreOptions {
-            restore_mac: false,
-            announce: true,
-        },
-    )
-    .await
-    .unwrap();
+    let report = restore(&handle, &saved, index_of("vfb0"), ANNOUNCE).await.unwrap();
     assert_clean(&report);
     assert_eq!(report.announced, 2);
 

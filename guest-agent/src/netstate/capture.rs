@@ -9,7 +9,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, Address
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkGetRequest, RouteMessageBuilder};
 use vfmig_protocol::netstate::consts::*;
 use vfmig_protocol::netstate::{Address, Identity, InterfaceState, Neighbour, Route};
 use vfmig_protocol::MacAddr;
@@ -32,20 +32,18 @@ fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Netstate
     move |source| NetstateError::Netlink { what, source }
 }
 
-async fn link_by_name(handle: &Handle, name: &str) -> Result<LinkMessage, NetstateError> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-    {
+/// The one link a query names; an empty answer and ENODEV both mean there is none.
+async fn one_link(request: LinkGetRequest, what: String) -> Result<LinkMessage, NetstateError> {
+    match request.execute().try_next().await {
         Ok(Some(link)) => Ok(link),
-        Ok(None) => Err(NetstateError::NoSuchInterface(name.to_owned())),
-        Err(e) if errno::code(&e) == Some(libc::ENODEV) => Err(NetstateError::NoSuchInterface(name.to_owned())),
-        Err(e) => Err(netlink(format!("reading link {name}"))(e)),
+        Ok(None) => Err(NetstateError::NoSuchInterface(what)),
+        Err(e) if errno::code(&e) == Some(libc::ENODEV) => Err(NetstateError::NoSuchInterface(what)),
+        Err(e) => Err(netlink(format!("reading link {what}"))(e)),
     }
+}
+
+async fn link_by_name(handle: &Handle, name: &str) -> Result<LinkMessage, NetstateError> {
+    one_link(handle.link().get().match_name(name.to_owned()), name.to_owned()).await
 }
 
 /// The index of the link named `name`.
@@ -60,15 +58,8 @@ pub async fn capture(handle: &Handle, name: &str) -> Result<Captured, NetstateEr
 
 /// Captures the interface with index `index`.
 pub async fn capture_index(handle: &Handle, index: u32) -> Result<Captured, NetstateError> {
-    let link = handle.link().get().match_index(index).execute().try_next().await;
-    match link {
-        Ok(Some(link)) => capture_link(handle, link).await,
-        Ok(None) => Err(NetstateError::NoSuchInterface(format!("with index {index}"))),
-        Err(e) if errno::code(&e) == Some(libc::ENODEV) => {
-            Err(NetstateError::NoSuchInterface(format!("with index {index}")))
-        }
-        Err(e) => Err(netlink(format!("reading link {index}"))(e)),
-    }
+    let link = one_link(handle.link().get().match_index(index), format!("with index {index}")).await?;
+    capture_link(handle, link).await
 }
 
 async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, NetstateError> {

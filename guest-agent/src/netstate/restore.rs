@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -20,10 +19,11 @@ use rtnetlink::packet_route::route::{RouteAttribute, RouteFlags, RouteMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, LinkUnspec};
 use vfmig_protocol::netstate::consts::*;
-use vfmig_protocol::netstate::{Address, Neighbour, Route, SavedState};
+use vfmig_protocol::netstate::{Address, InterfaceState, Neighbour, Route, SavedState};
+use vfmig_protocol::MacAddr;
 
 use super::bulk::{Bulk, Change};
-use super::capture::capture_index;
+use super::capture::{capture_index, link_index};
 use super::{announce, errno, NetstateError};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -90,13 +90,14 @@ pub async fn restore(
     let current = capture_index(handle, onto).await?.state;
     let mut bulk = Bulk::open().map_err(NetstateError::Socket)?;
 
-    let (name, up) = restore_link(handle, &mut report, saved, &current, onto, opts).await;
+    let link = restore_link(handle, &mut report, saved, &current, onto, opts).await;
+    let name = link.name;
     {
         // The addresses are moving with their owner, not newly claimed: duplicate address
         // detection would only keep IPv6 unusable for a second (and refuse routes that use
         // them as source). Suppressed for the restore, put back afterwards.
         let _dad = DadSuppressed::on(&name);
-        if want.admin_up && !up {
+        if want.admin_up && !link.up {
             let up = handle
                 .link()
                 .set(LinkUnspec::new_with_index(onto).up().build())
@@ -163,13 +164,8 @@ pub async fn restore(
     report.record(bulk.apply(changes).await);
 
     if opts.announce && want.admin_up {
-        let mac = if opts.restore_mac {
-            want.identity.mac
-        } else {
-            current.identity.mac
-        };
         let addresses: Vec<IpAddr> = want.addresses.iter().map(|a| a.address).collect();
-        let failures = announce(onto, mac, &addresses);
+        let failures = announce(onto, link.mac, &addresses);
         report.announced = addresses.len() - failures.len();
         report
             .failed
@@ -179,31 +175,31 @@ pub async fn restore(
     Ok(report)
 }
 
-/// Sets name, MTU and MAC in one request (the link must be down to be renamed or re-addressed)
-/// and returns the name the link ends up with and whether it is still up.
+/// What the link is after [`restore_link`].
+struct LinkResult {
+    name: String,
+    /// Still up: it was up and was not taken down to be renamed or re-addressed.
+    up: bool,
+    mac: MacAddr,
+}
+
+/// Sets name, MTU and MAC in one request (the link must be down to be renamed or re-addressed).
 async fn restore_link(
     handle: &Handle,
     report: &mut RestoreReport,
     saved: &SavedState,
-    current: &vfmig_protocol::netstate::InterfaceState,
+    current: &InterfaceState,
     onto: u32,
     opts: RestoreOptions,
-) -> (String, bool) {
+) -> LinkResult {
     let want = &saved.interface.identity;
     let mut name = current.identity.name.clone();
     let mut rename = name != want.name;
     if rename {
-        let holder = handle
-            .link()
-            .get()
-            .match_name(want.name.clone())
-            .execute()
-            .try_next()
-            .await;
-        if let Ok(Some(other)) = holder {
+        if let Ok(other) = link_index(handle, &want.name).await {
             report.failed.push(format!(
                 "link name {}: already used by the link with index {}; keeping {name}",
-                want.name, other.header.index
+                want.name, other
             ));
             rename = false;
         }
@@ -212,7 +208,11 @@ async fn restore_link(
     let remtu = current.mtu != saved.interface.mtu;
     if !(rename || remac || remtu) {
         report.unchanged.push(format!("link {name}"));
-        return (name, current.admin_up);
+        return LinkResult {
+            name,
+            up: current.admin_up,
+            mac: current.identity.mac,
+        };
     }
     let mut msg = LinkUnspec::new_with_index(onto);
     let mut what = Vec::new();
@@ -240,7 +240,11 @@ async fn restore_link(
     if rename && done {
         name = want.name.clone();
     }
-    (name, current.admin_up && !(done && (rename || remac)))
+    LinkResult {
+        name,
+        up: current.admin_up && !(done && (rename || remac)),
+        mac: if remac && done { want.mac } else { current.identity.mac },
+    }
 }
 
 fn elapsed_since(captured_unix_ms: u64) -> u32 {
