@@ -6,5 +6,7 @@
 //! item is attempted and every failure reported, because a half-restored NIC with a silent
 //! error is worse than one with a list of what is missing.
 
+pub mod agent;
+pub mod channel;
 pub mod netstate;
 pub mod store;

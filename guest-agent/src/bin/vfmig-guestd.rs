@@ -10,8 +10,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use vfmig_guest::agent::Agent;
+use vfmig_guest::channel;
 use vfmig_guest::netstate::{self, RestoreOptions};
 use vfmig_guest::store;
+use vfmig_protocol::message::Capabilities;
 use vfmig_protocol::netstate::SavedState;
 
 #[derive(Parser)]
@@ -27,6 +30,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the host agent on the virtio-serial port until killed: answer hello and sync,
+    /// save the named interface's state on prepare-unplug, restore it on restore.
+    Run {
+        /// The port device (default: the virtio port named org.vfmig.agent.0, found in sysfs).
+        #[arg(long)]
+        port: Option<PathBuf>,
+        /// Where saved states live; it must migrate with the VM (tmpfs in RAM).
+        #[arg(long, default_value = store::DEFAULT_DIR)]
+        store: PathBuf,
+    },
     /// Save an interface's addresses, routes (every table) and neighbours to a sealed document.
     Capture {
         /// The interface to save.
@@ -71,6 +84,19 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let handle = netstate::connect().context("opening rtnetlink")?;
     match cli.command {
+        Command::Run { port, store } => {
+            let port = match port {
+                Some(p) => p,
+                None => channel::port::find(channel::port::PORT_NAME).context("finding the host channel")?,
+            };
+            let mut stream = channel::port::open(&port).with_context(|| format!("opening {}", port.display()))?;
+            tracing::info!(port = %port.display(), "serving the host");
+            let mut agent = Agent::new(handle, store, Capabilities::default());
+            channel::session::serve(&mut stream, &mut agent)
+                .await
+                .context("host channel failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Capture { interface, out } => {
             let started = Instant::now();
             let captured = netstate::capture(&handle, &interface)

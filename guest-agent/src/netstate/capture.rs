@@ -10,6 +10,7 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage};
 use rtnetlink::{Handle, LinkGetRequest, RouteMessageBuilder};
+use vfmig_protocol::message::InterfaceSelector;
 use vfmig_protocol::netstate::consts::*;
 use vfmig_protocol::netstate::{Address, Identity, InterfaceState, Neighbour, Route};
 use vfmig_protocol::MacAddr;
@@ -60,6 +61,45 @@ pub async fn capture(handle: &Handle, name: &str) -> Result<Captured, NetstateEr
 pub async fn capture_index(handle: &Handle, index: u32) -> Result<Captured, NetstateError> {
     let link = one_link(handle.link().get().match_index(index), format!("with index {index}")).await?;
     capture_link(handle, link).await
+}
+
+/// The index of the one link that matches every field `selector` sets (name, MAC, PCI
+/// address). No match and several matches are both errors: the host must name one link.
+pub async fn find_link(handle: &Handle, selector: &InterfaceSelector) -> Result<u32, NetstateError> {
+    let links: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing links"))?;
+    let mut found = Vec::new();
+    for link in &links {
+        let (mut name, mut mac) = (None, None);
+        for attr in &link.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.as_str()),
+                LinkAttribute::Address(a) => mac = MacAddr::from_slice(a),
+                _ => {}
+            }
+        }
+        let Some(name) = name else { continue };
+        let pci = || sysfs::identity(name, link.header.index).1.map(|p| p.address);
+        if selector.name.as_deref().is_none_or(|n| n == name)
+            && selector.mac.is_none_or(|m| mac == Some(m))
+            && selector.pci_address.as_ref().is_none_or(|p| pci().as_ref() == Some(p))
+        {
+            found.push(link.header.index);
+        }
+    }
+    match found[..] {
+        [index] => Ok(index),
+        [] => Err(NetstateError::NoSuchInterface(format!("matching {selector:?}"))),
+        _ => Err(NetstateError::Ambiguous {
+            selector: format!("{selector:?}"),
+            count: found.len(),
+        }),
+    }
 }
 
 async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, NetstateError> {

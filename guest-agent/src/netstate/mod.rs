@@ -9,7 +9,7 @@ mod restore;
 mod sysfs;
 
 pub use announce::announce;
-pub use capture::{capture, capture_index, link_index, Captured};
+pub use capture::{capture, capture_index, find_link, link_index, Captured};
 pub use restore::{restore, RestoreOptions, RestoreReport};
 
 use rtnetlink::Handle;
@@ -26,6 +26,8 @@ pub fn connect() -> std::io::Result<Handle> {
 pub enum NetstateError {
     #[error("no interface {0}")]
     NoSuchInterface(String),
+    #[error("{count} interfaces match {selector}; the host must name exactly one")]
+    Ambiguous { selector: String, count: usize },
     #[error("interface {name} has no Ethernet address; vfmig handles Ethernet VFs only")]
     NotEthernet { name: String },
     #[error("opening a netlink socket: {0}")]

@@ -1,0 +1,156 @@
+//! What the agent does for each host request. Everything it receives has been decoded and
+//! validated by the protocol crate; what it finds in the kernel and on disk is checked here.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rtnetlink::Handle;
+use vfmig_protocol::message::{
+    Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, Phase, PrepareUnplug, Restore, Restored, StateSaved,
+    Status, UnplugReady, MAX_FAILURES, MAX_TEXT,
+};
+use vfmig_protocol::netstate::{digest, SavedState};
+use vfmig_protocol::version::{negotiate, SUPPORTED};
+use vfmig_protocol::ErrorCode;
+
+use crate::netstate::{self, RestoreOptions};
+use crate::store;
+
+pub struct Agent {
+    handle: Handle,
+    store_dir: PathBuf,
+    capabilities: Capabilities,
+    phase: Phase,
+}
+
+fn error(code: ErrorCode, message: impl std::fmt::Display) -> GuestMessage {
+    GuestMessage::Error(ErrorReply {
+        code,
+        message: message.to_string(),
+    })
+}
+
+/// A failure line cut to what the host accepts, at a character boundary.
+fn bounded(mut line: String) -> String {
+    if line.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Agent {
+    pub fn new(handle: Handle, store_dir: PathBuf, capabilities: Capabilities) -> Self {
+        Self {
+            handle,
+            store_dir,
+            capabilities,
+            phase: Phase::Idle,
+        }
+    }
+
+    /// The replies to one request, in the order they are to be sent.
+    pub async fn handle(&mut self, msg: HostMessage) -> Vec<GuestMessage> {
+        match msg {
+            HostMessage::Hello(h) => vec![match negotiate(SUPPORTED, h.versions) {
+                Ok(_) => GuestMessage::Hello(Hello::ours(
+                    concat!("vfmig-guestd ", env!("CARGO_PKG_VERSION")),
+                    self.capabilities.clone(),
+                )),
+                Err(e) => error(ErrorCode::VersionMismatch, e),
+            }],
+            HostMessage::Sync { nonce } => vec![GuestMessage::SyncAck { nonce }],
+            HostMessage::StatusQuery => vec![GuestMessage::Status(Status {
+                phase: self.phase,
+                saved: self.saved(),
+            })],
+            HostMessage::PrepareUnplug(p) => self.prepare_unplug(p).await,
+            HostMessage::Restore(r) => vec![self.restore(r).await],
+        }
+    }
+
+    /// Names of the interfaces with a state on record.
+    fn saved(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.store_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn prepare_unplug(&mut self, p: PrepareUnplug) -> Vec<GuestMessage> {
+        let index = match netstate::find_link(&self.handle, &p.interface).await {
+            Ok(i) => i,
+            Err(e) => return vec![error(ErrorCode::NoSuchInterface, e)],
+        };
+        let captured = match netstate::capture_index(&self.handle, index).await {
+            Ok(c) => c,
+            Err(e) => return vec![error(ErrorCode::CaptureFailed, e)],
+        };
+        for skipped in &captured.skipped {
+            tracing::warn!(skipped, "not saved");
+        }
+        let captured_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let state = SavedState {
+            captured_unix_ms,
+            interface: captured.state,
+        };
+        let name = state.interface.identity.name.clone();
+        if let Err(e) = store::save(&store::path_for(&self.store_dir, &name), &state) {
+            return vec![error(ErrorCode::StorageFailed, e)];
+        }
+        self.phase = Phase::Saved;
+        let s = &state.interface;
+        vec![
+            GuestMessage::StateSaved(StateSaved {
+                interface: name.clone(),
+                digest: digest(&state),
+                addresses: count(s.addresses.len()),
+                routes: count(s.routes.len()),
+                neighbours: count(s.neighbours.len()),
+            }),
+            GuestMessage::UnplugReady(UnplugReady { interface: name }),
+        ]
+    }
+
+    async fn restore(&mut self, r: Restore) -> GuestMessage {
+        let saved = match store::load(&store::path_for(&self.store_dir, &r.saved)) {
+            Ok(s) => s,
+            Err(e) => return error(ErrorCode::InvalidState, e),
+        };
+        let index = match netstate::find_link(&self.handle, &r.onto).await {
+            Ok(i) => i,
+            Err(e) => return error(ErrorCode::NoSuchInterface, e),
+        };
+        self.phase = Phase::Restoring;
+        let opts = RestoreOptions {
+            restore_mac: r.restore_mac,
+            announce: true,
+        };
+        match netstate::restore(&self.handle, &saved, index, opts).await {
+            Ok(report) => {
+                self.phase = Phase::Restored;
+                GuestMessage::Restored(Restored {
+                    interface: saved.interface.identity.name,
+                    applied: count(report.applied.len()),
+                    unchanged: count(report.unchanged.len()),
+                    failed: report.failed.into_iter().take(MAX_FAILURES).map(bounded).collect(),
+                    duration_ms: u32::try_from(report.elapsed.as_millis()).unwrap_or(u32::MAX),
+                })
+            }
+            Err(e) => error(ErrorCode::RestoreIncomplete, e),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The agent's session end to end over a real byte stream, on the real kernel: what the host
+//! agent will do over virtio-serial, minus the VM.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use vfmig_guest::agent::Agent;
+use vfmig_guest::channel::session::serve;
+use vfmig_guest::netstate::{capture, connect};
+use vfmig_protocol::frame::{self, Decoder};
+use vfmig_protocol::message::*;
+use vfmig_protocol::request::{Progress, RequestTracker};
+use vfmig_protocol::{ErrorCode, MacAddr};
+use vfmig_testbed::netns::{enter_fresh, ip_batch};
+
+struct Host {
+    stream: UnixStream,
+    decoder: Decoder,
+    tracker: RequestTracker,
+    pending: Vec<Envelope<GuestMessage>>,
+}
+
+impl Host {
+    async fn send(&mut self, msg: HostMessage) -> RequestId {
+        let env = self.tracker.issue(msg).unwrap();
+        self.stream.write_all(&encode(env.id, &env.msg).unwrap()).await.unwrap();
+        env.id
+    }
+
+    /// The next reply, checked against its request; a test fails rather than hangs.
+    async fn reply(&mut self) -> (Envelope<GuestMessage>, Progress) {
+        let mut buf = vec![0u8; 4096];
+        while self.pending.is_empty() {
+            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "agent closed the stream");
+            for f in self.decoder.push(&buf[..n]) {
+                self.pending.push(decode(&f.unwrap()).unwrap());
+            }
+        }
+        let env = self.pending.remove(0);
+        let progress = self.tracker.accept(&env).unwrap();
+        (env, progress)
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn hello_prepare_unplug_and_restore_over_a_stream() {
+    enter_fresh().unwrap();
+    ip_batch(
+        "link add vfa0 address 02:00:00:00:0a:01 type veth peer name vfa0p
+link set vfa0p up
+link set vfa0 up
+addr add 198.18.10.2/24 dev vfa0
+addr add 2001:db8:10::2/64 dev vfa0 nodad
+route add 198.51.100.0/24 via 198.18.10.1 dev vfa0 table 100
+neigh add 198.18.10.7 lladdr 02:00:00:00:00:07 dev vfa0 nud permanent
+",
+    )
+    .unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-{}", std::process::id()));
+    let (guest_end, host_end) = UnixStream::pair().unwrap();
+    let mut agent = Agent::new(handle.clone(), store.clone(), Capabilities::default());
+    tokio::spawn(async move {
+        let mut s = guest_end;
+        serve(&mut s, &mut agent).await
+    });
+    let mut host = Host {
+        stream: host_end,
+        decoder: Decoder::new(),
+        tracker: RequestTracker::new(),
+        pending: vec![],
+    };
+
+    // Leftovers of an earlier session come first; the agent skips them.
+    host.stream
+        .write_all(b"\xff V1 half a frame from before the migration")
+        .await
+        .unwrap();
+    host.send(HostMessage::Sync { nonce: 77 }).await;
+    assert_eq!(host.reply().await.0.msg, GuestMessage::SyncAck { nonce: 77 });
+    host.send(HostMessage::Hello(Hello::ours("test-host", Capabilities::default())))
+        .await;
+    assert!(matches!(host.reply().await.0.msg, GuestMessage::Hello(_)));
+
+    let by_name = InterfaceSelector {
+        name: Some("vfa0".into()),
+        ..Default::default()
+    };
+    let id = host
+        .send(HostMessage::PrepareUnplug(PrepareUnplug {
+            interface: by_name,
+            deadline_ms: 5000,
+        }))
+        .await;
+    let (saved, progress) = host.reply().await;
+    assert_eq!((saved.id, progress), (id, Progress::Interim));
+    let GuestMessage::StateSaved(s) = saved.msg else {
+        panic!("{saved:?}")
+    };
+    assert_eq!(
+        (s.interface.as_str(), s.addresses, s.routes, s.neighbours),
+        ("vfa0", 2, 1, 1)
+    );
+    let on_disk = vfmig_guest::store::load(&store.join("vfa0.json")).unwrap();
+    assert_eq!(vfmig_protocol::netstate::digest(&on_disk), s.digest);
+    assert_eq!(host.reply().await.1, Progress::Final, "unplug_ready closes the request");
+    let before = on_disk.interface;
+
+    let mac_b: MacAddr = "02:00:00:00:0b:01".parse().unwrap();
+    ip_batch(&format!(
+        "link del vfa0\nlink add enp2s0 address {mac_b} type veth peer name wire\nlink set wire up\n"
+    ))
+    .unwrap();
+    let onto = InterfaceSelector {
+        mac: Some(mac_b),
+        ..Default::default()
+    };
+    host.send(HostMessage::Restore(Restore {
+        saved: "vfa0".into(),
+        onto,
+        restore_mac: false,
+    }))
+    .await;
+    let GuestMessage::Restored(r) = host.reply().await.0.msg else {
+        panic!("not restored")
+    };
+    assert!(r.failed.is_empty(), "{:?}", r.failed);
+    let after = capture(&handle, "vfa0").await.unwrap().state;
+    assert_eq!(
+        (after.addresses, after.routes, after.neighbours),
+        (before.addresses, before.routes, before.neighbours)
+    );
+
+    host.send(HostMessage::StatusQuery).await;
+    assert_eq!(
+        host.reply().await.0.msg,
+        GuestMessage::Status(Status {
+            phase: Phase::Restored,
+            saved: vec!["vfa0".into()]
+        })
+    );
+
+    // A state that does not exist, and a request that does not validate: errors, not silence.
+    let onto = InterfaceSelector {
+        name: Some("vfa0".into()),
+        ..Default::default()
+    };
+    host.send(HostMessage::Restore(Restore {
+        saved: "eth9".into(),
+        onto,
+        restore_mac: false,
+    }))
+    .await;
+    let GuestMessage::Error(e) = host.reply().await.0.msg else {
+        panic!("not an error")
+    };
+    assert_eq!(e.code, ErrorCode::InvalidState);
+    let id = host.tracker.issue(HostMessage::StatusQuery).unwrap().id;
+    let bad =
+        format!(r#"{{"v":1,"id":{id},"msg":{{"type":"restore","body":{{"saved":"a/b","onto":{{"name":"x"}}}}}}}}"#);
+    host.stream.write_all(&frame::encode(&bad).unwrap()).await.unwrap();
+    let (reply, _) = host.reply().await;
+    assert!(
+        matches!(
+            reply.msg,
+            GuestMessage::Error(ErrorReply {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ),
+        "{reply:?}"
+    );
+    std::fs::remove_dir_all(store).unwrap();
+}
