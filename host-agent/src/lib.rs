@@ -6,6 +6,11 @@
 //! deadline), never start a migration it cannot finish or roll back, and never change the VM
 //! before the guest and the destination have been checked.
 //!
-//! The QMP client, the guest channel and the migration state machine arrive with the
-//! end-to-end migration work; today the crate only fixes its place in the workspace and its
-//! dependency on `vfmig-protocol`, whose types it speaks.
+//! - [`qmp`]: a thin QMP client and the migration API's types.
+//! - [`channel`]: the host's end of the guest channel.
+//!
+//! The migration state machine and the `vfmig-host` command arrive with the end-to-end
+//! migration work.
+
+pub mod channel;
+pub mod qmp;
