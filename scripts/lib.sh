@@ -7,16 +7,33 @@ require_root() {
     fi
 }
 
-# Debian packages the build and the tests need. apt-get runs only when something is missing.
+# QEMU 10 (with the SR-IOV igb NIC) is in bookworm-backports; bookworm's own 7.2 has no igb.
+qemu_is_new_enough() {
+    command -v qemu-system-x86_64 >/dev/null &&
+        qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'
+}
+
+# Debian packages the build and the tests need; apt-get runs only when something is missing.
 install_deps() {
-    local missing=()
+    local missing=() missing_qemu=
     command -v ip >/dev/null || missing+=(iproute2)
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
     command -v git >/dev/null || missing+=(git)
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "installing: ${missing[*]}"
+    command -v cpio >/dev/null || missing+=(cpio)
+    if [ ${#missing[@]} -gt 0 ] || ! qemu_is_new_enough; then
+        if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+                > /etc/apt/sources.list.d/vfmig-backports.sources
+        fi
+        qemu_is_new_enough || missing_qemu=1
+        echo "installing: ${missing[*]}${missing_qemu:+ qemu-system-x86 (bookworm-backports)}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        if [ ${#missing[@]} -gt 0 ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        fi
+        if [ -n "${missing_qemu:-}" ]; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
+        fi
     fi
     # Debian bookworm's rustc (1.63) is too old for the dependencies; a rustup toolchain is needed.
     if ! command -v cargo >/dev/null; then

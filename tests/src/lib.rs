@@ -1,9 +1,36 @@
-//! The vfmig test bed: throw-away network namespaces for tests on a real kernel (and, as the
-//! project grows, the QEMU hosts, fabric and probes built on them).
+//! The vfmig test bed: throw-away network namespaces, a bridge fabric with a peer host, QEMU
+//! processes as source and destination hosts, the guest image they boot, and probes.
 //!
-//! It must never touch the machine's own network namespace: every helper here first moves the
-//! calling thread (never the whole process) into a fresh namespace, which the kernel frees when
-//! the last thread or descriptor holding it goes away, so a failed or panicking test leaves
-//! nothing behind. Tests use addresses from 198.18.0.0/15 and 2001:db8::/32 only.
+//! It must never touch the machine's own network namespace: everything is built from a
+//! namespace the calling thread makes for itself, which the kernel frees when the last thread
+//! or process in it goes away. QEMU processes are killed by PID when their guard drops and, if
+//! the test thread dies first, by the kernel (parent-death signal), so a failed or panicking
+//! test leaves nothing behind. Tests use addresses from 198.18.0.0/15 and 2001:db8::/32 only.
 
+pub mod fabric;
+pub mod image;
 pub mod netns;
+pub mod probe;
+pub mod vm;
+
+/// Held while a test runs VMs; see [`exclusive`].
+pub struct Exclusive {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// QEMU under TCG wants both cores: tests that boot VMs hold this lock so they run one at a
+/// time, whether the harness runs them on parallel threads or two test runs share the machine.
+/// It is a lock on a file, so it is released by the kernel even if the holder dies.
+pub fn exclusive() -> Exclusive {
+    let path = std::env::temp_dir().join("vfmig-testbed.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+        Ok(lock) => Exclusive { _lock: lock },
+        Err((_, e)) => panic!("locking {}: {e}", path.display()),
+    }
+}

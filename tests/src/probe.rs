@@ -1,0 +1,149 @@
+//! Probes run from the peer host's namespace: a 1 kHz UDP echo probe that records every gap,
+//! and a long-lived TCP connection whose liveness the tests check.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::netns::{Namespace, NetnsError};
+
+/// What the peer saw while the probe ran.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub sent: u64,
+    pub received: u64,
+    /// Longest time between two answered probes: the service blackout.
+    pub max_gap: Duration,
+    /// One entry per probe (one per millisecond): answered or not, for plotting.
+    pub answered: Vec<bool>,
+}
+
+impl ProbeReport {
+    pub fn lost(&self) -> u64 {
+        self.sent - self.received
+    }
+}
+
+/// A running UDP echo probe.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    sender: JoinHandle<u64>,
+    receiver: JoinHandle<Vec<bool>>,
+}
+
+const INTERVAL: Duration = Duration::from_millis(1);
+
+impl Probe {
+    /// Starts probing `target` (the guest's echo port) from inside `peer`.
+    pub fn start(peer: &Namespace, target: SocketAddr) -> Result<Self, NetnsError> {
+        let socket = peer
+            .run(|| {
+                let s = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+                s.connect(target)?;
+                s.set_read_timeout(Some(Duration::from_millis(50)))?;
+                Ok::<_, std::io::Error>(s)
+            })?
+            .map_err(NetnsError::Open)?;
+        let rx = socket.try_clone().map_err(NetnsError::Open)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_tx = stop.clone();
+        let sender = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut seq = 0u64;
+            while !stop_tx.load(Ordering::Relaxed) {
+                // A send that fails (no route, no neighbour yet) is a lost probe, counted as such.
+                let _ = socket.send(&seq.to_be_bytes());
+                seq += 1;
+                let next = start + INTERVAL * seq as u32;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            seq
+        });
+        let stop_rx = stop.clone();
+        let receiver = std::thread::spawn(move || {
+            let mut answered = Vec::new();
+            let mut buf = [0u8; 64];
+            // Keep reading a little after the stop so late echoes still count.
+            let mut deadline: Option<Instant> = None;
+            loop {
+                if stop_rx.load(Ordering::Relaxed) {
+                    let d = *deadline.get_or_insert_with(|| Instant::now() + Duration::from_millis(200));
+                    if Instant::now() > d {
+                        break;
+                    }
+                }
+                if let Ok(8) = rx.recv(&mut buf) {
+                    let seq = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes")) as usize;
+                    if seq < 10_000_000 {
+                        if answered.len() <= seq {
+                            answered.resize(seq + 1, false);
+                        }
+                        answered[seq] = true;
+                    }
+                }
+            }
+            answered
+        });
+        Ok(Self { stop, sender, receiver })
+    }
+
+    pub fn stop(self) -> ProbeReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let sent = self.sender.join().expect("probe sender panicked");
+        let mut answered = self.receiver.join().expect("probe receiver panicked");
+        answered.resize(sent as usize, false);
+        let received = answered.iter().filter(|a| **a).count() as u64;
+        let mut max_gap = 0u64;
+        let mut last: Option<usize> = None;
+        for (i, a) in answered.iter().enumerate() {
+            if *a {
+                if let Some(l) = last {
+                    max_gap = max_gap.max((i - l) as u64);
+                }
+                last = Some(i);
+            }
+        }
+        ProbeReport {
+            sent,
+            received,
+            max_gap: INTERVAL * max_gap as u32,
+            answered,
+        }
+    }
+}
+
+/// A TCP connection from the peer to the guest's echo port.
+pub struct TcpProbe {
+    stream: TcpStream,
+}
+
+impl TcpProbe {
+    pub fn connect(peer: &Namespace, target: SocketAddr) -> Result<Self, NetnsError> {
+        let stream = peer
+            .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(10)))?
+            .map_err(NetnsError::Open)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(NetnsError::Open)?;
+        Ok(Self { stream })
+    }
+
+    /// Sends `line` and reads it back: the connection is alive and passes data both ways.
+    pub fn round_trip(&mut self, line: &str) -> std::io::Result<()> {
+        self.stream.write_all(line.as_bytes())?;
+        let mut back = vec![0u8; line.len()];
+        self.stream.read_exact(&mut back)?;
+        if back != line.as_bytes() {
+            return Err(std::io::Error::other(format!(
+                "echoed {:?}",
+                String::from_utf8_lossy(&back)
+            )));
+        }
+        Ok(())
+    }
+}

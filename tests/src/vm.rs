@@ -1,0 +1,197 @@
+//! A QEMU process playing one host's VM: q35 under TCG (KVM when `VFMIG_ACCEL=kvm`), the test
+//! guest, a QMP socket, the agent's virtserialport on a unix socket, and the VF stand-in — an
+//! e1000e on a PCIe root port with `failover_pair_id` set (what lets QEMU `device_del` it
+//! during a migration) and no option ROM (which would be a RAM block the destination lacks).
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use vfmig_host::channel::{ChannelError, GuestChannel, Session};
+use vfmig_host::qmp::Qmp;
+
+use crate::fabric::{GUEST_V4, GUEST_V6, PREFIX_V4, PREFIX_V6};
+use crate::image::GuestImage;
+
+/// The virtio port's name, as the guest agent looks for it.
+pub const AGENT_PORT: &str = "org.vfmig.agent.0";
+
+/// How one VM is started.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Names its directory and its log lines: "source", "destination".
+    pub name: &'static str,
+    /// The tap the e1000e attaches to; `None` starts the VM without the NIC.
+    pub tap: Option<String>,
+    pub mac: String,
+    /// Wait for an incoming migration (`-incoming defer`) instead of booting.
+    pub incoming: bool,
+}
+
+/// A running QEMU; killed by PID when dropped.
+pub struct Vm {
+    child: Child,
+    pub dir: PathBuf,
+    pub name: &'static str,
+    pub started: Instant,
+}
+
+/// A directory removed when dropped.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> std::io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("vfmig-{tag}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Vm {
+    pub fn start(image: &GuestImage, dir: &Path, config: &VmConfig) -> std::io::Result<Self> {
+        let dir = dir.join(config.name);
+        fs::create_dir_all(&dir)?;
+        let accel = if std::env::var("VFMIG_ACCEL").as_deref() == Ok("kvm") {
+            "kvm"
+        } else {
+            "tcg"
+        };
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args([
+            "-accel",
+            accel,
+            "-M",
+            "q35",
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args(["-no-reboot", "-kernel"])
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initramfs)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6}"
+        ))
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()))
+        .args(["-device", "virtio-serial-pci,id=vser0", "-chardev"])
+        .arg(format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            dir.join("agent.sock").display()
+        ))
+        .arg("-device")
+        .arg(format!("virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT}"))
+        .args(["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]);
+        if let Some(tap) = &config.tap {
+            cmd.arg("-netdev")
+                .arg(format!("tap,id=vf0,ifname={tap},script=no,downscript=no"))
+                .arg("-device")
+                .arg(format!(
+                    "e1000e,netdev=vf0,id=vf,bus=rp1,romfile=,mac={},failover_pair_id=vfmig",
+                    config.mac
+                ));
+        }
+        if config.incoming {
+            cmd.args(["-incoming", "defer"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("qemu.log"))?)
+            .stderr(fs::File::create(dir.join("qemu.err"))?);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill QEMU if the thread
+        // that started it (the test) dies without running its guards.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let started = Instant::now();
+        let child = cmd.spawn()?;
+        Ok(Self {
+            child,
+            dir,
+            name: config.name,
+            started,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn console(&self) -> String {
+        fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+    }
+
+    /// QEMU's own stderr, for failure messages.
+    pub fn errors(&self) -> String {
+        fs::read_to_string(self.dir.join("qemu.err")).unwrap_or_default()
+    }
+
+    /// Waits for QEMU's socket to appear (it creates it at start-up) and connects.
+    async fn socket(&self, name: &str) -> std::io::Result<PathBuf> {
+        let path = self.dir.join(name);
+        let until = Instant::now() + Duration::from_secs(20);
+        while !path.exists() {
+            if Instant::now() > until {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{}: {name} never appeared; qemu said: {}", self.name, self.errors()),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(path)
+    }
+
+    pub async fn qmp(&self) -> Result<Qmp, String> {
+        let path = self.socket("qmp.sock").await.map_err(|e| e.to_string())?;
+        Qmp::connect(&path)
+            .await
+            .map_err(|e| format!("{}: {e}; qemu said: {}", self.name, self.errors()))
+    }
+
+    /// Connects to the guest agent and opens a session (sync, hello) within `deadline`.
+    pub async fn agent(&self, deadline: Duration) -> Result<(GuestChannel, Session), String> {
+        let path = self.socket("agent.sock").await.map_err(|e| e.to_string())?;
+        let attempt = async {
+            let mut channel = GuestChannel::connect(&path).await?;
+            let session = channel.open_session("vfmig-testbed", deadline).await?;
+            Ok::<_, ChannelError>((channel, session))
+        };
+        attempt
+            .await
+            .map_err(|e| format!("{}: {e}; guest console:\n{}", self.name, self.console()))
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
