@@ -2,19 +2,22 @@
 //! validated by the protocol crate; what it finds in the kernel and on disk is checked here.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rtnetlink::Handle;
 use vfmig_protocol::message::{
-    Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, Phase, PrepareUnplug, Restore, Restored, StateSaved,
-    Status, UnplugReady, MAX_FAILURES, MAX_TEXT,
+    Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, InterfaceSelector, Phase, PrepareUnplug, Restore,
+    Restored, StateSaved, Status, UnplugReady, MAX_FAILURES, MAX_TEXT,
 };
-use vfmig_protocol::netstate::{digest, SavedState};
+use vfmig_protocol::netstate::{differences, digest, SavedState};
 use vfmig_protocol::version::{negotiate, SUPPORTED};
 use vfmig_protocol::ErrorCode;
 
 use crate::netstate::{self, RestoreOptions};
 use crate::store;
+
+/// How long a restore waits for the VF's link to appear (measured: 0.4–0.7 s after hot-add).
+const LINK_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Agent {
     handle: Handle,
@@ -130,7 +133,7 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return error(ErrorCode::InvalidState, e),
         };
-        let index = match netstate::find_link(&self.handle, &r.onto).await {
+        let index = match self.wait_for_link(&r.onto).await {
             Ok(i) => i,
             Err(e) => return error(ErrorCode::NoSuchInterface, e),
         };
@@ -139,18 +142,36 @@ impl Agent {
             restore_mac: r.restore_mac,
             announce: true,
         };
-        match netstate::restore(&self.handle, &saved, index, opts).await {
-            Ok(report) => {
-                self.phase = Phase::Restored;
-                GuestMessage::Restored(Restored {
-                    interface: saved.interface.identity.name,
-                    applied: count(report.applied.len()),
-                    unchanged: count(report.unchanged.len()),
-                    failed: report.failed.into_iter().take(MAX_FAILURES).map(bounded).collect(),
-                    duration_ms: u32::try_from(report.elapsed.as_millis()).unwrap_or(u32::MAX),
-                })
+        let report = match netstate::restore(&self.handle, &saved, index, opts).await {
+            Ok(report) => report,
+            Err(e) => return error(ErrorCode::RestoreIncomplete, e),
+        };
+        let mismatches = match netstate::capture_index(&self.handle, index).await {
+            Ok(now) => differences(&saved.interface, &now.state),
+            Err(e) => vec![format!("could not re-read the interface to verify: {e}")],
+        };
+        self.phase = Phase::Restored;
+        GuestMessage::Restored(Restored {
+            interface: saved.interface.identity.name,
+            applied: count(report.applied.len()),
+            unchanged: count(report.unchanged.len()),
+            failed: report.failed.into_iter().take(MAX_FAILURES).map(bounded).collect(),
+            mismatches: mismatches.into_iter().take(MAX_FAILURES).map(bounded).collect(),
+            duration_ms: u32::try_from(report.elapsed.as_millis()).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// A hot-plugged VF's link appears a moment after the host's request (its driver has to
+    /// probe it): wait for it, within a bound.
+    async fn wait_for_link(&self, onto: &InterfaceSelector) -> Result<u32, netstate::NetstateError> {
+        let until = Instant::now() + LINK_WAIT;
+        loop {
+            match netstate::find_link(&self.handle, onto).await {
+                Err(netstate::NetstateError::NoSuchInterface(_)) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
             }
-            Err(e) => error(ErrorCode::RestoreIncomplete, e),
         }
     }
 }

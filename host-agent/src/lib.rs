@@ -8,9 +8,8 @@
 //!
 //! - [`qmp`]: a thin QMP client and the migration API's types.
 //! - [`channel`]: the host's end of the guest channel.
-//!
-//! The migration state machine and the `vfmig-host` command arrive with the end-to-end
-//! migration work.
+//! - [`migration`]: the migration state machine and its timeline.
 
 pub mod channel;
+pub mod migration;
 pub mod qmp;

@@ -116,6 +116,10 @@ pub struct Restored {
     pub unchanged: u32,
     /// One line per item that could not be applied.
     pub failed: Vec<String>,
+    /// One line per difference the agent found between the saved state and the interface
+    /// after restoring (re-captured and compared; identity, MAC and lifetimes excepted).
+    #[serde(default)]
+    pub mismatches: Vec<String>,
     pub duration_ms: u32,
 }
 

@@ -60,6 +60,7 @@ fn guest_messages() -> Vec<GuestMessage> {
             applied: 64,
             unchanged: 0,
             failed: vec!["route 198.18.5.0/24: Network is unreachable".into()],
+            mismatches: vec![],
             duration_ms: 12,
         }),
         GuestMessage::Status(Status {

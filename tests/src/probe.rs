@@ -15,7 +15,8 @@ use crate::netns::{Namespace, NetnsError};
 pub struct ProbeReport {
     pub sent: u64,
     pub received: u64,
-    /// Longest time between two answered probes: the service blackout.
+    /// The service blackout: the longest run of unanswered probes (plus one interval), wherever
+    /// it falls, including one still going when the probe stopped.
     pub max_gap: Duration,
     /// One entry per probe (one per millisecond): answered or not, for plotting.
     pub answered: Vec<bool>,
@@ -98,20 +99,18 @@ impl Probe {
         let mut answered = self.receiver.join().expect("probe receiver panicked");
         answered.resize(sent as usize, false);
         let received = answered.iter().filter(|a| **a).count() as u64;
-        let mut max_gap = 0u64;
-        let mut last: Option<usize> = None;
-        for (i, a) in answered.iter().enumerate() {
-            if *a {
-                if let Some(l) = last {
-                    max_gap = max_gap.max((i - l) as u64);
-                }
-                last = Some(i);
-            }
+        // The blackout is the longest run of unanswered probes, wherever it is — also one that
+        // had not ended when the probe stopped. With nothing lost it is one interval.
+        let mut run = 0u32;
+        let mut longest = 0u32;
+        for a in &answered {
+            run = if *a { 0 } else { run + 1 };
+            longest = longest.max(run);
         }
         ProbeReport {
             sent,
             received,
-            max_gap: INTERVAL * max_gap as u32,
+            max_gap: INTERVAL * (longest + 1),
             answered,
         }
     }

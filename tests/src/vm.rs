@@ -21,14 +21,36 @@ use crate::image::GuestImage;
 /// The virtio port's name, as the guest agent looks for it.
 pub const AGENT_PORT: &str = "org.vfmig.agent.0";
 
+/// The VF's device id in QEMU.
+pub const VF_ID: &str = "vf";
+
+/// The e1000e VF stand-in as a `-device` argument.
+fn vf_device_arg(id: &str, mac: &str) -> String {
+    format!("e1000e,netdev=vf0,id={id},bus=rp1,romfile=,mac={mac},failover_pair_id=vfmig")
+}
+
+/// The same device as `device_add` arguments, for hot-plugging a fresh VF of model `driver`
+/// (`e1000e`, or `igb` for a replacement of another model).
+pub fn vf_device_json(driver: &str, id: &str, mac: &str) -> serde_json::Value {
+    serde_json::json!({
+        "driver": driver, "id": id, "netdev": "vf0", "bus": "rp1", "romfile": "", "mac": mac,
+        "failover_pair_id": "vfmig",
+    })
+}
+
 /// How one VM is started.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     /// Names its directory and its log lines: "source", "destination".
     pub name: &'static str,
-    /// The tap the e1000e attaches to; `None` starts the VM without the NIC.
+    /// The tap behind the VF's netdev (`vf0`); `None` leaves the VM without network.
     pub tap: Option<String>,
+    /// Attach the e1000e VF to the netdev at start. A destination waiting for a mid-migration
+    /// unplug starts without it: an empty root port, the netdev defined for the fresh VF.
+    pub nic: bool,
     pub mac: String,
+    /// Start the guest agent (off: a guest whose agent never answers).
+    pub agent: bool,
     /// Wait for an incoming migration (`-incoming defer`) instead of booting.
     pub incoming: bool,
 }
@@ -90,7 +112,9 @@ impl Vm {
         .arg(&image.initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6}"
+            "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
+             vfmig.agent={}",
+            if config.agent { "on" } else { "off" }
         ))
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))
@@ -106,12 +130,10 @@ impl Vm {
         .args(["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]);
         if let Some(tap) = &config.tap {
             cmd.arg("-netdev")
-                .arg(format!("tap,id=vf0,ifname={tap},script=no,downscript=no"))
-                .arg("-device")
-                .arg(format!(
-                    "e1000e,netdev=vf0,id=vf,bus=rp1,romfile=,mac={},failover_pair_id=vfmig",
-                    config.mac
-                ));
+                .arg(format!("tap,id=vf0,ifname={tap},script=no,downscript=no"));
+            if config.nic {
+                cmd.arg("-device").arg(vf_device_arg(VF_ID, &config.mac));
+            }
         }
         if config.incoming {
             cmd.args(["-incoming", "defer"]);

@@ -26,7 +26,9 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
     VmConfig {
         name,
         tap: Some(tap.into()),
+        nic: true,
         mac: MAC.into(),
+        agent: true,
         incoming,
     }
 }

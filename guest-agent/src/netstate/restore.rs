@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo};
+use rtnetlink::packet_route::link::LinkFlags;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -165,14 +167,52 @@ pub async fn restore(
 
     if opts.announce && want.admin_up {
         let addresses: Vec<IpAddr> = want.addresses.iter().map(|a| a.address).collect();
-        let failures = announce(onto, link.mac, &addresses);
-        report.announced = addresses.len() - failures.len();
-        report
-            .failed
-            .extend(failures.into_iter().map(|(ip, e)| format!("announce {ip}: {e}")));
+        if wait_for_carrier(handle, onto).await {
+            let mut failures = Vec::new();
+            for round in 0..ANNOUNCE_ROUNDS {
+                if round > 0 {
+                    tokio::time::sleep(ANNOUNCE_SPACING).await;
+                }
+                failures = announce(onto, link.mac, &addresses);
+            }
+            report.announced = addresses.len() - failures.len();
+            report
+                .failed
+                .extend(failures.into_iter().map(|(ip, e)| format!("announce {ip}: {e}")));
+        } else {
+            report.failed.push(format!(
+                "announce: {name} has no carrier after {CARRIER_WAIT:?}; peers were not told"
+            ));
+        }
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Frames sent before the link has carrier are dropped, and a hot-plugged NIC gets carrier a
+/// moment after it is up (measured under TCG: 0.5–1.5 s for an e1000e), so announcements wait
+/// for it, within this bound.
+const CARRIER_WAIT: Duration = Duration::from_secs(5);
+/// Announcements are repeated, as `arping -U` and the kernel's own unsolicited NAs are: one
+/// frame can be lost while a switch or bridge is still learning the new port.
+const ANNOUNCE_ROUNDS: usize = 3;
+const ANNOUNCE_SPACING: Duration = Duration::from_millis(100);
+
+/// Waits until the link has carrier (IFF_LOWER_UP), within [`CARRIER_WAIT`].
+async fn wait_for_carrier(handle: &Handle, index: u32) -> bool {
+    let until = Instant::now() + CARRIER_WAIT;
+    loop {
+        let link = handle.link().get().match_index(index).execute().try_next().await;
+        if let Ok(Some(link)) = link {
+            if link.header.flags.contains(LinkFlags::LowerUp) {
+                return true;
+            }
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What the link is after [`restore_link`].

@@ -11,6 +11,7 @@
 //! of protocol `kernel` or `ra`, the local table, NOARP and FAILED neighbours.
 
 mod check;
+mod compare;
 mod seal;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::mac::MacAddr;
 
 pub use check::{check, Inconsistency};
+pub use compare::differences;
 pub use seal::{digest, open, seal, StateError, FORMAT_VERSION, MAX_DOCUMENT};
 
 /// A captured interface and when it was captured.

@@ -1,0 +1,531 @@
+//! The migration state machine, in one place.
+//!
+//! Source: negotiate with the guest agent → start pre-copy with the VF still plugged → when
+//! the remainder falls under a margin, *hold* → the guest saves the VF's state → `device_del`
+//! → DEVICE_DELETED → release → QEMU completes. Destination: hot-plug a fresh VF → the guest
+//! restores the saved state onto it.
+//!
+//! **The hold.** QEMU switches over as soon as the unsent remainder is below its threshold
+//! (bandwidth × downtime-limit) — and, with a threshold of 0, as soon as a pass drains. A low
+//! downtime-limit therefore does not hold an idle guest: measured on the test bed, a 512 MiB
+//! guest with downtime-limit 1 ms completed on its own 1.5 s into pre-copy, VF still plugged.
+//! QEMU 10 has no general switchover gate (`switchover-ack` only waits for devices that ask,
+//! i.e. VFIO migration). What does hold: throttling `max-bandwidth` to [`HOLD_BANDWIDTH`] while
+//! a large remainder is left. QEMU then cannot drain it within any unplug deadline, so it
+//! cannot switch over with the VF plugged, whatever the guest does. Once the VF is gone the
+//! original parameters come back and pre-copy finishes at full speed.
+//!
+//! Every wait has a deadline, every failure a defined outcome: a guest agent that does not
+//! answer is refused before anything changes (or, by policy, the VF is unplugged before
+//! pre-copy); a failed save or an unplug that does not finish cancels the migration and keeps
+//! the VF; a migration that fails after the unplug plugs the VF back on the source and has the
+//! guest restore; a destination plug that keeps failing reports where the saved state is.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast::error::RecvError;
+use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug, Restore, Restored};
+use vfmig_protocol::MacAddr;
+
+use super::timeline::{Phase, QemuFigures, Step, Timeline};
+use crate::channel::{ChannelError, GuestChannel};
+use crate::qmp::migration::MigrationInfo;
+use crate::qmp::{Event, Qmp, QmpError};
+
+/// `max-bandwidth` while holding. QEMU enforces it per 100 ms window as `bandwidth / 10`,
+/// and a window limit of 0 means *unlimited*: 1 B/s would disable the limit (measured: the
+/// migration then switched over at once, VF plugged). At 4 KiB/s a window carries about one
+/// page, or some 45 zero pages (a few bytes each on the wire), so the remainder drains by at
+/// most ~2 MB/s: a 64 MiB margin holds for over 30 s, three times the unplug deadline.
+pub const HOLD_BANDWIDTH: u64 = 4096;
+
+/// How the source side proceeds when the guest agent cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Refuse to migrate; change nothing.
+    Refuse,
+    /// Unplug the VF before pre-copy (the upstream behaviour) and migrate without saving state.
+    UnplugFirst,
+}
+
+#[derive(Clone, Debug)]
+pub struct Deadlines {
+    /// Sync and hello with the guest agent.
+    pub agent: Duration,
+    /// The guest saving the VF's state.
+    pub prepare: Duration,
+    /// `device_del` to DEVICE_DELETED.
+    pub unplug: Duration,
+    /// Release to QEMU's "completed".
+    pub completion: Duration,
+    /// The guest restoring onto the fresh VF (including waiting for its link to appear).
+    pub restore: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            agent: Duration::from_secs(10),
+            prepare: Duration::from_secs(10),
+            unplug: Duration::from_secs(10),
+            completion: Duration::from_secs(300),
+            restore: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The source side's instructions.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The VF's device id in QEMU (`-device …,id=ID`).
+    pub vf_id: String,
+    /// The `device_add` arguments that recreate the VF, for plugging it back on the source if
+    /// the migration fails after the unplug.
+    pub vf_device: Option<Value>,
+    /// Where `migrate` sends the stream.
+    pub uri: String,
+    pub fallback: Fallback,
+    pub deadlines: Deadlines,
+    /// Hold when pre-copy's remainder falls under this (at most a quarter of RAM is used).
+    pub hold_margin: u64,
+}
+
+/// The destination side's instructions.
+#[derive(Clone, Debug)]
+pub struct PlugSpec {
+    /// `device_add` arguments for the fresh VF; must include `mac`.
+    pub device: Value,
+    /// The interface name the guest saved its state under.
+    pub saved: String,
+    /// Give the fresh VF the saved MAC too.
+    pub restore_mac: bool,
+    pub attempts: u32,
+    pub deadlines: Deadlines,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("the guest agent cannot be used ({0}); nothing was changed (fallback policy: refuse)")]
+    GuestUnavailable(ChannelError),
+    #[error("no VF with id {id} in this VM ({error}); nothing was changed")]
+    NoSuchVf { id: String, error: QmpError },
+    #[error("QEMU: {0}")]
+    Qmp(#[from] QmpError),
+    #[error("migration ended ({status}) before vfmig could hold it; the VF was still plugged")]
+    EndedBeforeHold { status: String },
+    #[error("the guest agent did not save the VF's state ({0}); migration cancelled, VF kept")]
+    PrepareFailed(ChannelError),
+    #[error("the VF was not released within {0:?}; migration cancelled, VF kept")]
+    UnplugTimeout(Duration),
+    #[error("migration did not complete within {0:?}")]
+    CompletionTimeout(Duration),
+    #[error("migration {status} after the VF was unplugged: {reason}; the VF is plugged back on the source and the guest restored it")]
+    RolledBack { status: String, reason: String },
+    #[error("migration {status} after the VF was unplugged, and plugging it back failed ({error}); the guest's saved state is at /run/vfmig/{saved}.json")]
+    RollbackFailed {
+        status: String,
+        error: String,
+        saved: String,
+    },
+    #[error("plugging the fresh VF failed {attempts} times ({error}); the guest's saved state is at /run/vfmig/{saved}.json — plug a VF and run `vfmig-host plug` to finish")]
+    PlugFailed {
+        attempts: u32,
+        error: String,
+        saved: String,
+    },
+    #[error(
+        "the guest agent on the destination could not restore ({error}); its saved state is at /run/vfmig/{saved}.json"
+    )]
+    RestoreFailed { error: ChannelError, saved: String },
+}
+
+/// What the source side hands to the destination side.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    pub interface: String,
+    pub digest: String,
+}
+
+/// Connects to the guest agent and opens a session; returns the channel and the agent's name.
+async fn session(agent: &Path, deadline: Duration) -> Result<(GuestChannel, String), ChannelError> {
+    let mut channel = GuestChannel::connect(agent).await?;
+    let session = channel
+        .open_session(concat!("vfmig-host ", env!("CARGO_PKG_VERSION")), deadline)
+        .await?;
+    Ok((channel, session.guest.agent))
+}
+
+async fn query(qmp: &Qmp) -> Result<MigrationInfo, QmpError> {
+    qmp.query("query-migrate", None).await
+}
+
+/// Waits for an event matching `want`, within `deadline`.
+async fn wait_event(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    want: impl Fn(&Event) -> bool,
+    deadline: Duration,
+) -> bool {
+    let until = Instant::now() + deadline;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Err(_) | Ok(Err(RecvError::Closed)) => return false,
+            Ok(Err(RecvError::Lagged(_))) => continue,
+            Ok(Ok(e)) if want(&e) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Waits for the migration to end, within `deadline`.
+async fn wait_end(qmp: &Qmp, deadline: Duration) -> Result<MigrationInfo, MigrateError> {
+    let until = Instant::now() + deadline;
+    loop {
+        let info = query(qmp).await?;
+        if info.is_finished() {
+            return Ok(info);
+        }
+        if Instant::now() > until {
+            return Err(MigrateError::CompletionTimeout(deadline));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn figures(info: &MigrationInfo) -> QemuFigures {
+    QemuFigures {
+        status: info.status.clone(),
+        total_time_ms: info.total_time,
+        downtime_ms: info.downtime,
+        ram_transferred: info.ram.as_ref().map(|r| r.transferred),
+    }
+}
+
+/// The migration parameters vfmig changes, as they were.
+struct Params(Value);
+
+impl Params {
+    async fn read(qmp: &Qmp) -> Result<Self, QmpError> {
+        let p: Value = qmp.execute("query-migrate-parameters", None).await?;
+        Ok(Self(
+            json!({ "max-bandwidth": p["max-bandwidth"], "downtime-limit": p["downtime-limit"] }),
+        ))
+    }
+
+    async fn restore(&self, qmp: &Qmp) -> Result<(), QmpError> {
+        qmp.execute("migrate-set-parameters", Some(self.0.clone()))
+            .await
+            .map(drop)
+    }
+}
+
+/// Cancels the migration and restores the parameters: the VM keeps running on the source.
+async fn abort(qmp: &Qmp, params: &Params) {
+    if let Err(e) = qmp.execute("migrate_cancel", None).await {
+        tracing::error!(error = %e, "migrate_cancel failed");
+    }
+    if let Err(e) = params.restore(qmp).await {
+        tracing::error!(error = %e, "restoring migration parameters failed");
+    }
+}
+
+/// Runs the source side. Returns the saved state's name, or `None` when the fallback
+/// migrated without the guest agent.
+pub async fn migrate_source(
+    src: &Qmp,
+    agent: &Path,
+    plan: &Plan,
+    timeline: &mut Timeline,
+    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+) -> Result<Option<Saved>, MigrateError> {
+    let mac: String = src
+        .query(
+            "qom-get",
+            Some(json!({ "path": format!("/machine/peripheral/{}", plan.vf_id), "property": "mac" })),
+        )
+        .await
+        .map_err(|error| MigrateError::NoSuchVf {
+            id: plan.vf_id.clone(),
+            error,
+        })?;
+    let mac: MacAddr = mac
+        .parse()
+        .map_err(|e| MigrateError::Qmp(QmpError::Protocol(format!("VF mac: {e}"))))?;
+    let params = Params::read(src).await?;
+
+    let mut channel = match session(agent, plan.deadlines.agent).await {
+        Ok((channel, who)) => {
+            observe(timeline.record(Phase::Negotiated, None, who), None);
+            channel
+        }
+        Err(e) if plan.fallback == Fallback::Refuse => return Err(MigrateError::GuestUnavailable(e)),
+        Err(e) => return unplug_first(src, plan, e, timeline, observe).await.map(|()| None),
+    };
+
+    src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
+    observe(
+        timeline.record(
+            Phase::PrecopyStarted,
+            None,
+            format!("VF {} ({mac}) still plugged", plan.vf_id),
+        ),
+        None,
+    );
+
+    // Watch pre-copy until its remainder is under the margin, then hold.
+    let info = loop {
+        let info = query(src).await?;
+        if info.is_finished() {
+            return Err(MigrateError::EndedBeforeHold {
+                status: info.status.unwrap_or_default(),
+            });
+        }
+        if let Some(ram) = info.ram.as_ref().filter(|r| r.total > 0) {
+            if ram.remaining < plan.hold_margin.min(ram.total / 4) {
+                break info;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    src.execute(
+        "migrate-set-parameters",
+        Some(json!({ "max-bandwidth": HOLD_BANDWIDTH })),
+    )
+    .await?;
+    let detail = format!("max-bandwidth {HOLD_BANDWIDTH} B/s until the VF is gone");
+    observe(timeline.record(Phase::Held, Some(&info), detail), Some(&info));
+
+    let prepare = HostMessage::PrepareUnplug(PrepareUnplug {
+        interface: InterfaceSelector {
+            mac: Some(mac),
+            ..Default::default()
+        },
+        deadline_ms: plan.deadlines.unplug.as_millis() as u32,
+    });
+    let saved = match channel.request(prepare, plan.deadlines.prepare).await {
+        Ok(replies) => replies.into_iter().find_map(|r| match r {
+            GuestMessage::StateSaved(s) => Some(s),
+            _ => None,
+        }),
+        Err(e) => {
+            abort(src, &params).await;
+            return Err(MigrateError::PrepareFailed(e));
+        }
+    };
+    let Some(saved) = saved else {
+        abort(src, &params).await;
+        return Err(MigrateError::PrepareFailed(ChannelError::Closed));
+    };
+    let info = query(src).await?;
+    let detail = format!(
+        "{}: {} addresses, {} routes, {} neighbours, {}",
+        saved.interface,
+        saved.addresses,
+        saved.routes,
+        saved.neighbours,
+        &saved.digest[..19]
+    );
+    observe(timeline.record(Phase::StateSaved, Some(&info), detail), Some(&info));
+
+    let mut events = src.events();
+    src.execute("device_del", Some(json!({ "id": plan.vf_id }))).await?;
+    observe(
+        timeline.record(Phase::UnplugRequested, None, format!("device_del {}", plan.vf_id)),
+        None,
+    );
+    let vf = plan.vf_id.clone();
+    let deleted =
+        |e: &Event| e.event == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(vf.as_str());
+    if !wait_event(&mut events, deleted, plan.deadlines.unplug).await {
+        abort(src, &params).await;
+        return Err(MigrateError::UnplugTimeout(plan.deadlines.unplug));
+    }
+    let info = query(src).await?;
+    observe(
+        timeline.record(Phase::Unplugged, Some(&info), "DEVICE_DELETED"),
+        Some(&info),
+    );
+
+    params.restore(src).await?;
+    observe(
+        timeline.record(Phase::Released, None, "original max-bandwidth and downtime-limit"),
+        None,
+    );
+
+    let info = wait_end(src, plan.deadlines.completion).await?;
+    timeline.qemu = Some(figures(&info));
+    let status = info.status.clone().unwrap_or_default();
+    if status != "completed" {
+        let reason = info.error_desc.clone().unwrap_or_default();
+        return Err(roll_back(
+            src,
+            &mut channel,
+            plan,
+            &saved.interface,
+            mac,
+            status,
+            reason,
+            timeline,
+            observe,
+        )
+        .await);
+    }
+    observe(
+        timeline.record(Phase::Completed, Some(&info), "QEMU switched over"),
+        Some(&info),
+    );
+    Ok(Some(Saved {
+        interface: saved.interface,
+        digest: saved.digest,
+    }))
+}
+
+/// The upstream behaviour, as a fallback: unplug first, then migrate without saving state.
+async fn unplug_first(
+    src: &Qmp,
+    plan: &Plan,
+    why: ChannelError,
+    timeline: &mut Timeline,
+    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+) -> Result<(), MigrateError> {
+    let mut events = src.events();
+    src.execute("device_del", Some(json!({ "id": plan.vf_id }))).await?;
+    let vf = plan.vf_id.clone();
+    let deleted =
+        |e: &Event| e.event == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(vf.as_str());
+    if !wait_event(&mut events, deleted, plan.deadlines.unplug).await {
+        return Err(MigrateError::UnplugTimeout(plan.deadlines.unplug));
+    }
+    let detail = format!("guest agent unusable ({why}): VF unplugged before pre-copy, state not saved");
+    observe(timeline.record(Phase::Fallback, None, detail), None);
+    src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
+    observe(timeline.record(Phase::PrecopyStarted, None, "without the VF"), None);
+    let info = wait_end(src, plan.deadlines.completion).await?;
+    timeline.qemu = Some(figures(&info));
+    observe(
+        timeline.record(Phase::Completed, Some(&info), info.status.clone().unwrap_or_default()),
+        Some(&info),
+    );
+    Ok(())
+}
+
+/// The migration failed after the unplug: plug the VF back and have the guest restore.
+#[allow(clippy::too_many_arguments)]
+async fn roll_back(
+    src: &Qmp,
+    channel: &mut GuestChannel,
+    plan: &Plan,
+    saved: &str,
+    mac: MacAddr,
+    status: String,
+    reason: String,
+    timeline: &mut Timeline,
+    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+) -> MigrateError {
+    let failed = |error: String| MigrateError::RollbackFailed {
+        status: status.clone(),
+        error,
+        saved: saved.to_owned(),
+    };
+    let Some(device) = &plan.vf_device else {
+        return failed("no device_add arguments for the VF were given".into());
+    };
+    if let Err(e) = src.execute("device_add", Some(device.clone())).await {
+        return failed(e.to_string());
+    }
+    let restore = HostMessage::Restore(Restore {
+        saved: saved.to_owned(),
+        onto: InterfaceSelector {
+            mac: Some(mac),
+            ..Default::default()
+        },
+        restore_mac: false,
+    });
+    match channel.request(restore, plan.deadlines.restore).await {
+        Ok(_) => {
+            observe(
+                timeline.record(Phase::RolledBack, None, format!("migration {status}: {reason}")),
+                None,
+            );
+            MigrateError::RolledBack { status, reason }
+        }
+        Err(e) => failed(e.to_string()),
+    }
+}
+
+/// Runs the destination side: plug a fresh VF and have the guest restore onto it.
+pub async fn plug_destination(
+    dst: &Qmp,
+    agent: &Path,
+    spec: &PlugSpec,
+    timeline: &mut Timeline,
+    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+) -> Result<Restored, MigrateError> {
+    let restore_failed = |error| MigrateError::RestoreFailed {
+        error,
+        saved: spec.saved.clone(),
+    };
+    let mac: MacAddr = spec.device["mac"]
+        .as_str()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| MigrateError::PlugFailed {
+            attempts: 0,
+            error: "device has no mac".into(),
+            saved: spec.saved.clone(),
+        })?;
+    let (mut channel, _) = session(agent, spec.deadlines.agent).await.map_err(restore_failed)?;
+
+    let mut last = String::new();
+    let mut plugged = false;
+    for attempt in 1..=spec.attempts.max(1) {
+        match dst.execute("device_add", Some(spec.device.clone())).await {
+            Ok(_) => {
+                plugged = true;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "device_add failed");
+                last = e.to_string();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    if !plugged {
+        return Err(MigrateError::PlugFailed {
+            attempts: spec.attempts.max(1),
+            error: last,
+            saved: spec.saved.clone(),
+        });
+    }
+    let driver = spec.device["driver"].as_str().unwrap_or("?");
+    observe(timeline.record(Phase::Plugged, None, format!("{driver} {mac}")), None);
+
+    let restore = HostMessage::Restore(Restore {
+        saved: spec.saved.clone(),
+        onto: InterfaceSelector {
+            mac: Some(mac),
+            ..Default::default()
+        },
+        restore_mac: spec.restore_mac,
+    });
+    let replies = channel
+        .request(restore, spec.deadlines.restore)
+        .await
+        .map_err(restore_failed)?;
+    let Some(GuestMessage::Restored(r)) = replies.into_iter().last() else {
+        return Err(restore_failed(ChannelError::Closed));
+    };
+    let detail = format!(
+        "{}: {} applied, {} unchanged, {} failed, {} differ after restore, guest took {} ms",
+        r.interface,
+        r.applied,
+        r.unchanged,
+        r.failed.len(),
+        r.mismatches.len(),
+        r.duration_ms
+    );
+    observe(timeline.record(Phase::Restored, None, detail), None);
+    Ok(r)
+}

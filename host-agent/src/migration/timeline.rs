@@ -1,0 +1,146 @@
+//! The per-phase timeline of a migration: data, serialised to JSON and rendered as a table,
+//! never assembled from log lines.
+
+use std::fmt::Write;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::qmp::migration::MigrationInfo;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Sync and hello exchanged with the guest agent.
+    Negotiated,
+    /// QMP `migrate` issued with the VF still plugged.
+    PrecopyStarted,
+    /// Pre-copy's remainder fell under the margin; bandwidth throttled so QEMU cannot switch over.
+    Held,
+    /// The guest agent saved the VF's network state.
+    StateSaved,
+    /// `device_del` issued for the VF.
+    UnplugRequested,
+    /// QEMU reported DEVICE_DELETED.
+    Unplugged,
+    /// Migration parameters restored; QEMU may switch over.
+    Released,
+    /// QEMU reported the migration completed.
+    Completed,
+    /// The guest agent was unusable; the VF was unplugged before pre-copy instead.
+    Fallback,
+    /// A fresh VF was hot-plugged on the destination.
+    Plugged,
+    /// The guest agent restored the saved state onto it.
+    Restored,
+    /// The migration did not complete; the VF was plugged back on the source and restored.
+    RolledBack,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub phase: Phase,
+    /// Milliseconds since the timeline started.
+    pub at_ms: u64,
+    pub ram_transferred: Option<u64>,
+    pub ram_remaining: Option<u64>,
+    pub ram_total: Option<u64>,
+    pub dirty_sync_count: Option<u64>,
+    pub detail: String,
+}
+
+/// QEMU's own figures for the finished migration.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QemuFigures {
+    pub status: Option<String>,
+    pub total_time_ms: Option<u64>,
+    pub downtime_ms: Option<u64>,
+    pub ram_transferred: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Timeline {
+    pub steps: Vec<Step>,
+    pub qemu: Option<QemuFigures>,
+    #[serde(skip)]
+    started: Instant,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Timeline {
+    pub fn new() -> Self {
+        Self {
+            steps: Vec::new(),
+            qemu: None,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn record(&mut self, phase: Phase, info: Option<&MigrationInfo>, detail: impl Into<String>) -> &Step {
+        let ram = info.and_then(|i| i.ram.as_ref());
+        self.steps.push(Step {
+            phase,
+            at_ms: self.started.elapsed().as_millis() as u64,
+            ram_transferred: ram.map(|r| r.transferred),
+            ram_remaining: ram.map(|r| r.remaining),
+            ram_total: ram.map(|r| r.total),
+            dirty_sync_count: ram.map(|r| r.dirty_sync_count),
+            detail: detail.into(),
+        });
+        self.steps.last().expect("just pushed")
+    }
+
+    pub fn step(&self, phase: Phase) -> Option<&Step> {
+        self.steps.iter().find(|s| s.phase == phase)
+    }
+
+    /// Time between two recorded phases.
+    pub fn between(&self, from: Phase, to: Phase) -> Option<u64> {
+        Some(self.step(to)?.at_ms.saturating_sub(self.step(from)?.at_ms))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a timeline always serialises")
+    }
+
+    /// A readable table, one row per phase.
+    pub fn table(&self) -> String {
+        let mib = |v: Option<u64>| v.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
+        let mut out = format!(
+            "{:>8}  {:<16} {:>12} {:>14} {:>5}  {}\n",
+            "ms", "phase", "sent MiB", "remaining MiB", "syncs", "detail"
+        );
+        for s in &self.steps {
+            let phase = serde_json::to_value(s.phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:>8}  {:<16} {:>12} {:>14} {:>5}  {}",
+                s.at_ms,
+                phase,
+                mib(s.ram_transferred),
+                mib(s.ram_remaining),
+                s.dirty_sync_count.map_or("-".into(), |c| c.to_string()),
+                s.detail
+            );
+        }
+        if let Some(q) = &self.qemu {
+            let _ = writeln!(
+                out,
+                "QEMU: {}, total {} ms, downtime {} ms, {} MiB transferred",
+                q.status.as_deref().unwrap_or("?"),
+                q.total_time_ms.map_or("?".into(), |v| v.to_string()),
+                q.downtime_ms.map_or("?".into(), |v| v.to_string()),
+                mib(q.ram_transferred)
+            );
+        }
+        out
+    }
+}

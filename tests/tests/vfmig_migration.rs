@@ -1,0 +1,314 @@
+//! vfmig's main job on the test bed: a live migration that keeps the VF (the e1000e) active
+//! through pre-copy, unplugs it cooperatively, plugs a fresh one on the destination and has the
+//! guest restore its network state — against the same migration without vfmig, and with a
+//! guest agent that never answers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use vfmig_host::channel::GuestChannel;
+use vfmig_host::migration::{
+    migrate_source, plug_destination, Deadlines, Fallback, MigrateError, Phase, Plan, PlugSpec, Timeline,
+};
+use vfmig_host::qmp::migration::MigrationInfo;
+use vfmig_host::qmp::{Event, Qmp};
+use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug};
+use vfmig_testbed::fabric::{Fabric, GUEST_V4};
+use vfmig_testbed::image::guest_image;
+use vfmig_testbed::probe::{Probe, TcpProbe};
+use vfmig_testbed::vm::{vf_device_json, ScratchDir, Vm, VmConfig, VF_ID};
+use vfmig_testbed::{exclusive, Exclusive};
+
+const SOURCE_MAC: &str = "52:54:00:10:00:01";
+/// The fresh VF on the destination has a MAC of its own.
+const FRESH_MAC: &str = "52:54:00:20:00:02";
+const BOOT: Duration = Duration::from_secs(90);
+
+fn echo() -> SocketAddr {
+    SocketAddr::new(GUEST_V4.parse().unwrap(), 7)
+}
+
+/// Source with the VF, destination waiting for the migration with an empty root port.
+struct Bed {
+    source: Vm,
+    destination: Vm,
+    src: Qmp,
+    dst: Qmp,
+    uri: String,
+    fabric: Fabric,
+    _dir: ScratchDir,
+    _one: Exclusive,
+}
+
+async fn bed(agent: bool) -> Bed {
+    let one = exclusive();
+    let image = guest_image().unwrap();
+    let fabric = Fabric::new().unwrap();
+    fabric.add_tap("tap-src").unwrap();
+    fabric.add_tap("tap-dst").unwrap();
+    let dir = ScratchDir::new("vfmig").unwrap();
+    let vm = |name, tap: &str, nic, incoming| VmConfig {
+        name,
+        tap: Some(tap.into()),
+        nic,
+        mac: SOURCE_MAC.into(),
+        agent,
+        incoming,
+    };
+    let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).unwrap();
+    let destination = Vm::start(image, &dir.0, &vm("destination", "tap-dst", false, true)).unwrap();
+    let (src, dst) = (source.qmp().await.unwrap(), destination.qmp().await.unwrap());
+    let uri = format!("unix:{}", dir.0.join("migration.sock").display());
+    dst.execute("migrate-incoming", Some(json!({ "uri": uri })))
+        .await
+        .unwrap();
+    Bed {
+        source,
+        destination,
+        src,
+        dst,
+        uri,
+        fabric,
+        _dir: dir,
+        _one: one,
+    }
+}
+
+/// Waits until the guest's echo responder answers from the peer: the guest has booted.
+fn wait_booted(fabric: &Fabric) {
+    let until = std::time::Instant::now() + BOOT;
+    loop {
+        let probe = Probe::start(&fabric.peer, echo()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        if probe.stop().received > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "the guest never answered the peer");
+    }
+}
+
+fn agent(vm: &Vm) -> PathBuf {
+    vm.dir.join("agent.sock")
+}
+
+fn plan(uri: &str, fallback: Fallback) -> Plan {
+    Plan {
+        vf_id: VF_ID.into(),
+        vf_device: Some(vf_device_json("e1000e", VF_ID, SOURCE_MAC)),
+        uri: uri.into(),
+        fallback,
+        deadlines: Deadlines {
+            agent: Duration::from_secs(5),
+            ..Deadlines::default()
+        },
+        hold_margin: 64 << 20,
+    }
+}
+
+fn show(step: &vfmig_host::migration::Step, _: Option<&MigrationInfo>) {
+    println!("  {:>6} ms  {:?}  {}", step.at_ms, step.phase, step.detail);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn vfmig_keeps_the_vf_through_precopy_and_the_guest_keeps_its_network() {
+    let bed = bed(true).await;
+    wait_booted(&bed.fabric);
+    let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
+    tcp.round_trip("before\n").unwrap();
+    let probe = Probe::start(&bed.fabric.peer, echo()).unwrap();
+
+    let mut timeline = Timeline::new();
+    let saved = migrate_source(
+        &bed.src,
+        &agent(&bed.source),
+        &plan(&bed.uri, Fallback::Refuse),
+        &mut timeline,
+        &mut show,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}destination qemu: {}",
+            timeline.table(),
+            bed.destination.errors()
+        )
+    })
+    .expect("the guest agent saved the state");
+    let spec = PlugSpec {
+        device: vf_device_json("e1000e", VF_ID, FRESH_MAC),
+        saved: saved.interface.clone(),
+        restore_mac: false,
+        attempts: 3,
+        deadlines: Deadlines::default(),
+    };
+    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
+    std::thread::sleep(Duration::from_millis(500));
+    let report = probe.stop();
+    println!("{}", timeline.table());
+    println!(
+        "peer's probe: max gap {} ms, {} of {} lost; VF absent {} ms (device_del to restored)",
+        report.max_gap.as_millis(),
+        report.lost(),
+        report.sent,
+        timeline.between(Phase::UnplugRequested, Phase::Restored).unwrap_or(0)
+    );
+
+    // The VF carried traffic during pre-copy: it was unplugged only after QEMU's dirty sync
+    // and after most of RAM was already sent.
+    let held = timeline.step(Phase::Held).unwrap();
+    let (total, remaining) = (held.ram_total.unwrap(), held.ram_remaining.unwrap());
+    assert!(held.dirty_sync_count.unwrap() >= 1, "{held:?}");
+    assert!(remaining * 4 < total, "held with {remaining} of {total} bytes left");
+    let unplugged = timeline.step(Phase::Unplugged).unwrap();
+    assert!(unplugged.dirty_sync_count.unwrap() >= 1);
+    assert!(timeline.step(Phase::Unplugged).unwrap().at_ms > timeline.step(Phase::PrecopyStarted).unwrap().at_ms);
+    assert_eq!(timeline.qemu.as_ref().unwrap().status.as_deref(), Some("completed"));
+
+    // The guest's addresses, routes and neighbours on the fresh NIC equal what was saved
+    // (the agent re-reads the interface after restoring and compares).
+    assert!(restored.failed.is_empty(), "{:?}", restored.failed);
+    assert!(restored.mismatches.is_empty(), "{:?}", restored.mismatches);
+    assert!(restored.applied >= 2 + 3 + 5, "{restored:?}");
+
+    // The peer's connection from before the migration still passes data both ways, and the
+    // guest answers at its old address on the new NIC.
+    tcp.round_trip("after\n").unwrap();
+    let after = Probe::start(&bed.fabric.peer, echo()).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = after.stop();
+    assert!(after.received * 10 >= after.sent * 9, "{after:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn without_vfmig_the_guest_loses_its_addresses() {
+    let bed = bed(true).await;
+    wait_booted(&bed.fabric);
+    // Plain unplug before migration, migrate, plug a fresh NIC: what operators do today.
+    let mut events = bed.src.events();
+    bed.src
+        .execute("device_del", Some(json!({ "id": VF_ID })))
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e: Event = tokio::time::timeout_at(until, events.recv())
+            .await
+            .expect("no DEVICE_DELETED")
+            .unwrap();
+        if e.event == "DEVICE_DELETED" && e.data["device"] == VF_ID {
+            break;
+        }
+    }
+    bed.src
+        .execute("migrate", Some(json!({ "uri": bed.uri })))
+        .await
+        .unwrap();
+    loop {
+        let info: MigrationInfo = bed.src.query("query-migrate", None).await.unwrap();
+        if info.is_finished() {
+            assert_eq!(info.status.as_deref(), Some("completed"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bed.dst
+        .execute("device_add", Some(vf_device_json("e1000e", VF_ID, FRESH_MAC)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let probe = Probe::start(&bed.fabric.peer, echo()).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let report = probe.stop();
+    // Ask the guest what the fresh NIC carries (saving its state is a read-only look).
+    let mut channel = GuestChannel::connect(&agent(&bed.destination)).await.unwrap();
+    channel.open_session("baseline", Duration::from_secs(20)).await.unwrap();
+    let look = HostMessage::PrepareUnplug(PrepareUnplug {
+        interface: InterfaceSelector {
+            mac: Some(FRESH_MAC.parse().unwrap()),
+            ..Default::default()
+        },
+        deadline_ms: 1000,
+    });
+    let replies = channel.request(look, Duration::from_secs(20)).await.unwrap();
+    let Some(GuestMessage::StateSaved(now)) = replies.first() else {
+        panic!("{replies:?}")
+    };
+    println!(
+        "without vfmig: the fresh NIC has {} addresses, {} routes, {} neighbours; {} of {} probes answered",
+        now.addresses, now.routes, now.neighbours, report.received, report.sent
+    );
+    assert_eq!(
+        (now.addresses, now.routes),
+        (0, 0),
+        "the guest kept state it should have lost"
+    );
+    assert_eq!(
+        report.received, 0,
+        "the peer still reaches the guest at its old address"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_silent_guest_agent_is_refused_and_nothing_changes() {
+    let bed = bed(false).await;
+    wait_booted(&bed.fabric);
+    let started = std::time::Instant::now();
+    let mut timeline = Timeline::new();
+    let err = migrate_source(
+        &bed.src,
+        &agent(&bed.source),
+        &plan(&bed.uri, Fallback::Refuse),
+        &mut timeline,
+        &mut show,
+    )
+    .await
+    .unwrap_err();
+    println!("refused after {} ms: {err}", started.elapsed().as_millis());
+    assert!(matches!(err, MigrateError::GuestUnavailable(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the refusal took too long");
+    // Untouched: no migration, the VF still there, the guest running and reachable.
+    let info: MigrationInfo = bed.src.query("query-migrate", None).await.unwrap();
+    assert_eq!(info.status, None, "{info:?}");
+    let mac: String = bed
+        .src
+        .query(
+            "qom-get",
+            Some(json!({ "path": "/machine/peripheral/vf", "property": "mac" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mac, SOURCE_MAC);
+    let probe = Probe::start(&bed.fabric.peer, echo()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(probe.stop().received > 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_silent_guest_agent_falls_back_to_unplug_before_precopy_when_asked() {
+    let bed = bed(false).await;
+    wait_booted(&bed.fabric);
+    let mut timeline = Timeline::new();
+    let saved = migrate_source(
+        &bed.src,
+        &agent(&bed.source),
+        &plan(&bed.uri, Fallback::UnplugFirst),
+        &mut timeline,
+        &mut show,
+    )
+    .await
+    .unwrap();
+    println!("{}", timeline.table());
+    assert!(saved.is_none());
+    let fallback = timeline.step(Phase::Fallback).expect("the timeline says why");
+    assert!(fallback.detail.contains("guest agent unusable"), "{}", fallback.detail);
+    assert!(
+        fallback.at_ms < timeline.step(Phase::PrecopyStarted).unwrap().at_ms,
+        "unplugged before pre-copy"
+    );
+    assert_eq!(timeline.qemu.as_ref().unwrap().status.as_deref(), Some("completed"));
+}
