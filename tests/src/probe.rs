@@ -116,6 +116,22 @@ impl Probe {
     }
 }
 
+/// Waits until the guest answers the peer's echo probe (it has booted and its NIC works),
+/// within `deadline`.
+pub fn wait_answering(peer: &Namespace, target: SocketAddr, deadline: Duration) -> Result<(), String> {
+    let until = Instant::now() + deadline;
+    loop {
+        let probe = Probe::start(peer, target).map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(300));
+        if probe.stop().received > 0 {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            return Err(format!("{target} did not answer the peer within {deadline:?}"));
+        }
+    }
+}
+
 /// A TCP connection from the peer to the guest's echo port.
 pub struct TcpProbe {
     stream: TcpStream,

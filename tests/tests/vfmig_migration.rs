@@ -17,7 +17,7 @@ use vfmig_host::qmp::{Event, Qmp};
 use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug};
 use vfmig_testbed::fabric::{Fabric, GUEST_V4};
 use vfmig_testbed::image::guest_image;
-use vfmig_testbed::probe::{Probe, TcpProbe};
+use vfmig_testbed::probe::{wait_answering, Probe, TcpProbe};
 use vfmig_testbed::vm::{vf_device_json, ScratchDir, Vm, VmConfig, VF_ID};
 use vfmig_testbed::{exclusive, Exclusive};
 
@@ -76,17 +76,8 @@ async fn bed(agent: bool) -> Bed {
     }
 }
 
-/// Waits until the guest's echo responder answers from the peer: the guest has booted.
 fn wait_booted(fabric: &Fabric) {
-    let until = std::time::Instant::now() + BOOT;
-    loop {
-        let probe = Probe::start(&fabric.peer, echo()).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        if probe.stop().received > 0 {
-            return;
-        }
-        assert!(std::time::Instant::now() < until, "the guest never answered the peer");
-    }
+    wait_answering(&fabric.peer, echo(), BOOT).unwrap();
 }
 
 fn agent(vm: &Vm) -> PathBuf {
@@ -311,4 +302,111 @@ async fn a_silent_guest_agent_falls_back_to_unplug_before_precopy_when_asked() {
         "unplugged before pre-copy"
     );
     assert_eq!(timeline.qemu.as_ref().unwrap().status.as_deref(), Some("completed"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_migration_that_fails_after_the_unplug_puts_the_vf_back_and_restores_the_guest() {
+    let bed = bed(true).await;
+    wait_booted(&bed.fabric);
+    let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
+    tcp.round_trip("before\n").unwrap();
+    // The destination host dies right after the VF is unplugged on the source.
+    let destination = bed.destination.pid() as i32;
+    let mut kill_destination = |step: &vfmig_host::migration::Step, info: Option<&MigrationInfo>| {
+        show(step, info);
+        if step.phase == Phase::Unplugged {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(destination),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        }
+    };
+    let mut timeline = Timeline::new();
+    let err = migrate_source(
+        &bed.src,
+        &agent(&bed.source),
+        &plan(&bed.uri, Fallback::Refuse),
+        &mut timeline,
+        &mut kill_destination,
+    )
+    .await
+    .unwrap_err();
+    println!("{}{err}", timeline.table());
+    assert!(matches!(err, MigrateError::RolledBack { .. }), "{err}");
+    assert!(timeline.step(Phase::RolledBack).is_some());
+
+    // The VF is back on the source, the guest runs there with its state, the peer's
+    // connection survived.
+    let mac: String = bed
+        .src
+        .query(
+            "qom-get",
+            Some(json!({ "path": "/machine/peripheral/vf", "property": "mac" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mac, SOURCE_MAC);
+    let status: serde_json::Value = bed.src.execute("query-status", None).await.unwrap();
+    assert_eq!(status["status"], "running");
+    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
+    tcp.round_trip("after the rollback\n").unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failing_destination_plug_says_where_the_state_is_and_can_be_finished_by_hand() {
+    let bed = bed(true).await;
+    wait_booted(&bed.fabric);
+    let mut timeline = Timeline::new();
+    let saved = migrate_source(
+        &bed.src,
+        &agent(&bed.source),
+        &plan(&bed.uri, Fallback::Refuse),
+        &mut timeline,
+        &mut show,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let mut wrong = vf_device_json("e1000e", VF_ID, FRESH_MAC);
+    wrong["bus"] = json!("no-such-port");
+    let spec = |device| PlugSpec {
+        device,
+        saved: saved.interface.clone(),
+        restore_mac: false,
+        attempts: 2,
+        deadlines: Deadlines::default(),
+    };
+    let err = plug_destination(
+        &bed.dst,
+        &agent(&bed.destination),
+        &spec(wrong),
+        &mut timeline,
+        &mut show,
+    )
+    .await
+    .unwrap_err();
+    println!("{err}");
+    assert!(matches!(err, MigrateError::PlugFailed { attempts: 2, .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("/run/vfmig/{}.json", saved.interface)),
+        "{err}"
+    );
+
+    // What the operator does next: plug a VF that works and run the destination step again.
+    let restored = plug_destination(
+        &bed.dst,
+        &agent(&bed.destination),
+        &spec(vf_device_json("e1000e", VF_ID, FRESH_MAC)),
+        &mut timeline,
+        &mut show,
+    )
+    .await
+    .unwrap();
+    assert!(
+        restored.failed.is_empty() && restored.mismatches.is_empty(),
+        "{restored:?}"
+    );
+    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
 }

@@ -10,10 +10,12 @@
 //! downtime-limit therefore does not hold an idle guest: measured on the test bed, a 512 MiB
 //! guest with downtime-limit 1 ms completed on its own 1.5 s into pre-copy, VF still plugged.
 //! QEMU 10 has no general switchover gate (`switchover-ack` only waits for devices that ask,
-//! i.e. VFIO migration). What does hold: throttling `max-bandwidth` to [`HOLD_BANDWIDTH`] while
-//! a large remainder is left. QEMU then cannot drain it within any unplug deadline, so it
-//! cannot switch over with the VF plugged, whatever the guest does. Once the VF is gone the
-//! original parameters come back and pre-copy finishes at full speed.
+//! i.e. VFIO migration). What holds: throttling `max-bandwidth` to [`HOLD_BANDWIDTH`] while a
+//! large remainder is left, so the remainder drains slowly, and watching it while the guest
+//! saves its state and the VF is unplugged: should it fall under [`HOLD_FLOOR`] first, the
+//! migration is cancelled with the VF kept. QEMU cannot switch over until the remainder is all
+//! but gone, so it never switches over with the VF plugged. Once the VF is gone the original
+//! parameters come back and pre-copy finishes at full speed.
 //!
 //! Every wait has a deadline, every failure a defined outcome: a guest agent that does not
 //! answer is refused before anything changes (or, by policy, the VF is unplugged before
@@ -36,10 +38,15 @@ use crate::qmp::{Event, Qmp, QmpError};
 
 /// `max-bandwidth` while holding. QEMU enforces it per 100 ms window as `bandwidth / 10`,
 /// and a window limit of 0 means *unlimited*: 1 B/s would disable the limit (measured: the
-/// migration then switched over at once, VF plugged). At 4 KiB/s a window carries about one
-/// page, or some 45 zero pages (a few bytes each on the wire), so the remainder drains by at
-/// most ~2 MB/s: a 64 MiB margin holds for over 30 s, three times the unplug deadline.
+/// migration then switched over at once, VF plugged).
 pub const HOLD_BANDWIDTH: u64 = 4096;
+
+/// The throttle slows the remainder's drain but does not stop it: measured on the test bed,
+/// a held remainder still fell by some 47 MB/s. So the hold is watched while the guest saves
+/// and the VF is unplugged, and if the remainder falls under this floor first, the migration
+/// is cancelled with the VF kept, long before QEMU could switch over.
+pub const HOLD_FLOOR: u64 = 8 << 20;
+const HOLD_POLL: Duration = Duration::from_millis(5);
 
 /// How the source side proceeds when the guest agent cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +122,10 @@ pub enum MigrateError {
     Qmp(#[from] QmpError),
     #[error("migration ended ({status}) before vfmig could hold it; the VF was still plugged")]
     EndedBeforeHold { status: String },
+    #[error(
+        "pre-copy drained to {remaining} bytes while held, before the VF was unplugged; migration cancelled, VF kept"
+    )]
+    HoldLeaked { remaining: u64 },
     #[error("the guest agent did not save the VF's state ({0}); migration cancelled, VF kept")]
     PrepareFailed(ChannelError),
     #[error("the VF was not released within {0:?}; migration cancelled, VF kept")]
@@ -176,6 +187,24 @@ async fn wait_event(
             Ok(Ok(e)) if want(&e) => return true,
             Ok(Ok(_)) => continue,
         }
+    }
+}
+
+/// Returns once a held migration's remainder is under [`HOLD_FLOOR`] (or the migration ended):
+/// the hold is about to fail.
+async fn hold_leak(qmp: &Qmp) -> u64 {
+    loop {
+        match query(qmp).await {
+            Ok(info) if info.is_finished() => return 0,
+            Ok(info) => {
+                if let Some(remaining) = info.ram.map(|r| r.remaining).filter(|r| *r < HOLD_FLOOR) {
+                    return remaining;
+                }
+            }
+            // QMP itself failing is reported by the next command the state machine runs.
+            Err(e) => tracing::warn!(error = %e, "query-migrate while holding"),
+        }
+        tokio::time::sleep(HOLD_POLL).await;
     }
 }
 
@@ -304,7 +333,14 @@ pub async fn migrate_source(
         },
         deadline_ms: plan.deadlines.unplug.as_millis() as u32,
     });
-    let saved = match channel.request(prepare, plan.deadlines.prepare).await {
+    let replies = tokio::select! {
+        replies = channel.request(prepare, plan.deadlines.prepare) => replies,
+        remaining = hold_leak(src) => {
+            abort(src, &params).await;
+            return Err(MigrateError::HoldLeaked { remaining });
+        }
+    };
+    let saved = match replies {
         Ok(replies) => replies.into_iter().find_map(|r| match r {
             GuestMessage::StateSaved(s) => Some(s),
             _ => None,
@@ -338,7 +374,14 @@ pub async fn migrate_source(
     let vf = plan.vf_id.clone();
     let deleted =
         |e: &Event| e.event == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(vf.as_str());
-    if !wait_event(&mut events, deleted, plan.deadlines.unplug).await {
+    let unplugged = tokio::select! {
+        done = wait_event(&mut events, deleted, plan.deadlines.unplug) => done,
+        remaining = hold_leak(src) => {
+            abort(src, &params).await;
+            return Err(MigrateError::HoldLeaked { remaining });
+        }
+    };
+    if !unplugged {
         abort(src, &params).await;
         return Err(MigrateError::UnplugTimeout(plan.deadlines.unplug));
     }
