@@ -410,3 +410,37 @@ async fn a_failing_destination_plug_says_where_the_state_is_and_can_be_finished_
     );
     wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_unplug_past_its_deadline_cancels_the_migration_and_the_vf_comes_back() {
+    let bed = bed(true).await;
+    wait_booted(&bed.fabric);
+    let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
+    // No guest ejects a device in a millisecond: the deadline passes, the migration is
+    // cancelled, and the guest's late release of the VF is undone.
+    let mut plan = plan(&bed.uri, Fallback::Refuse);
+    plan.deadlines.unplug = Duration::from_millis(1);
+    let mut timeline = Timeline::new();
+    let err = migrate_source(&bed.src, &agent(&bed.source), &plan, &mut timeline, &mut show)
+        .await
+        .unwrap_err();
+    println!("{}{err}", timeline.table());
+    assert!(
+        matches!(&err, MigrateError::UnplugTimeout { outcome, .. } if outcome.contains("plugged back")),
+        "{err}"
+    );
+
+    let info: MigrationInfo = bed.src.query("query-migrate", None).await.unwrap();
+    assert_eq!(info.status.as_deref(), Some("cancelled"));
+    let mac: String = bed
+        .src
+        .query(
+            "qom-get",
+            Some(json!({ "path": "/machine/peripheral/vf", "property": "mac" })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(mac, SOURCE_MAC);
+    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
+    tcp.round_trip("still here\n").unwrap();
+}

@@ -190,7 +190,7 @@ fn outcome(e: &MigrateError) -> ExitCode {
         | MigrateError::NoSuchVf { .. }
         | MigrateError::PrepareFailed(_)
         | MigrateError::HoldLeaked { .. }
-        | MigrateError::UnplugTimeout(_)
+        | MigrateError::UnplugTimeout { .. }
         | MigrateError::RolledBack { .. } => ExitCode::from(1),
         _ => ExitCode::from(2),
     }

@@ -48,6 +48,10 @@ pub const HOLD_BANDWIDTH: u64 = 4096;
 pub const HOLD_FLOOR: u64 = 8 << 20;
 const HOLD_POLL: Duration = Duration::from_millis(5);
 
+/// After an unplug deadline passed, how long vfmig watches for the guest releasing the VF
+/// anyway (measured: ACPI unplug takes 0.07–2.2 s, native PCIe hotplug 6.6 s).
+const LATE_UNPLUG_GRACE: Duration = Duration::from_secs(10);
+
 /// How the source side proceeds when the guest agent cannot be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fallback {
@@ -128,8 +132,8 @@ pub enum MigrateError {
     HoldLeaked { remaining: u64 },
     #[error("the guest agent did not save the VF's state ({0}); migration cancelled, VF kept")]
     PrepareFailed(ChannelError),
-    #[error("the VF was not released within {0:?}; migration cancelled, VF kept")]
-    UnplugTimeout(Duration),
+    #[error("the VF was not released within {after:?}; migration cancelled; {outcome}")]
+    UnplugTimeout { after: Duration, outcome: String },
     #[error("migration did not complete within {0:?}")]
     CompletionTimeout(Duration),
     #[error("migration {status} after the VF was unplugged: {reason}; the VF is plugged back on the source and the guest restored it")]
@@ -375,7 +379,7 @@ pub async fn migrate_source(
     let deleted =
         |e: &Event| e.event == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(vf.as_str());
     let unplugged = tokio::select! {
-        done = wait_event(&mut events, deleted, plan.deadlines.unplug) => done,
+        done = wait_event(&mut events, &deleted, plan.deadlines.unplug) => done,
         remaining = hold_leak(src) => {
             abort(src, &params).await;
             return Err(MigrateError::HoldLeaked { remaining });
@@ -383,7 +387,28 @@ pub async fn migrate_source(
     };
     if !unplugged {
         abort(src, &params).await;
-        return Err(MigrateError::UnplugTimeout(plan.deadlines.unplug));
+        // A device_del cannot be withdrawn: the guest may still eject the VF after the
+        // migration was cancelled. Watch for that, and if it happens put the VF back.
+        let after = plan.deadlines.unplug;
+        if !wait_event(&mut events, &deleted, LATE_UNPLUG_GRACE).await {
+            let outcome = "the VF is still plugged (the guest may yet act on the eject request)".to_string();
+            return Err(MigrateError::UnplugTimeout { after, outcome });
+        }
+        return Err(match replug(src, &mut channel, plan, &saved.interface, mac).await {
+            Ok(()) => {
+                let detail = "the guest released the VF after the deadline: plugged back and restored";
+                observe(timeline.record(Phase::RolledBack, None, detail), None);
+                MigrateError::UnplugTimeout {
+                    after,
+                    outcome: detail.into(),
+                }
+            }
+            Err(error) => MigrateError::RollbackFailed {
+                status: "cancelled".into(),
+                error,
+                saved: saved.interface,
+            },
+        });
     }
     let info = query(src).await?;
     observe(
@@ -439,7 +464,11 @@ async fn unplug_first(
     let deleted =
         |e: &Event| e.event == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(vf.as_str());
     if !wait_event(&mut events, deleted, plan.deadlines.unplug).await {
-        return Err(MigrateError::UnplugTimeout(plan.deadlines.unplug));
+        let outcome = "migration not started".to_string();
+        return Err(MigrateError::UnplugTimeout {
+            after: plan.deadlines.unplug,
+            outcome,
+        });
     }
     let detail = format!("guest agent unusable ({why}): VF unplugged before pre-copy, state not saved");
     observe(timeline.record(Phase::Fallback, None, detail), None);
@@ -467,17 +496,31 @@ async fn roll_back(
     timeline: &mut Timeline,
     observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
 ) -> MigrateError {
-    let failed = |error: String| MigrateError::RollbackFailed {
-        status: status.clone(),
-        error,
-        saved: saved.to_owned(),
-    };
-    let Some(device) = &plan.vf_device else {
-        return failed("no device_add arguments for the VF were given".into());
-    };
-    if let Err(e) = src.execute("device_add", Some(device.clone())).await {
-        return failed(e.to_string());
+    match replug(src, channel, plan, saved, mac).await {
+        Ok(()) => {
+            observe(
+                timeline.record(Phase::RolledBack, None, format!("migration {status}: {reason}")),
+                None,
+            );
+            MigrateError::RolledBack { status, reason }
+        }
+        Err(error) => MigrateError::RollbackFailed {
+            status,
+            error,
+            saved: saved.to_owned(),
+        },
     }
+}
+
+/// Plugs the VF back on the source and has the guest restore its saved state onto it.
+async fn replug(src: &Qmp, channel: &mut GuestChannel, plan: &Plan, saved: &str, mac: MacAddr) -> Result<(), String> {
+    let device = plan
+        .vf_device
+        .as_ref()
+        .ok_or("no device_add arguments for the VF were given")?;
+    src.execute("device_add", Some(device.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
     let restore = HostMessage::Restore(Restore {
         saved: saved.to_owned(),
         onto: InterfaceSelector {
@@ -486,16 +529,11 @@ async fn roll_back(
         },
         restore_mac: false,
     });
-    match channel.request(restore, plan.deadlines.restore).await {
-        Ok(_) => {
-            observe(
-                timeline.record(Phase::RolledBack, None, format!("migration {status}: {reason}")),
-                None,
-            );
-            MigrateError::RolledBack { status, reason }
-        }
-        Err(e) => failed(e.to_string()),
-    }
+    channel
+        .request(restore, plan.deadlines.restore)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the destination side: plug a fresh VF and have the guest restore onto it.
