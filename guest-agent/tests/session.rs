@@ -130,7 +130,11 @@ neigh add 198.18.10.7 lladdr 02:00:00:00:00:07 dev vfa0 nud permanent
         panic!("not restored")
     };
     assert!(r.failed.is_empty(), "{:?}", r.failed);
-    assert!(r.mismatches.is_empty(), "the agent's own check after restoring: {:?}", r.mismatches);
+    assert!(
+        r.mismatches.is_empty(),
+        "the agent's own check after restoring: {:?}",
+        r.mismatches
+    );
     let after = capture(&handle, "vfa0").await.unwrap().state;
     assert_eq!(
         (after.addresses, after.routes, after.neighbours),
