@@ -76,6 +76,19 @@ async fn bed(agent: bool) -> Bed {
     }
 }
 
+impl Bed {
+    /// Runs vfmig's source side against this bed; returns the timeline with the outcome.
+    async fn migrate(
+        &self,
+        plan: &Plan,
+        observe: &mut dyn FnMut(&vfmig_host::migration::Step, Option<&MigrationInfo>),
+    ) -> (Timeline, Result<Option<vfmig_host::migration::Saved>, MigrateError>) {
+        let mut timeline = Timeline::new();
+        let outcome = migrate_source(&self.src, &agent(&self.source), plan, &mut timeline, observe).await;
+        (timeline, outcome)
+    }
+}
+
 fn wait_booted(fabric: &Fabric) {
     wait_answering(&fabric.peer, echo(), BOOT).unwrap();
 }
@@ -98,6 +111,14 @@ fn plan(uri: &str, fallback: Fallback) -> Plan {
     }
 }
 
+/// The MAC of the VF plugged in a VM (fails if there is none).
+async fn vf_mac(qmp: &Qmp) -> String {
+    let path = format!("/machine/peripheral/{VF_ID}");
+    qmp.query("qom-get", Some(json!({ "path": path, "property": "mac" })))
+        .await
+        .unwrap()
+}
+
 fn show(step: &vfmig_host::migration::Step, _: Option<&MigrationInfo>) {
     println!("  {:>6} ms  {:?}  {}", step.at_ms, step.phase, step.detail);
 }
@@ -110,23 +131,16 @@ async fn vfmig_keeps_the_vf_through_precopy_and_the_guest_keeps_its_network() {
     tcp.round_trip("before\n").unwrap();
     let probe = Probe::start(&bed.fabric.peer, echo()).unwrap();
 
-    let mut timeline = Timeline::new();
-    let saved = migrate_source(
-        &bed.src,
-        &agent(&bed.source),
-        &plan(&bed.uri, Fallback::Refuse),
-        &mut timeline,
-        &mut show,
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}destination qemu: {}",
-            timeline.table(),
-            bed.destination.errors()
-        )
-    })
-    .expect("the guest agent saved the state");
+    let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let saved = saved
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n{}destination qemu: {}",
+                timeline.table(),
+                bed.destination.errors()
+            )
+        })
+        .expect("the guest agent saved the state");
     let spec = PlugSpec {
         device: vf_device_json("e1000e", VF_ID, FRESH_MAC),
         saved: saved.interface.clone(),
@@ -249,31 +263,15 @@ async fn a_silent_guest_agent_is_refused_and_nothing_changes() {
     let bed = bed(false).await;
     wait_booted(&bed.fabric);
     let started = std::time::Instant::now();
-    let mut timeline = Timeline::new();
-    let err = migrate_source(
-        &bed.src,
-        &agent(&bed.source),
-        &plan(&bed.uri, Fallback::Refuse),
-        &mut timeline,
-        &mut show,
-    )
-    .await
-    .unwrap_err();
+    let (_, err) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let err = err.unwrap_err();
     println!("refused after {} ms: {err}", started.elapsed().as_millis());
     assert!(matches!(err, MigrateError::GuestUnavailable(_)), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "the refusal took too long");
     // Untouched: no migration, the VF still there, the guest running and reachable.
     let info: MigrationInfo = bed.src.query("query-migrate", None).await.unwrap();
     assert_eq!(info.status, None, "{info:?}");
-    let mac: String = bed
-        .src
-        .query(
-            "qom-get",
-            Some(json!({ "path": "/machine/peripheral/vf", "property": "mac" })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(mac, SOURCE_MAC);
+    assert_eq!(vf_mac(&bed.src).await, SOURCE_MAC, "the VF is plugged on the source");
     let probe = Probe::start(&bed.fabric.peer, echo()).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     assert!(probe.stop().received > 0);
@@ -283,16 +281,8 @@ async fn a_silent_guest_agent_is_refused_and_nothing_changes() {
 async fn a_silent_guest_agent_falls_back_to_unplug_before_precopy_when_asked() {
     let bed = bed(false).await;
     wait_booted(&bed.fabric);
-    let mut timeline = Timeline::new();
-    let saved = migrate_source(
-        &bed.src,
-        &agent(&bed.source),
-        &plan(&bed.uri, Fallback::UnplugFirst),
-        &mut timeline,
-        &mut show,
-    )
-    .await
-    .unwrap();
+    let (timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::UnplugFirst), &mut show).await;
+    let saved = saved.unwrap();
     println!("{}", timeline.table());
     assert!(saved.is_none());
     let fallback = timeline.step(Phase::Fallback).expect("the timeline says why");
@@ -322,31 +312,17 @@ async fn a_migration_that_fails_after_the_unplug_puts_the_vf_back_and_restores_t
             .unwrap();
         }
     };
-    let mut timeline = Timeline::new();
-    let err = migrate_source(
-        &bed.src,
-        &agent(&bed.source),
-        &plan(&bed.uri, Fallback::Refuse),
-        &mut timeline,
-        &mut kill_destination,
-    )
-    .await
-    .unwrap_err();
+    let (timeline, err) = bed
+        .migrate(&plan(&bed.uri, Fallback::Refuse), &mut kill_destination)
+        .await;
+    let err = err.unwrap_err();
     println!("{}{err}", timeline.table());
     assert!(matches!(err, MigrateError::RolledBack { .. }), "{err}");
     assert!(timeline.step(Phase::RolledBack).is_some());
 
     // The VF is back on the source, the guest runs there with its state, the peer's
     // connection survived.
-    let mac: String = bed
-        .src
-        .query(
-            "qom-get",
-            Some(json!({ "path": "/machine/peripheral/vf", "property": "mac" })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(mac, SOURCE_MAC);
+    assert_eq!(vf_mac(&bed.src).await, SOURCE_MAC, "the VF is plugged on the source");
     let status: serde_json::Value = bed.src.execute("query-status", None).await.unwrap();
     assert_eq!(status["status"], "running");
     wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
@@ -357,17 +333,8 @@ async fn a_migration_that_fails_after_the_unplug_puts_the_vf_back_and_restores_t
 async fn a_failing_destination_plug_says_where_the_state_is_and_can_be_finished_by_hand() {
     let bed = bed(true).await;
     wait_booted(&bed.fabric);
-    let mut timeline = Timeline::new();
-    let saved = migrate_source(
-        &bed.src,
-        &agent(&bed.source),
-        &plan(&bed.uri, Fallback::Refuse),
-        &mut timeline,
-        &mut show,
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let saved = saved.unwrap().unwrap();
     let mut wrong = vf_device_json("e1000e", VF_ID, FRESH_MAC);
     wrong["bus"] = json!("no-such-port");
     let spec = |device| PlugSpec {
@@ -420,10 +387,8 @@ async fn an_unplug_past_its_deadline_cancels_the_migration_and_the_vf_comes_back
     // cancelled, and the guest's late release of the VF is undone.
     let mut plan = plan(&bed.uri, Fallback::Refuse);
     plan.deadlines.unplug = Duration::from_millis(1);
-    let mut timeline = Timeline::new();
-    let err = migrate_source(&bed.src, &agent(&bed.source), &plan, &mut timeline, &mut show)
-        .await
-        .unwrap_err();
+    let (timeline, err) = bed.migrate(&plan, &mut show).await;
+    let err = err.unwrap_err();
     println!("{}{err}", timeline.table());
     assert!(
         matches!(&err, MigrateError::UnplugTimeout { outcome, .. } if outcome.contains("plugged back")),
@@ -432,15 +397,7 @@ async fn an_unplug_past_its_deadline_cancels_the_migration_and_the_vf_comes_back
 
     let info: MigrationInfo = bed.src.query("query-migrate", None).await.unwrap();
     assert_eq!(info.status.as_deref(), Some("cancelled"));
-    let mac: String = bed
-        .src
-        .query(
-            "qom-get",
-            Some(json!({ "path": "/machine/peripheral/vf", "property": "mac" })),
-        )
-        .await
-        .unwrap();
-    assert_eq!(mac, SOURCE_MAC);
+    assert_eq!(vf_mac(&bed.src).await, SOURCE_MAC, "the VF is plugged on the source");
     wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
     tcp.round_trip("still here\n").unwrap();
 }

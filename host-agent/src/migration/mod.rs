@@ -3,5 +3,5 @@
 pub mod phases;
 pub mod timeline;
 
-pub use phases::{migrate_source, plug_destination, Deadlines, Fallback, MigrateError, Plan, PlugSpec};
+pub use phases::{migrate_source, plug_destination, Deadlines, Fallback, MigrateError, Plan, PlugSpec, Saved};
 pub use timeline::{Phase, Step, Timeline};

@@ -176,6 +176,11 @@ async fn query(qmp: &Qmp) -> Result<MigrationInfo, QmpError> {
     qmp.query("query-migrate", None).await
 }
 
+/// Matches QEMU's DEVICE_DELETED for the device with id `id`.
+fn device_deleted(id: &str) -> impl Fn(&Event) -> bool + '_ {
+    move |e| e.event == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(id)
+}
+
 /// Waits for an event matching `want`, within `deadline`.
 async fn wait_event(
     events: &mut tokio::sync::broadcast::Receiver<Event>,
@@ -375,9 +380,7 @@ pub async fn migrate_source(
         timeline.record(Phase::UnplugRequested, None, format!("device_del {}", plan.vf_id)),
         None,
     );
-    let vf = plan.vf_id.clone();
-    let deleted =
-        |e: &Event| e.event == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(vf.as_str());
+    let deleted = device_deleted(&plan.vf_id);
     let unplugged = tokio::select! {
         done = wait_event(&mut events, &deleted, plan.deadlines.unplug) => done,
         remaining = hold_leak(src) => {
@@ -460,9 +463,7 @@ async fn unplug_first(
 ) -> Result<(), MigrateError> {
     let mut events = src.events();
     src.execute("device_del", Some(json!({ "id": plan.vf_id }))).await?;
-    let vf = plan.vf_id.clone();
-    let deleted =
-        |e: &Event| e.event == "DEVICE_DELETED" && e.data.get("device").and_then(Value::as_str) == Some(vf.as_str());
+    let deleted = device_deleted(&plan.vf_id);
     if !wait_event(&mut events, deleted, plan.deadlines.unplug).await {
         let outcome = "migration not started".to_string();
         return Err(MigrateError::UnplugTimeout {
