@@ -401,3 +401,29 @@ async fn an_unplug_past_its_deadline_cancels_the_migration_and_the_vf_comes_back
     wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
     tcp.round_trip("still here\n").unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_fresh_vf_may_be_another_model() {
+    let bed = bed(true).await;
+    wait_booted(&bed.fabric);
+    let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
+    let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let saved = saved.unwrap().unwrap();
+    let spec = PlugSpec {
+        device: vf_device_json("igb", VF_ID, FRESH_MAC),
+        saved: saved.interface,
+        restore_mac: false,
+        attempts: 3,
+        deadlines: Deadlines::default(),
+    };
+    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
+    println!("{}", timeline.table());
+    assert!(
+        restored.failed.is_empty() && restored.mismatches.is_empty(),
+        "{restored:?}"
+    );
+    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
+    tcp.round_trip("through an igb now\n").unwrap();
+}
