@@ -161,6 +161,42 @@ impl Agent {
         })
     }
 
+    /// A link appeared. If it carries the MAC of an interface whose state is saved (the
+    /// destination's VF provisioned with the old MAC, or the VF plugged back on the source), the
+    /// agent restores onto it without waiting for the host, which may be gone; a later
+    /// `restore` from the host then finds everything in place.
+    pub async fn link_appeared(&mut self, link: netstate::NewLink) {
+        for name in self.saved() {
+            let Ok(saved) = store::load(&store::path_for(&self.store_dir, &name)) else {
+                continue;
+            };
+            if saved.interface.identity.mac != link.mac {
+                continue;
+            }
+            tracing::info!(saved = %name, index = link.index, mac = %link.mac, "a link with a saved MAC appeared; restoring");
+            self.phase = Phase::Restoring;
+            let opts = RestoreOptions {
+                restore_mac: false,
+                announce: true,
+            };
+            match netstate::restore(&self.handle, &saved, link.index, opts).await {
+                Ok(report) => {
+                    for failed in &report.failed {
+                        tracing::warn!(failed, "not restored");
+                    }
+                    tracing::info!(
+                        applied = report.applied.len(),
+                        ms = report.elapsed.as_millis() as u64,
+                        "restored"
+                    );
+                    self.phase = Phase::Restored;
+                }
+                Err(e) => tracing::error!(error = %e, "restore failed"),
+            }
+            return;
+        }
+    }
+
     /// A hot-plugged VF's link appears a moment after the host's request (its driver has to
     /// probe it): wait for it, within a bound.
     async fn wait_for_link(&self, onto: &InterfaceSelector) -> Result<u32, netstate::NetstateError> {

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use vfmig_guest::agent::Agent;
 use vfmig_guest::channel::session::serve;
-use vfmig_guest::netstate::{capture, connect};
+use vfmig_guest::netstate::{capture, connect, new_links};
 use vfmig_protocol::frame::{self, Decoder};
 use vfmig_protocol::message::*;
 use vfmig_protocol::request::{Progress, RequestTracker};
@@ -47,34 +47,97 @@ impl Host {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn hello_prepare_unplug_and_restore_over_a_stream() {
-    enter_fresh().unwrap();
-    ip_batch(
-        "link add vfa0 address 02:00:00:00:0a:01 type veth peer name vfa0p
+/// Runs the agent on one end of a socket pair, watching this namespace's links, and returns
+/// the host's end.
+async fn start_agent(handle: &rtnetlink::Handle, store: &std::path::Path) -> Host {
+    let (guest_end, host_end) = UnixStream::pair().unwrap();
+    let mut agent = Agent::new(handle.clone(), store.to_owned(), Capabilities::default());
+    let links = new_links().await.unwrap();
+    tokio::spawn(async move {
+        let mut s = guest_end;
+        serve(&mut s, &mut agent, links).await
+    });
+    Host {
+        stream: host_end,
+        decoder: Decoder::new(),
+        tracker: RequestTracker::new(),
+        pending: vec![],
+    }
+}
+
+const FIXTURE: &str = "link add vfa0 address 02:00:00:00:0a:01 type veth peer name vfa0p
 link set vfa0p up
 link set vfa0 up
 addr add 198.18.10.2/24 dev vfa0
 addr add 2001:db8:10::2/64 dev vfa0 nodad
 route add 198.51.100.0/24 via 198.18.10.1 dev vfa0 table 100
 neigh add 198.18.10.7 lladdr 02:00:00:00:00:07 dev vfa0 nud permanent
-",
-    )
-    .unwrap();
+";
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_link_with_a_saved_mac_is_restored_without_the_host() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-auto-{}", std::process::id()));
+    let mut host = start_agent(&handle, &store).await;
+    let by_name = InterfaceSelector {
+        name: Some("vfa0".into()),
+        ..Default::default()
+    };
+    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
+        interface: by_name,
+        deadline_ms: 5000,
+    }))
+    .await;
+    host.reply().await;
+    host.reply().await;
+    let before = capture(&handle, "vfa0").await.unwrap().state;
+
+    // The VF comes back with the same MAC (a destination VF provisioned with it, or the VF
+    // plugged back on the source) under another name; the host says nothing.
+    ip_batch("link del vfa0\nlink add enp3s0 address 02:00:00:00:0a:01 type veth peer name wire\nlink set wire up\n")
+        .unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        if let Ok(c) = capture(&handle, "vfa0").await {
+            if c.state.addresses.len() == before.addresses.len() {
+                break c.state;
+            }
+        }
+        assert!(std::time::Instant::now() < until, "the agent did not restore by itself");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        vfmig_protocol::netstate::differences(&before, &after),
+        Vec::<String>::new()
+    );
+
+    // The host's own restore, arriving later, finds everything in place.
+    let onto = InterfaceSelector {
+        mac: Some("02:00:00:00:0a:01".parse().unwrap()),
+        ..Default::default()
+    };
+    host.send(HostMessage::Restore(Restore {
+        saved: "vfa0".into(),
+        onto,
+        restore_mac: false,
+    }))
+    .await;
+    let GuestMessage::Restored(r) = host.reply().await.0.msg else {
+        panic!("not restored")
+    };
+    assert_eq!((r.applied, r.failed.len(), r.mismatches.len()), (0, 0, 0), "{r:?}");
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn hello_prepare_unplug_and_restore_over_a_stream() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
     let handle = connect().unwrap();
     let store = std::env::temp_dir().join(format!("vfmig-session-{}", std::process::id()));
-    let (guest_end, host_end) = UnixStream::pair().unwrap();
-    let mut agent = Agent::new(handle.clone(), store.clone(), Capabilities::default());
-    tokio::spawn(async move {
-        let mut s = guest_end;
-        serve(&mut s, &mut agent).await
-    });
-    let mut host = Host {
-        stream: host_end,
-        decoder: Decoder::new(),
-        tracker: RequestTracker::new(),
-        pending: vec![],
-    };
+    let mut host = start_agent(&handle, &store).await;
 
     // Leftovers of an earlier session come first; the agent skips them.
     host.stream

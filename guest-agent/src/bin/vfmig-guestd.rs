@@ -31,7 +31,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the host agent on the virtio-serial port until killed: answer hello and sync,
-    /// save the named interface's state on prepare-unplug, restore it on restore.
+    /// save the named interface's state on prepare-unplug, restore it on restore — and restore
+    /// by itself onto any new link that carries a saved interface's MAC.
     Run {
         /// The port device (default: the virtio port named org.vfmig.agent.0, found in sysfs).
         #[arg(long)]
@@ -91,8 +92,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             };
             let mut stream = channel::port::open(&port).with_context(|| format!("opening {}", port.display()))?;
             tracing::info!(port = %port.display(), "serving the host");
+            let links = netstate::new_links().await.context("watching for new links")?;
             let mut agent = Agent::new(handle, store, Capabilities::default());
-            channel::session::serve(&mut stream, &mut agent)
+            channel::session::serve(&mut stream, &mut agent, links)
                 .await
                 .context("host channel failed")?;
             Ok(ExitCode::SUCCESS)

@@ -4,12 +4,14 @@
 
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use vfmig_protocol::frame::Decoder;
 use vfmig_protocol::message::{self, ErrorReply, GuestMessage, HostMessage, MessageError};
 use vfmig_protocol::ErrorCode;
 
 use crate::agent::Agent;
+use crate::netstate::NewLink;
 
 /// How long to wait before reading again while no host is connected.
 const IDLE_BACKOFF: Duration = Duration::from_millis(100);
@@ -17,13 +19,26 @@ const IDLE_BACKOFF: Duration = Duration::from_millis(100);
 /// its next session with a sync anyway.
 const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Serves the stream until it fails. A 0-byte read is not the end: on a virtio port it means no
-/// host is connected, so the decoder forgets any half frame and the session waits.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, agent: &mut Agent) -> std::io::Result<()> {
+/// Serves the stream until it fails, and hands the agent every link that appears. A 0-byte
+/// read is not the end: on a virtio port it means no host is connected, so the decoder forgets
+/// any half frame and the session waits. Requests and new links are handled one at a time, so
+/// a restore the agent starts by itself never runs beside one the host asked for.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    agent: &mut Agent,
+    links: impl Stream<Item = NewLink>,
+) -> std::io::Result<()> {
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 64 << 10];
+    let mut links = std::pin::pin!(links.fuse());
     loop {
-        let n = stream.read(&mut buf).await?;
+        let n = tokio::select! {
+            n = stream.read(&mut buf) => n?,
+            Some(link) = links.next() => {
+                agent.link_appeared(link).await;
+                continue;
+            }
+        };
         if n == 0 {
             decoder.reset();
             tokio::time::sleep(IDLE_BACKOFF).await;

@@ -7,10 +7,12 @@ mod capture;
 mod errno;
 mod restore;
 mod sysfs;
+mod watch;
 
 pub use announce::announce;
 pub use capture::{capture, capture_index, find_link, link_index, Captured};
 pub use restore::{restore, RestoreOptions, RestoreReport};
+pub use watch::{new_links, NewLink};
 
 use rtnetlink::Handle;
 
