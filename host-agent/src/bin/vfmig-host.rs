@@ -172,10 +172,9 @@ fn report(timeline: &Timeline, json: Option<&PathBuf>) -> Result<()> {
         eprintln!();
     }
     print!("{}", timeline.table());
-    match json.map(|p| p.to_str() == Some("-")) {
-        Some(true) => println!("{}", timeline.to_json()),
-        Some(false) => {
-            let path = json.expect("matched Some");
+    match json {
+        Some(path) if path.to_str() == Some("-") => println!("{}", timeline.to_json()),
+        Some(path) => {
             std::fs::write(path, timeline.to_json()).with_context(|| format!("writing {}", path.display()))?;
         }
         None => {}
