@@ -28,6 +28,20 @@ impl Host {
         env.id
     }
 
+    /// Asks for a restore and returns the agent's report.
+    async fn restore(&mut self, saved: &str, onto: InterfaceSelector) -> Restored {
+        self.send(HostMessage::Restore(Restore {
+            saved: saved.into(),
+            onto,
+            restore_mac: false,
+        }))
+        .await;
+        match self.reply().await.0.msg {
+            GuestMessage::Restored(r) => r,
+            other => panic!("not restored: {other:?}"),
+        }
+    }
+
     /// The next reply, checked against its request; a test fails rather than hangs.
     async fn reply(&mut self) -> (Envelope<GuestMessage>, Progress) {
         let mut buf = vec![0u8; 4096];
@@ -118,15 +132,7 @@ async fn a_link_with_a_saved_mac_is_restored_without_the_host() {
         mac: Some("02:00:00:00:0a:01".parse().unwrap()),
         ..Default::default()
     };
-    host.send(HostMessage::Restore(Restore {
-        saved: "vfa0".into(),
-        onto,
-        restore_mac: false,
-    }))
-    .await;
-    let GuestMessage::Restored(r) = host.reply().await.0.msg else {
-        panic!("not restored")
-    };
+    let r = host.restore("vfa0", onto).await;
     assert_eq!((r.applied, r.failed.len(), r.mismatches.len()), (0, 0, 0), "{r:?}");
     std::fs::remove_dir_all(store).unwrap();
 }
@@ -183,15 +189,7 @@ async fn hello_prepare_unplug_and_restore_over_a_stream() {
         mac: Some(mac_b),
         ..Default::default()
     };
-    host.send(HostMessage::Restore(Restore {
-        saved: "vfa0".into(),
-        onto,
-        restore_mac: false,
-    }))
-    .await;
-    let GuestMessage::Restored(r) = host.reply().await.0.msg else {
-        panic!("not restored")
-    };
+    let r = host.restore("vfa0", onto).await;
     assert!(r.failed.is_empty(), "{:?}", r.failed);
     assert!(
         r.mismatches.is_empty(),

@@ -119,6 +119,16 @@ async fn vf_mac(qmp: &Qmp) -> String {
         .unwrap()
 }
 
+/// What an operator checks after a migration was undone: the VF is plugged on the source, the
+/// guest runs there and answers the peer, and the peer's connection passes data both ways.
+async fn assert_back_on_source(bed: &Bed, tcp: &mut TcpProbe) {
+    assert_eq!(vf_mac(&bed.src).await, SOURCE_MAC, "the VF is plugged on the source");
+    let status: serde_json::Value = bed.src.execute("query-status", None).await.unwrap();
+    assert_eq!(status["status"], "running");
+    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
+    tcp.round_trip("still here\n").unwrap();
+}
+
 fn show(step: &vfmig_host::migration::Step, _: Option<&MigrationInfo>) {
     println!("  {:>6} ms  {:?}  {}", step.at_ms, step.phase, step.detail);
 }
@@ -322,11 +332,7 @@ async fn a_migration_that_fails_after_the_unplug_puts_the_vf_back_and_restores_t
 
     // The VF is back on the source, the guest runs there with its state, the peer's
     // connection survived.
-    assert_eq!(vf_mac(&bed.src).await, SOURCE_MAC, "the VF is plugged on the source");
-    let status: serde_json::Value = bed.src.execute("query-status", None).await.unwrap();
-    assert_eq!(status["status"], "running");
-    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
-    tcp.round_trip("after the rollback\n").unwrap();
+    assert_back_on_source(&bed, &mut tcp).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -397,9 +403,7 @@ async fn an_unplug_past_its_deadline_cancels_the_migration_and_the_vf_comes_back
 
     let info: MigrationInfo = bed.src.query("query-migrate", None).await.unwrap();
     assert_eq!(info.status.as_deref(), Some("cancelled"));
-    assert_eq!(vf_mac(&bed.src).await, SOURCE_MAC, "the VF is plugged on the source");
-    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
-    tcp.round_trip("still here\n").unwrap();
+    assert_back_on_source(&bed, &mut tcp).await;
 }
 
 #[tokio::test(flavor = "current_thread")]
