@@ -12,7 +12,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, R
 use rtnetlink::{Handle, LinkGetRequest, RouteMessageBuilder};
 use vfmig_protocol::message::InterfaceSelector;
 use vfmig_protocol::netstate::consts::*;
-use vfmig_protocol::netstate::{Address, Identity, InterfaceState, Neighbour, Route};
+use vfmig_protocol::netstate::{is_link_local_v6, Address, Identity, InterfaceState, Neighbour, Route};
 use vfmig_protocol::MacAddr;
 
 use super::{errno, sysfs, NetstateError};
@@ -178,10 +178,8 @@ fn address_from(m: &AddressMessage) -> Option<Address> {
         }
     }
     let address = local.or(addr)?;
-    if let IpAddr::V6(v6) = address {
-        if v6.segments()[0] & 0xffc0 == 0xfe80 {
-            return None;
-        }
+    if is_link_local_v6(address) {
+        return None;
     }
     let lifetime = |secs: u32| (secs != INFINITY_LIFE_TIME).then_some(secs);
     Some(Address {
@@ -312,7 +310,7 @@ async fn dump_neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, 
 
 fn neighbour_from(m: &NeighbourMessage) -> Option<Neighbour> {
     let state: u16 = m.header.state.into();
-    if state & NUD_SAVED == 0 || state & (NUD_NOARP | NUD_FAILED | NUD_INCOMPLETE) != 0 {
+    if !Neighbour::saveable(state) {
         return None;
     }
     let (mut address, mut lladdr) = (None, None);

@@ -116,7 +116,7 @@ pub async fn restore(
         for a in &want.addresses {
             let what = format!("address {}/{}", a.address, a.prefix_len);
             let existing = have.get(&(a.address, a.prefix_len));
-            if existing.is_some_and(|e| same_address(e, a)) {
+            if existing.is_some_and(|e| e.config() == a.config()) {
                 report.unchanged.push(what);
                 continue;
             }
@@ -153,7 +153,7 @@ pub async fn restore(
     let mut changes = Vec::new();
     for n in &want.neighbours {
         let what = format!("neighbour {} lladdr {}", n.address, n.lladdr);
-        if have.get(&n.address).is_some_and(|e| same_neighbour(e, n)) {
+        if have.get(&n.address).is_some_and(|e| e.restore_key() == n.restore_key()) {
             report.unchanged.push(what);
             continue;
         }
@@ -292,19 +292,6 @@ fn elapsed_since(captured_unix_ms: u64) -> u32 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     u32::try_from(now.saturating_sub(captured_unix_ms) / 1000).unwrap_or(u32::MAX)
-}
-
-/// Equal in everything but the lifetimes, which count down by themselves.
-fn same_address(a: &Address, b: &Address) -> bool {
-    (a.peer, a.broadcast, &a.label, a.scope, a.flags, a.route_metric)
-        == (b.peer, b.broadcast, &b.label, b.scope, b.flags, b.route_metric)
-}
-
-/// A dynamic entry's exact NUD state drifts on its own (REACHABLE ages to STALE); re-asserting
-/// it would be a change for nothing. Permanence, address and router flag must match.
-fn same_neighbour(a: &Neighbour, b: &Neighbour) -> bool {
-    let permanent = |n: &Neighbour| n.state & NUD_PERMANENT != 0;
-    a.lladdr == b.lladdr && a.router == b.router && permanent(a) == permanent(b)
 }
 
 fn address_message(onto: u32, a: &Address, elapsed_secs: u32) -> Result<RouteNetlinkMessage, &'static str> {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::consts::*;
-use super::InterfaceState;
+use super::{is_link_local_v6, InterfaceState, Neighbour};
 use crate::message::{validate_ifname, validate_pci_address};
 
 /// The first problem found, with the item it is in.
@@ -40,10 +40,6 @@ fn bits(a: IpAddr) -> u8 {
 
 fn same_family(a: IpAddr, b: IpAddr) -> bool {
     a.is_ipv4() == b.is_ipv4()
-}
-
-fn is_link_local_v6(a: IpAddr) -> bool {
-    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 /// True when every bit of `a` past `len` is zero (the kernel refuses such IPv4 prefixes).
@@ -147,7 +143,7 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
     let mut seen = HashSet::new();
     for (i, n) in s.neighbours.iter().enumerate() {
         let at = || format!("neighbours[{i}] ({})", n.address);
-        if n.state & NUD_SAVED == 0 || n.state & (NUD_FAILED | NUD_NOARP | NUD_INCOMPLETE) != 0 {
+        if !Neighbour::saveable(n.state) {
             return Err(bad(
                 at(),
                 format!("state {:#x} holds no usable link-layer address", n.state),

@@ -2,8 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::consts::NUD_PERMANENT;
-use super::{Address, InterfaceState, Neighbour};
+use super::InterfaceState;
 
 /// Differences in what restore sets: name, MTU, admin state, addresses (lifetimes aside, as
 /// they count down), routes, and neighbours (address, permanence, router flag; a dynamic
@@ -24,17 +23,16 @@ pub fn differences(saved: &InterfaceState, now: &InterfaceState) -> Vec<String> 
             up(saved.admin_up)
         ));
     }
-    let config = |a: &Address| (a.peer, a.broadcast, a.label.clone(), a.scope, a.flags, a.route_metric);
     diff(
         &mut out,
         "address",
         saved
             .addresses
             .iter()
-            .map(|a| (format!("{}/{}", a.address, a.prefix_len), config(a))),
+            .map(|a| (format!("{}/{}", a.address, a.prefix_len), a.config())),
         now.addresses
             .iter()
-            .map(|a| (format!("{}/{}", a.address, a.prefix_len), config(a))),
+            .map(|a| (format!("{}/{}", a.address, a.prefix_len), a.config())),
     );
     diff(
         &mut out,
@@ -52,12 +50,14 @@ pub fn differences(saved: &InterfaceState, now: &InterfaceState) -> Vec<String> 
             )
         }),
     );
-    let neighbour = |n: &Neighbour| (n.lladdr, n.router, n.state & NUD_PERMANENT != 0);
     diff(
         &mut out,
         "neighbour",
-        saved.neighbours.iter().map(|n| (n.address.to_string(), neighbour(n))),
-        now.neighbours.iter().map(|n| (n.address.to_string(), neighbour(n))),
+        saved
+            .neighbours
+            .iter()
+            .map(|n| (n.address.to_string(), n.restore_key())),
+        now.neighbours.iter().map(|n| (n.address.to_string(), n.restore_key())),
     );
     out
 }

@@ -88,6 +88,25 @@ pub struct Address {
 impl Address {
     /// Flags a user can set; everything else in IFA_FLAGS is the kernel's bookkeeping.
     pub const CONFIG_FLAGS: u32 = 0x02 | 0x10 | 0x100 | 0x200; // NODAD | HOMEADDRESS | MANAGETEMPADDR | NOPREFIXROUTE
+
+    /// What restore sets besides the address itself. Two entries for one address with equal
+    /// configuration are the same to restore, whatever their lifetimes, which count down.
+    #[allow(clippy::type_complexity)]
+    pub fn config(&self) -> (Option<IpAddr>, Option<Ipv4Addr>, Option<&str>, u8, u32, Option<u32>) {
+        (
+            self.peer,
+            self.broadcast,
+            self.label.as_deref(),
+            self.scope,
+            self.flags,
+            self.route_metric,
+        )
+    }
+}
+
+/// An IPv6 link-local address (fe80::/10): the kernel makes one per link, so it is never saved.
+pub fn is_link_local_v6(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -125,6 +144,21 @@ pub struct Neighbour {
     pub state: u16,
     /// NDP: the neighbour is a router (NTF_ROUTER).
     pub router: bool,
+}
+
+impl Neighbour {
+    /// Whether an entry in NUD `state` holds a usable link-layer address, and so is worth
+    /// saving: NOARP, FAILED and INCOMPLETE entries are not.
+    pub fn saveable(state: u16) -> bool {
+        use consts::*;
+        state & NUD_SAVED != 0 && state & (NUD_NOARP | NUD_FAILED | NUD_INCOMPLETE) == 0
+    }
+
+    /// What restore preserves: link-layer address, router flag, permanence. A dynamic entry's
+    /// exact state drifts by itself (REACHABLE ages to STALE), so it is not part of it.
+    pub fn restore_key(&self) -> (MacAddr, bool, bool) {
+        (self.lladdr, self.router, self.state & consts::NUD_PERMANENT != 0)
+    }
 }
 
 /// Kernel constants the model refers to, named once.
