@@ -137,21 +137,32 @@ impl Agent {
             Ok(i) => i,
             Err(e) => return error(ErrorCode::NoSuchInterface, e),
         };
+        match self.restore_onto(saved, index, r.restore_mac).await {
+            Ok(restored) => GuestMessage::Restored(restored),
+            Err(e) => error(ErrorCode::RestoreIncomplete, e),
+        }
+    }
+
+    /// Restores `saved` onto link `index`, then re-reads the link and reports what still
+    /// differs from the saved state.
+    async fn restore_onto(
+        &mut self,
+        saved: SavedState,
+        index: u32,
+        restore_mac: bool,
+    ) -> Result<Restored, netstate::NetstateError> {
         self.phase = Phase::Restoring;
         let opts = RestoreOptions {
-            restore_mac: r.restore_mac,
+            restore_mac,
             announce: true,
         };
-        let report = match netstate::restore(&self.handle, &saved, index, opts).await {
-            Ok(report) => report,
-            Err(e) => return error(ErrorCode::RestoreIncomplete, e),
-        };
+        let report = netstate::restore(&self.handle, &saved, index, opts).await?;
         let mismatches = match netstate::capture_index(&self.handle, index).await {
             Ok(now) => differences(&saved.interface, &now.state),
             Err(e) => vec![format!("could not re-read the interface to verify: {e}")],
         };
         self.phase = Phase::Restored;
-        GuestMessage::Restored(Restored {
+        Ok(Restored {
             interface: saved.interface.identity.name,
             applied: count(report.applied.len()),
             unchanged: count(report.unchanged.len()),
@@ -174,22 +185,12 @@ impl Agent {
                 continue;
             }
             tracing::info!(saved = %name, index = link.index, mac = %link.mac, "a link with a saved MAC appeared; restoring");
-            self.phase = Phase::Restoring;
-            let opts = RestoreOptions {
-                restore_mac: false,
-                announce: true,
-            };
-            match netstate::restore(&self.handle, &saved, link.index, opts).await {
-                Ok(report) => {
-                    for failed in &report.failed {
-                        tracing::warn!(failed, "not restored");
+            match self.restore_onto(saved, link.index, false).await {
+                Ok(r) => {
+                    for line in r.failed.iter().chain(&r.mismatches) {
+                        tracing::warn!(line, "not restored");
                     }
-                    tracing::info!(
-                        applied = report.applied.len(),
-                        ms = report.elapsed.as_millis() as u64,
-                        "restored"
-                    );
-                    self.phase = Phase::Restored;
+                    tracing::info!(applied = r.applied, ms = r.duration_ms, "restored");
                 }
                 Err(e) => tracing::error!(error = %e, "restore failed"),
             }
