@@ -129,6 +129,17 @@ async fn assert_back_on_source(bed: &Bed, tcp: &mut TcpProbe) {
     tcp.round_trip("still here\n").unwrap();
 }
 
+/// The destination step: plug `device` and restore the state saved under `saved`.
+fn fresh_vf(device: serde_json::Value, saved: &str) -> PlugSpec {
+    PlugSpec {
+        device,
+        saved: saved.into(),
+        restore_mac: false,
+        attempts: 3,
+        deadlines: Deadlines::default(),
+    }
+}
+
 fn show(step: &vfmig_host::migration::Step, _: Option<&MigrationInfo>) {
     println!("  {:>6} ms  {:?}  {}", step.at_ms, step.phase, step.detail);
 }
@@ -151,13 +162,7 @@ async fn vfmig_keeps_the_vf_through_precopy_and_the_guest_keeps_its_network() {
             )
         })
         .expect("the guest agent saved the state");
-    let spec = PlugSpec {
-        device: vf_device_json("e1000e", VF_ID, FRESH_MAC),
-        saved: saved.interface.clone(),
-        restore_mac: false,
-        attempts: 3,
-        deadlines: Deadlines::default(),
-    };
+    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved.interface);
     let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
@@ -344,11 +349,8 @@ async fn a_failing_destination_plug_says_where_the_state_is_and_can_be_finished_
     let mut wrong = vf_device_json("e1000e", VF_ID, FRESH_MAC);
     wrong["bus"] = json!("no-such-port");
     let spec = |device| PlugSpec {
-        device,
-        saved: saved.interface.clone(),
-        restore_mac: false,
         attempts: 2,
-        deadlines: Deadlines::default(),
+        ..fresh_vf(device, &saved.interface)
     };
     let err = plug_destination(
         &bed.dst,
@@ -413,13 +415,7 @@ async fn the_fresh_vf_may_be_another_model() {
     let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
     let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
     let saved = saved.unwrap().unwrap();
-    let spec = PlugSpec {
-        device: vf_device_json("igb", VF_ID, FRESH_MAC),
-        saved: saved.interface,
-        restore_mac: false,
-        attempts: 3,
-        deadlines: Deadlines::default(),
-    };
+    let spec = fresh_vf(vf_device_json("igb", VF_ID, FRESH_MAC), &saved.interface);
     let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
