@@ -28,6 +28,8 @@ pub enum ErrorCode {
     Busy,
     /// Anything else; the message says what.
     Internal,
+    /// The DMA hook is not installed, did not load, or refused the device.
+    HookUnavailable,
     /// A code this build does not know.
     Other(u16),
 }
@@ -44,6 +46,7 @@ impl ErrorCode {
             Self::RestoreIncomplete => 7,
             Self::Busy => 8,
             Self::Internal => 9,
+            Self::HookUnavailable => 10,
             Self::Other(n) => n,
         }
     }
@@ -59,6 +62,7 @@ impl ErrorCode {
             7 => Self::RestoreIncomplete,
             8 => Self::Busy,
             9 => Self::Internal,
+            10 => Self::HookUnavailable,
             n => Self::Other(n),
         }
     }

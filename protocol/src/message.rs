@@ -38,7 +38,7 @@ pub const MAX_IFNAME: usize = 15;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Capabilities {
-    /// The DMA-dirtying kernel hook is loaded.
+    /// The DMA-dirtying kernel hook (module vfmig_dirty) is loaded or installed for loading.
     pub kernel_hook: bool,
     /// NetworkManager runs in the guest and the agent can talk to it.
     pub network_manager: bool,
@@ -123,6 +123,34 @@ pub struct Restored {
     pub duration_ms: u32,
 }
 
+/// Most devices the DMA hook tracks at once (the module's own limit).
+pub const MAX_TRACKED: usize = 16;
+
+/// Asks the guest to load the DMA hook if needed and track the named interface's device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackDma {
+    pub interface: InterfaceSelector,
+}
+
+/// One device the DMA hook tracks, with the hook's counters for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedDevice {
+    pub pci_address: String,
+    /// DMA API calls seen for the device.
+    pub calls: u64,
+    /// Pages written by the CPU so dirty logging sees them.
+    pub pages: u64,
+}
+
+/// The DMA hook's state after a `track_dma` or `stop_dma_tracking`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmaTracking {
+    /// The hook's probes are registered.
+    pub enabled: bool,
+    /// Tracked devices; after `stop_dma_tracking`, the ones that were, with final counters.
+    pub devices: Vec<TrackedDevice>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -157,6 +185,9 @@ pub enum HostMessage {
     PrepareUnplug(PrepareUnplug),
     Restore(Restore),
     StatusQuery,
+    TrackDma(TrackDma),
+    /// Stop tracking every device and unregister the hook's probes.
+    StopDmaTracking,
 }
 
 /// Messages the guest agent sends; decoded by the host.
@@ -169,6 +200,7 @@ pub enum GuestMessage {
     UnplugReady(UnplugReady),
     Restored(Restored),
     Status(Status),
+    DmaTracking(DmaTracking),
     Error(ErrorReply),
 }
 
@@ -182,7 +214,15 @@ pub trait Message: Serialize + DeserializeOwned {
 }
 
 impl Message for HostMessage {
-    const KINDS: &'static [&'static str] = &["hello", "sync", "prepare_unplug", "restore", "status_query"];
+    const KINDS: &'static [&'static str] = &[
+        "hello",
+        "sync",
+        "prepare_unplug",
+        "restore",
+        "status_query",
+        "track_dma",
+        "stop_dma_tracking",
+    ];
 
     fn kind(&self) -> &'static str {
         match self {
@@ -191,13 +231,16 @@ impl Message for HostMessage {
             Self::PrepareUnplug(_) => "prepare_unplug",
             Self::Restore(_) => "restore",
             Self::StatusQuery => "status_query",
+            Self::TrackDma(_) => "track_dma",
+            Self::StopDmaTracking => "stop_dma_tracking",
         }
     }
 
     fn validate(&self) -> Result<(), String> {
         match self {
             Self::Hello(h) => validate_hello(h),
-            Self::Sync { .. } | Self::StatusQuery => Ok(()),
+            Self::Sync { .. } | Self::StatusQuery | Self::StopDmaTracking => Ok(()),
+            Self::TrackDma(t) => validate_selector(&t.interface),
             Self::PrepareUnplug(p) => {
                 validate_selector(&p.interface)?;
                 if p.deadline_ms == 0 {
@@ -221,6 +264,7 @@ impl Message for GuestMessage {
         "unplug_ready",
         "restored",
         "status",
+        "dma_tracking",
         "error",
     ];
 
@@ -232,6 +276,7 @@ impl Message for GuestMessage {
             Self::UnplugReady(_) => "unplug_ready",
             Self::Restored(_) => "restored",
             Self::Status(_) => "status",
+            Self::DmaTracking(_) => "dma_tracking",
             Self::Error(_) => "error",
         }
     }
@@ -270,6 +315,15 @@ impl Message for GuestMessage {
                     ));
                 }
                 s.saved.iter().try_for_each(|n| validate_ifname("saved", n))
+            }
+            Self::DmaTracking(t) => {
+                if t.devices.len() > MAX_TRACKED {
+                    return Err(format!(
+                        "{} tracked devices listed, at most {MAX_TRACKED} allowed",
+                        t.devices.len()
+                    ));
+                }
+                t.devices.iter().try_for_each(|d| validate_pci_address(&d.pci_address))
             }
             Self::Error(e) => validate_text("message", &e.message),
         }

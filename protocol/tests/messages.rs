@@ -31,6 +31,8 @@ fn host_messages() -> Vec<HostMessage> {
             restore_mac: true,
         }),
         HostMessage::StatusQuery,
+        HostMessage::TrackDma(TrackDma { interface: selector() }),
+        HostMessage::StopDmaTracking,
     ]
 }
 
@@ -67,9 +69,17 @@ fn guest_messages() -> Vec<GuestMessage> {
             phase: Phase::Saved,
             saved: vec!["eth1".into()],
         }),
+        GuestMessage::DmaTracking(DmaTracking {
+            enabled: true,
+            devices: vec![TrackedDevice {
+                pci_address: "0000:01:00.0".into(),
+                calls: 120,
+                pages: 118,
+            }],
+        }),
         GuestMessage::Error(ErrorReply {
-            code: ErrorCode::InvalidState,
-            message: "digest mismatch".into(),
+            code: ErrorCode::HookUnavailable,
+            message: "modprobe vfmig_dirty: not found".into(),
         }),
     ]
 }
@@ -213,6 +223,20 @@ fn out_of_bounds_fields_are_invalid_with_the_request_id() {
         assert_eq!(err.request_id(), Some(9), "{err}");
         assert!(err.to_string().contains(why), "{err} should say {why:?}");
     }
+    let err = decode::<HostMessage>(&framed(
+        r#"{"v":1,"id":4,"msg":{"type":"track_dma","body":{"interface":{}}}}"#,
+    ))
+    .unwrap_err();
+    assert!(err.to_string().contains("names nothing"), "{err}");
+    let device = r#"{"pci_address":"0000:01:00.0","calls":1,"pages":1}"#;
+    let many = format!(
+        r#"{{"v":1,"id":5,"msg":{{"type":"dma_tracking","body":{{"enabled":true,"devices":[{}]}}}}}}"#,
+        vec![device; MAX_TRACKED + 1].join(",")
+    );
+    let err = decode::<GuestMessage>(&framed(&many)).unwrap_err();
+    assert!(err.to_string().contains("at most 16"), "{err}");
+    let err = decode::<GuestMessage>(&framed(r#"{"v":1,"id":6,"msg":{"type":"dma_tracking","body":{"enabled":true,"devices":[{"pci_address":"../../x","calls":1,"pages":1}]}}}"#)).unwrap_err();
+    assert!(err.to_string().contains("PCI address"), "{err}");
     let err = decode::<GuestMessage>(&framed(r#"{"v":1,"id":3,"msg":{"type":"state_saved","body":{"interface":"eth1","digest":"md5:00","addresses":0,"routes":0,"neighbours":0}}}"#)).unwrap_err();
     assert!(err.to_string().contains("sha256"), "{err}");
     assert!(matches!(
