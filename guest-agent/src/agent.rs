@@ -7,12 +7,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rtnetlink::Handle;
 use vfmig_protocol::message::{
     Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, InterfaceSelector, Phase, PrepareUnplug, Restore,
-    Restored, StateSaved, Status, UnplugReady, MAX_FAILURES, MAX_TEXT,
+    Restored, StateSaved, Status, TrackDma, UnplugReady, MAX_FAILURES, MAX_TEXT,
 };
 use vfmig_protocol::netstate::{differences, digest, SavedState};
 use vfmig_protocol::version::{negotiate, SUPPORTED};
 use vfmig_protocol::ErrorCode;
 
+use crate::dma_hook::DmaHook;
 use crate::netstate::{self, RestoreOptions};
 use crate::store;
 
@@ -23,6 +24,7 @@ pub struct Agent {
     handle: Handle,
     store_dir: PathBuf,
     capabilities: Capabilities,
+    hook: DmaHook,
     phase: Phase,
 }
 
@@ -50,11 +52,12 @@ fn count(n: usize) -> u32 {
 }
 
 impl Agent {
-    pub fn new(handle: Handle, store_dir: PathBuf, capabilities: Capabilities) -> Self {
+    pub fn new(handle: Handle, store_dir: PathBuf, capabilities: Capabilities, hook: DmaHook) -> Self {
         Self {
             handle,
             store_dir,
             capabilities,
+            hook,
             phase: Phase::Idle,
         }
     }
@@ -65,7 +68,11 @@ impl Agent {
             HostMessage::Hello(h) => vec![match negotiate(SUPPORTED, h.versions) {
                 Ok(_) => GuestMessage::Hello(Hello::ours(
                     concat!("vfmig-guestd ", env!("CARGO_PKG_VERSION")),
-                    self.capabilities.clone(),
+                    // Read at each hello: the module may be installed or removed while we run.
+                    Capabilities {
+                        kernel_hook: self.hook.installed(),
+                        ..self.capabilities.clone()
+                    },
                 )),
                 Err(e) => error(ErrorCode::VersionMismatch, e),
             }],
@@ -76,6 +83,25 @@ impl Agent {
             })],
             HostMessage::PrepareUnplug(p) => self.prepare_unplug(p).await,
             HostMessage::Restore(r) => vec![self.restore(r).await],
+            HostMessage::TrackDma(t) => vec![self.track_dma(t).await],
+            HostMessage::StopDmaTracking => vec![match self.hook.stop() {
+                Ok(t) => GuestMessage::DmaTracking(t),
+                Err(e) => error(ErrorCode::HookUnavailable, e),
+            }],
+        }
+    }
+
+    async fn track_dma(&self, t: TrackDma) -> GuestMessage {
+        let pci = match netstate::pci_address(&self.handle, &t.interface).await {
+            Ok(p) => p,
+            Err(e) => return error(ErrorCode::NoSuchInterface, e),
+        };
+        match self.hook.track(&pci).await {
+            Ok(state) => {
+                tracing::info!(pci, "DMA hook tracking");
+                GuestMessage::DmaTracking(state)
+            }
+            Err(e) => error(ErrorCode::HookUnavailable, e),
         }
     }
 

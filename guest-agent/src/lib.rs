@@ -8,5 +8,6 @@
 
 pub mod agent;
 pub mod channel;
+pub mod dma_hook;
 pub mod netstate;
 pub mod store;

@@ -7,6 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use vfmig_guest::agent::Agent;
 use vfmig_guest::channel::session::serve;
+use vfmig_guest::dma_hook::DmaHook;
 use vfmig_guest::netstate::{capture, connect, new_links};
 use vfmig_protocol::frame::{self, Decoder};
 use vfmig_protocol::message::*;
@@ -65,7 +66,12 @@ impl Host {
 /// the host's end.
 async fn start_agent(handle: &rtnetlink::Handle, store: &std::path::Path) -> Host {
     let (guest_end, host_end) = UnixStream::pair().unwrap();
-    let mut agent = Agent::new(handle.clone(), store.to_owned(), Capabilities::default());
+    let mut agent = Agent::new(
+        handle.clone(),
+        store.to_owned(),
+        Capabilities::default(),
+        DmaHook::default(),
+    );
     let links = new_links().await.unwrap();
     tokio::spawn(async move {
         let mut s = guest_end;

@@ -11,6 +11,7 @@ pub mod fabric;
 pub mod image;
 pub mod netns;
 pub mod probe;
+pub mod shell;
 pub mod vm;
 
 /// Held while a test runs VMs; see [`exclusive`].

@@ -17,6 +17,7 @@ use vfmig_host::qmp::Qmp;
 
 use crate::fabric::{GUEST_V4, GUEST_V6, PREFIX_V4, PREFIX_V6};
 use crate::image::GuestImage;
+use crate::shell::{GuestShell, SHELL_PORT};
 
 /// The virtio port's name, as the guest agent looks for it.
 pub const AGENT_PORT: &str = "org.vfmig.agent.0";
@@ -58,6 +59,8 @@ pub struct VmConfig {
     pub agent: bool,
     /// Wait for an incoming migration (`-incoming defer`) instead of booting.
     pub incoming: bool,
+    /// Boot with the DMA hook's module installed (off: a guest without it).
+    pub hook: bool,
 }
 
 /// A running QEMU; killed by PID when dropped.
@@ -118,8 +121,9 @@ impl Vm {
         .arg("-append")
         .arg(format!(
             "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
-             vfmig.agent={}",
-            if config.agent { "on" } else { "off" }
+             vfmig.agent={} vfmig.hook={}",
+            if config.agent { "on" } else { "off" },
+            if config.hook { "on" } else { "absent" }
         ))
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))
@@ -132,6 +136,13 @@ impl Vm {
         ))
         .arg("-device")
         .arg(format!("virtserialport,bus=vser0.0,chardev=agent,name={AGENT_PORT}"))
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=shell,path={},server=on,wait=off",
+            dir.join("shell.sock").display()
+        ))
+        .arg("-device")
+        .arg(format!("virtserialport,bus=vser0.0,chardev=shell,name={SHELL_PORT}"))
         .args(["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]);
         if let Some(tap) = &config.tap {
             cmd.arg("-netdev")
@@ -200,6 +211,14 @@ impl Vm {
         Qmp::connect(&path)
             .await
             .map_err(|e| format!("{}: {e}; qemu said: {}", self.name, self.errors()))
+    }
+
+    /// A shell in the guest, for looking inside it; answers within `deadline` or fails.
+    pub async fn shell(&self, deadline: Duration) -> Result<GuestShell, String> {
+        let path = self.socket("shell.sock").await.map_err(|e| e.to_string())?;
+        GuestShell::connect(&path, deadline)
+            .await
+            .map_err(|e| format!("{}: {e}; guest console:\n{}", self.name, self.console()))
     }
 
     /// Connects to the guest agent and opens a session (sync, hello) within `deadline`.

@@ -30,6 +30,7 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
         mac: MAC.into(),
         agent: true,
         incoming,
+        hook: true,
     }
 }
 

@@ -43,6 +43,11 @@ struct Bed {
 }
 
 async fn bed(agent: bool) -> Bed {
+    bed_with(agent, true).await
+}
+
+/// `hook: false` boots guests without the DMA hook's module.
+async fn bed_with(agent: bool, hook: bool) -> Bed {
     let one = exclusive();
     let image = guest_image().unwrap();
     let fabric = Fabric::new().unwrap();
@@ -56,6 +61,7 @@ async fn bed(agent: bool) -> Bed {
         mac: SOURCE_MAC.into(),
         agent,
         incoming,
+        hook,
     };
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).unwrap();
     let destination = Vm::start(image, &dir.0, &vm("destination", "tap-dst", false, true)).unwrap();

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vfmig_guest::agent::Agent;
 use vfmig_guest::channel;
+use vfmig_guest::dma_hook::DmaHook;
 use vfmig_guest::netstate::{self, RestoreOptions};
 use vfmig_guest::store;
 use vfmig_protocol::message::Capabilities;
@@ -93,7 +94,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut stream = channel::port::open(&port).with_context(|| format!("opening {}", port.display()))?;
             tracing::info!(port = %port.display(), "serving the host");
             let links = netstate::new_links().await.context("watching for new links")?;
-            let mut agent = Agent::new(handle, store, Capabilities::default());
+            let mut agent = Agent::new(handle, store, Capabilities::default(), DmaHook::default());
             channel::session::serve(&mut stream, &mut agent, links)
                 .await
                 .context("host channel failed")?;

@@ -102,6 +102,25 @@ pub async fn find_link(handle: &Handle, selector: &InterfaceSelector) -> Result<
     }
 }
 
+/// The PCI address of the one link `selector` names; an error for a link that is not a PCI
+/// device.
+pub async fn pci_address(handle: &Handle, selector: &InterfaceSelector) -> Result<String, NetstateError> {
+    let index = find_link(handle, selector).await?;
+    let link = one_link(handle.link().get().match_index(index), format!("with index {index}")).await?;
+    let name = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    sysfs::identity(name, index)
+        .1
+        .map(|p| p.address)
+        .ok_or_else(|| NetstateError::NoSuchInterface(format!("{name} (index {index}) is not a PCI device")))
+}
+
 async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, NetstateError> {
     let index = link.header.index;
     let (mut name, mut mac, mut permanent_mac, mut mtu) = (String::new(), None, None, 0);

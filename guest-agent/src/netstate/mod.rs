@@ -10,7 +10,7 @@ mod sysfs;
 mod watch;
 
 pub use announce::announce;
-pub use capture::{capture, capture_index, find_link, link_index, Captured};
+pub use capture::{capture, capture_index, find_link, link_index, pci_address, Captured};
 pub use restore::{restore, RestoreOptions, RestoreReport};
 pub use watch::{new_links, NewLink};
 

@@ -49,6 +49,7 @@ fn demo() -> Result<ExitCode, String> {
         mac: SOURCE_MAC.into(),
         agent: true,
         incoming,
+        hook: true,
     };
     println!("booting the guest on the source QEMU (TCG) ...");
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).map_err(|e| e.to_string())?;

@@ -1,0 +1,75 @@
+//! Commands run in the test guest, for tests that must look inside it (sysfs counters, module
+//! loading). The guest serves a shell on its own virtserialport (`org.vfmig.test.shell`, see
+//! images/guest-init): a line in is one command; its output comes back followed by
+//! `vfmig-rc=N`. The guest discards what arrives while its side is closed, so a session starts
+//! by retrying a no-op until it is answered.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// The shell port's name in the guest.
+pub const SHELL_PORT: &str = "org.vfmig.test.shell";
+
+const RC: &str = "vfmig-rc=";
+
+pub struct GuestShell {
+    stream: BufReader<UnixStream>,
+}
+
+impl GuestShell {
+    /// Connects and waits, within `deadline`, until the guest answers.
+    pub async fn connect(path: &Path, deadline: Duration) -> Result<Self, String> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut shell = Self {
+            stream: BufReader::new(stream),
+        };
+        let until = Instant::now() + deadline;
+        loop {
+            match shell.run("true", Duration::from_secs(1)).await {
+                Ok(_) => return Ok(shell),
+                Err(e) if Instant::now() > until => return Err(format!("the guest shell never answered: {e}")),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Runs `command` in the guest; its exit status and output (stdout and stderr).
+    pub async fn run(&mut self, command: &str, deadline: Duration) -> Result<(i32, String), String> {
+        assert!(!command.contains('\n'), "one command per line");
+        let exchange = async {
+            self.stream
+                .get_mut()
+                .write_all(format!("{command}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut output = String::new();
+            loop {
+                let mut line = String::new();
+                if self.stream.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("the guest shell closed".to_string());
+                }
+                if let Some(rc) = line.trim_end().strip_prefix(RC) {
+                    let rc = rc.parse().map_err(|_| format!("bad status line {line:?}"))?;
+                    return Ok((rc, output));
+                }
+                output.push_str(&line);
+            }
+        };
+        tokio::time::timeout(deadline, exchange)
+            .await
+            .map_err(|_| format!("`{command}` did not finish within {deadline:?}"))?
+    }
+
+    /// Runs `command` and returns its output; a non-zero status is an error carrying it.
+    pub async fn ok(&mut self, command: &str) -> Result<String, String> {
+        match self.run(command, Duration::from_secs(60)).await? {
+            (0, out) => Ok(out),
+            (rc, out) => Err(format!("`{command}` exited {rc}: {out}")),
+        }
+    }
+}
