@@ -214,17 +214,34 @@ static void hook_disable(void)
 	unregister_kprobes(probe_ptrs, ARRAY_SIZE(probes));
 }
 
-static int parse_pci(const char *buf, struct pci_dev **out)
-{
-	unsigned int domain, bus, slot, fn;
-	char tail;
-	int n = sscanf(buf, "%x:%x:%x.%x%c", &domain, &bus, &slot, &fn, &tail);
+struct pci_addr {
+	unsigned int domain, bus, devfn;
+};
 
-	if (n < 4 || (n == 5 && tail != '\n') || domain > 0xffff || bus > 0xff || slot > 0x1f ||
-	    fn > 7)
+static int parse_pci(const char *buf, struct pci_addr *a)
+{
+	unsigned int slot, fn;
+	char tail;
+	int n = sscanf(buf, "%x:%x:%x.%x%c", &a->domain, &a->bus, &slot, &fn, &tail);
+
+	if (n < 4 || (n == 5 && tail != '\n') || a->domain > 0xffff || a->bus > 0xff ||
+	    slot > 0x1f || fn > 7)
 		return -EINVAL;
-	*out = pci_get_domain_bus_and_slot(domain, bus, PCI_DEVFN(slot, fn));
-	return *out ? 0 : -ENODEV;
+	a->devfn = PCI_DEVFN(slot, fn);
+	return 0;
+}
+
+/* By address, not by lookup: a device that was hot-unplugged stays listed (the list holds
+ * a reference) until it is untracked, and must be found although the bus no longer has it. */
+static struct tracked *find_tracked_addr(const struct pci_addr *a)
+{
+	struct tracked *t;
+
+	list_for_each_entry(t, &tracked_list, node)
+		if (pci_domain_nr(t->pdev->bus) == a->domain && t->pdev->bus->number == a->bus &&
+		    t->pdev->devfn == a->devfn)
+			return t;
+	return NULL;
 }
 
 static ssize_t enabled_show(struct kobject *kobj, struct kobj_attribute *attr, char *buf)
@@ -256,20 +273,24 @@ static ssize_t enabled_store(struct kobject *kobj, struct kobj_attribute *attr, 
 static ssize_t track_store(struct kobject *kobj, struct kobj_attribute *attr, const char *buf,
 			   size_t count)
 {
-	struct pci_dev *pdev;
+	struct pci_dev *pdev = NULL;
+	struct pci_addr a;
 	struct tracked *t;
-	int err = parse_pci(buf, &pdev);
+	int err = parse_pci(buf, &a);
 
 	if (err)
 		return err;
 	mutex_lock(&control_lock);
-	if (find_tracked(&pdev->dev)) {
+	if (find_tracked_addr(&a)) {
 		err = -EEXIST;
 	} else if (tracked_count >= MAX_TRACKED) {
 		err = -ENOSPC;
 	} else {
-		t = kzalloc(sizeof(*t), GFP_KERNEL);
-		if (!t) {
+		pdev = pci_get_domain_bus_and_slot(a.domain, a.bus, a.devfn);
+		t = pdev ? kzalloc(sizeof(*t), GFP_KERNEL) : NULL;
+		if (!pdev) {
+			err = -ENODEV;
+		} else if (!t) {
 			err = -ENOMEM;
 		} else {
 			t->pdev = pdev;
@@ -294,14 +315,14 @@ static void release_tracked(struct rcu_head *rcu)
 static ssize_t untrack_store(struct kobject *kobj, struct kobj_attribute *attr, const char *buf,
 			     size_t count)
 {
-	struct pci_dev *pdev;
+	struct pci_addr a;
 	struct tracked *t;
-	int err = parse_pci(buf, &pdev);
+	int err = parse_pci(buf, &a);
 
 	if (err)
 		return err;
 	mutex_lock(&control_lock);
-	t = find_tracked(&pdev->dev);
+	t = find_tracked_addr(&a);
 	if (t) {
 		list_del_rcu(&t->node);
 		tracked_count--;
@@ -310,7 +331,6 @@ static ssize_t untrack_store(struct kobject *kobj, struct kobj_attribute *attr, 
 		err = -ENOENT;
 	}
 	mutex_unlock(&control_lock);
-	pci_dev_put(pdev);
 	return err ? err : count;
 }
 

@@ -183,6 +183,14 @@ async fn vfmig_keeps_the_vf_through_precopy_and_the_guest_keeps_its_network() {
         timeline.between(Phase::UnplugRequested, Phase::Restored).unwrap_or(0)
     );
 
+    // The guest's DMA hook tracked the VF from before pre-copy until after the unplug, and
+    // dirtied the pages the VF's DMA had written.
+    let hook = timeline.step(Phase::HookEnabled).expect("the hook was enabled");
+    assert!(hook.at_ms <= timeline.step(Phase::PrecopyStarted).unwrap().at_ms);
+    let disabled = timeline.step(Phase::HookDisabled).expect("the hook was stopped");
+    assert!(disabled.at_ms >= timeline.step(Phase::Unplugged).unwrap().at_ms);
+    assert!(dirtied(&disabled.detail) > 0, "{}", disabled.detail);
+
     // The VF carried traffic during pre-copy: it was unplugged only after QEMU's dirty sync
     // and after most of RAM was already sent.
     let held = timeline.step(Phase::Held).unwrap();
@@ -207,6 +215,51 @@ async fn vfmig_keeps_the_vf_through_precopy_and_the_guest_keeps_its_network() {
     std::thread::sleep(Duration::from_secs(1));
     let after = after.stop();
     assert!(after.received * 10 >= after.sent * 9, "{after:?}");
+}
+
+/// Pages dirtied, from the hook's timeline line "<pci>: N pages dirtied in M DMA calls".
+fn dirtied(detail: &str) -> u64 {
+    detail
+        .split_once(": ")
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no page count in {detail:?}"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_without_the_dma_hook_is_unplugged_before_precopy_and_keeps_its_network() {
+    let bed = bed_with(true, false).await;
+    wait_booted(&bed.fabric);
+    let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
+    tcp.round_trip("before\n").unwrap();
+
+    let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let saved = saved
+        .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()))
+        .expect("the guest agent saved the state");
+    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved.interface);
+    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
+    println!("{}", timeline.table());
+
+    // The timeline says why the VF did not stay, and pre-copy ran without it.
+    let fallback = timeline.step(Phase::Fallback).expect("the timeline says why");
+    assert!(
+        fallback.detail.contains("DMA hook unavailable") && fallback.detail.contains("no DMA hook installed"),
+        "{}",
+        fallback.detail
+    );
+    assert!(timeline.step(Phase::HookEnabled).is_none() && timeline.step(Phase::Held).is_none());
+    let precopy = timeline.step(Phase::PrecopyStarted).unwrap().at_ms;
+    assert!(timeline.step(Phase::StateSaved).unwrap().at_ms < precopy);
+    assert!(timeline.step(Phase::Unplugged).unwrap().at_ms <= precopy);
+    assert_eq!(timeline.qemu.as_ref().unwrap().status.as_deref(), Some("completed"));
+
+    // Nothing lost on the safe path either.
+    assert!(restored.failed.is_empty(), "{:?}", restored.failed);
+    assert!(restored.mismatches.is_empty(), "{:?}", restored.mismatches);
+    tcp.round_trip("after\n").unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -21,10 +21,12 @@ use vfmig_host::qmp::Qmp;
     about = "Live-migrate a VM with an SR-IOV VF, keeping the VF active through pre-copy",
     long_about = "Live-migrate a VM with an SR-IOV VF, keeping the VF active through pre-copy.\n\n\
         vfmig-host drives QEMU over QMP and the guest agent (vfmig-guestd) over the VM's \
-        virtio-serial port: pre-copy starts with the VF plugged, is held when most of RAM is \
-        sent, the guest saves the VF's network state, the VF is unplugged, the migration \
-        completes, and on the destination a fresh VF is plugged and the guest restores its \
-        addresses, routes and neighbours onto it. Prints the per-phase timeline."
+        virtio-serial port: the guest's DMA hook starts tracking the VF, pre-copy starts with \
+        the VF plugged, is held when most of RAM is sent, the guest saves the VF's network \
+        state, the VF is unplugged, the migration completes, and on the destination a fresh \
+        VF is plugged and the guest restores its addresses, routes and neighbours onto it. \
+        A guest without the DMA hook gets the safe path: its state is saved, then the VF is \
+        unplugged before pre-copy. Prints the per-phase timeline."
 )]
 struct Cli {
     #[command(subcommand)]

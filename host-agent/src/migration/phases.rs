@@ -1,9 +1,16 @@
 //! The migration state machine, in one place.
 //!
-//! Source: negotiate with the guest agent → start pre-copy with the VF still plugged → when
-//! the remainder falls under a margin, *hold* → the guest saves the VF's state → `device_del`
-//! → DEVICE_DELETED → release → QEMU completes. Destination: hot-plug a fresh VF → the guest
-//! restores the saved state onto it.
+//! Source: negotiate with the guest agent → the guest's DMA hook tracks the VF → start
+//! pre-copy with the VF still plugged → when the remainder falls under a margin, *hold* → the
+//! guest saves the VF's state → `device_del` → DEVICE_DELETED → stop the hook → release →
+//! QEMU completes. Destination: hot-plug a fresh VF → the guest restores the saved state onto
+//! it.
+//!
+//! **The hook is the condition.** A VF's DMA writes are invisible to dirty logging, so pre-copy
+//! with the VF plugged is only sound while the guest's hook dirties those pages. The VF it
+//! tracks is checked against QEMU's own view of where the guest put the VF (`query-pci`), not
+//! taken from the guest. Without a hook confirmed for the VF, the safe path runs instead: the
+//! guest saves its state, the VF is unplugged, and only then does pre-copy start.
 //!
 //! **The hold.** QEMU switches over as soon as the unsent remainder is below its threshold
 //! (bandwidth × downtime-limit) — and, with a threshold of 0, as soon as a pass drains. A low
@@ -28,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
-use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug, Restore, Restored};
+use vfmig_protocol::message::{
+    GuestMessage, Hello, HostMessage, InterfaceSelector, PrepareUnplug, Restore, Restored, TrackDma,
+};
 use vfmig_protocol::MacAddr;
 
 use super::timeline::{Phase, QemuFigures, Step, Timeline};
@@ -163,13 +172,81 @@ pub struct Saved {
     pub digest: String,
 }
 
-/// Connects to the guest agent and opens a session; returns the channel and the agent's name.
-async fn session(agent: &Path, deadline: Duration) -> Result<(GuestChannel, String), ChannelError> {
+/// Connects to the guest agent and opens a session; returns the channel and the guest's hello.
+async fn session(agent: &Path, deadline: Duration) -> Result<(GuestChannel, Hello), ChannelError> {
     let mut channel = GuestChannel::connect(agent).await?;
     let session = channel
         .open_session(concat!("vfmig-host ", env!("CARGO_PKG_VERSION")), deadline)
         .await?;
-    Ok((channel, session.guest.agent))
+    Ok((channel, session.guest))
+}
+
+/// The VF's PCI address as the guest sees it, from QEMU's view of the guest-programmed bus
+/// numbers (the host does not take the guest's word for which device is the VF).
+async fn guest_pci_address(qmp: &Qmp, id: &str) -> Result<Option<String>, QmpError> {
+    fn find(devices: &[Value], bus: u64, id: &str) -> Option<String> {
+        devices.iter().find_map(|d| {
+            if d["qdev_id"] == id {
+                let (slot, function) = (d["slot"].as_u64()?, d["function"].as_u64()?);
+                return Some(format!("0000:{bus:02x}:{slot:02x}.{function:x}"));
+            }
+            let bridge = &d["pci_bridge"];
+            let secondary = bridge["bus"]["secondary"].as_u64()?;
+            find(bridge["devices"].as_array()?, secondary, id)
+        })
+    }
+    let buses: Vec<Value> = qmp.query("query-pci", None).await?;
+    Ok(buses
+        .iter()
+        .find_map(|b| find(b["devices"].as_array()?, b["bus"].as_u64()?, id)))
+}
+
+/// Has the guest's DMA hook track the VF. Pre-copy may run with the VF plugged only if this
+/// succeeds; the error says why not, for the timeline.
+async fn track_dma(
+    src: &Qmp,
+    channel: &mut GuestChannel,
+    guest: &Hello,
+    plan: &Plan,
+    mac: MacAddr,
+) -> Result<String, String> {
+    if !guest.capabilities.kernel_hook {
+        return Err(format!("{} reports no DMA hook installed", guest.agent));
+    }
+    let pci = guest_pci_address(src, &plan.vf_id)
+        .await
+        .map_err(|e| format!("query-pci: {e}"))?
+        .ok_or_else(|| format!("QEMU does not show where the guest put {}", plan.vf_id))?;
+    let request = HostMessage::TrackDma(TrackDma {
+        interface: InterfaceSelector {
+            mac: Some(mac),
+            ..Default::default()
+        },
+    });
+    let replies = channel
+        .request(request, plan.deadlines.prepare)
+        .await
+        .map_err(|e| e.to_string())?;
+    match replies.into_iter().last() {
+        Some(GuestMessage::DmaTracking(t)) if t.enabled && t.devices.iter().any(|d| d.pci_address == pci) => Ok(pci),
+        other => Err(format!("the guest did not confirm tracking {pci}: {other:?}")),
+    }
+}
+
+/// Stops the guest's DMA hook; a summary of what it did, for the timeline.
+async fn stop_dma_tracking(channel: &mut GuestChannel, deadline: Duration) -> String {
+    match channel.request(HostMessage::StopDmaTracking, deadline).await {
+        Ok(replies) => match replies.into_iter().last() {
+            Some(GuestMessage::DmaTracking(t)) => t
+                .devices
+                .iter()
+                .map(|d| format!("{}: {} pages dirtied in {} DMA calls", d.pci_address, d.pages, d.calls))
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => format!("unexpected reply {other:?}"),
+        },
+        Err(e) => format!("stopping failed ({e}); the hook stays enabled in the guest"),
+    }
 }
 
 async fn query(qmp: &Qmp) -> Result<MigrationInfo, QmpError> {
@@ -293,47 +370,95 @@ pub async fn migrate_source(
         .map_err(|e| MigrateError::Qmp(QmpError::Protocol(format!("VF mac: {e}"))))?;
     let params = Params::read(src).await?;
 
-    let mut channel = match session(agent, plan.deadlines.agent).await {
-        Ok((channel, who)) => {
-            observe(timeline.record(Phase::Negotiated, None, who), None);
-            channel
+    let (mut channel, guest) = match session(agent, plan.deadlines.agent).await {
+        Ok((channel, guest)) => {
+            observe(timeline.record(Phase::Negotiated, None, guest.agent.clone()), None);
+            (channel, guest)
         }
         Err(e) if plan.fallback == Fallback::Refuse => return Err(MigrateError::GuestUnavailable(e)),
         Err(e) => return unplug_first(src, plan, e, timeline, observe).await.map(|()| None),
     };
 
-    src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
-    observe(
-        timeline.record(
-            Phase::PrecopyStarted,
-            None,
-            format!("VF {} ({mac}) still plugged", plan.vf_id),
-        ),
-        None,
-    );
-
-    // Watch pre-copy until its remainder is under the margin, then hold.
-    let info = loop {
-        let info = query(src).await?;
-        if info.is_finished() {
-            return Err(MigrateError::EndedBeforeHold {
-                status: info.status.unwrap_or_default(),
-            });
+    // The VF stays through pre-copy only while the guest's hook makes its DMA writes visible
+    // to dirty logging; otherwise pre-copy would send stale copies of those pages.
+    let hooked = match track_dma(src, &mut channel, &guest, plan, mac).await {
+        Ok(pci) => {
+            let detail = format!("vfmig_dirty tracks {pci} (VF {})", plan.vf_id);
+            observe(timeline.record(Phase::HookEnabled, None, detail), None);
+            true
         }
-        if let Some(ram) = info.ram.as_ref().filter(|r| r.total > 0) {
-            if ram.remaining < plan.hold_margin.min(ram.total / 4) {
-                break info;
-            }
+        Err(why) => {
+            let detail = format!(
+                "DMA hook unavailable ({why}): the VF is unplugged before pre-copy; its state is saved and restored"
+            );
+            observe(timeline.record(Phase::Fallback, None, detail), None);
+            false
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    src.execute(
-        "migrate-set-parameters",
-        Some(json!({ "max-bandwidth": HOLD_BANDWIDTH })),
-    )
-    .await?;
-    let detail = format!("max-bandwidth {HOLD_BANDWIDTH} B/s until the VF is gone");
-    observe(timeline.record(Phase::Held, Some(&info), detail), Some(&info));
+    let outcome = source_with_agent(src, &mut channel, plan, mac, &params, hooked, timeline, observe).await;
+    if hooked && outcome.is_err() {
+        // Best effort: the VF may still be plugged, and a hook left enabled costs every DMA call.
+        stop_dma_tracking(&mut channel, plan.deadlines.prepare).await;
+    }
+    outcome
+}
+
+/// The source side with a working guest agent. `hooked`: the VF stays plugged through
+/// pre-copy, held near its end; otherwise it is unplugged (after the guest saved its state)
+/// before pre-copy starts.
+#[allow(clippy::too_many_arguments)]
+async fn source_with_agent(
+    src: &Qmp,
+    channel: &mut GuestChannel,
+    plan: &Plan,
+    mac: MacAddr,
+    params: &Params,
+    hooked: bool,
+    timeline: &mut Timeline,
+    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+) -> Result<Option<Saved>, MigrateError> {
+    // Only a held pre-copy can leak; without one, this never fires.
+    let leak = || async {
+        if hooked {
+            hold_leak(src).await
+        } else {
+            std::future::pending().await
+        }
+    };
+    if hooked {
+        src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
+        observe(
+            timeline.record(
+                Phase::PrecopyStarted,
+                None,
+                format!("VF {} ({mac}) still plugged", plan.vf_id),
+            ),
+            None,
+        );
+
+        // Watch pre-copy until its remainder is under the margin, then hold.
+        let info = loop {
+            let info = query(src).await?;
+            if info.is_finished() {
+                return Err(MigrateError::EndedBeforeHold {
+                    status: info.status.unwrap_or_default(),
+                });
+            }
+            if let Some(ram) = info.ram.as_ref().filter(|r| r.total > 0) {
+                if ram.remaining < plan.hold_margin.min(ram.total / 4) {
+                    break info;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        src.execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": HOLD_BANDWIDTH })),
+        )
+        .await?;
+        let detail = format!("max-bandwidth {HOLD_BANDWIDTH} B/s until the VF is gone");
+        observe(timeline.record(Phase::Held, Some(&info), detail), Some(&info));
+    }
 
     let prepare = HostMessage::PrepareUnplug(PrepareUnplug {
         interface: InterfaceSelector {
@@ -344,8 +469,8 @@ pub async fn migrate_source(
     });
     let replies = tokio::select! {
         replies = channel.request(prepare, plan.deadlines.prepare) => replies,
-        remaining = hold_leak(src) => {
-            abort(src, &params).await;
+        remaining = leak() => {
+            abort(src, params).await;
             return Err(MigrateError::HoldLeaked { remaining });
         }
     };
@@ -355,12 +480,12 @@ pub async fn migrate_source(
             _ => None,
         }),
         Err(e) => {
-            abort(src, &params).await;
+            abort(src, params).await;
             return Err(MigrateError::PrepareFailed(e));
         }
     };
     let Some(saved) = saved else {
-        abort(src, &params).await;
+        abort(src, params).await;
         return Err(MigrateError::PrepareFailed(ChannelError::Closed));
     };
     let info = query(src).await?;
@@ -383,13 +508,13 @@ pub async fn migrate_source(
     let deleted = device_deleted(&plan.vf_id);
     let unplugged = tokio::select! {
         done = wait_event(&mut events, &deleted, plan.deadlines.unplug) => done,
-        remaining = hold_leak(src) => {
-            abort(src, &params).await;
+        remaining = leak() => {
+            abort(src, params).await;
             return Err(MigrateError::HoldLeaked { remaining });
         }
     };
     if !unplugged {
-        abort(src, &params).await;
+        abort(src, params).await;
         // A device_del cannot be withdrawn: the guest may still eject the VF after the
         // migration was cancelled. Watch for that, and if it happens put the VF back.
         let after = plan.deadlines.unplug;
@@ -397,7 +522,7 @@ pub async fn migrate_source(
             let outcome = "the VF is still plugged (the guest may yet act on the eject request)".to_string();
             return Err(MigrateError::UnplugTimeout { after, outcome });
         }
-        return Err(match replug(src, &mut channel, plan, &saved.interface, mac).await {
+        return Err(match replug(src, channel, plan, &saved.interface, mac).await {
             Ok(()) => {
                 let detail = "the guest released the VF after the deadline: plugged back and restored";
                 observe(timeline.record(Phase::RolledBack, None, detail), None);
@@ -419,11 +544,19 @@ pub async fn migrate_source(
         Some(&info),
     );
 
-    params.restore(src).await?;
-    observe(
-        timeline.record(Phase::Released, None, "original max-bandwidth and downtime-limit"),
-        None,
-    );
+    if hooked {
+        // The driver's unmap-all at removal went through the hook; nothing is left to track.
+        let detail = stop_dma_tracking(channel, plan.deadlines.prepare).await;
+        observe(timeline.record(Phase::HookDisabled, None, detail), None);
+        params.restore(src).await?;
+        observe(
+            timeline.record(Phase::Released, None, "original max-bandwidth and downtime-limit"),
+            None,
+        );
+    } else {
+        src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
+        observe(timeline.record(Phase::PrecopyStarted, None, "without the VF"), None);
+    }
 
     let info = wait_end(src, plan.deadlines.completion).await?;
     timeline.qemu = Some(figures(&info));
@@ -432,7 +565,7 @@ pub async fn migrate_source(
         let reason = info.error_desc.clone().unwrap_or_default();
         return Err(roll_back(
             src,
-            &mut channel,
+            channel,
             plan,
             &saved.interface,
             mac,

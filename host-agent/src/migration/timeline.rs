@@ -13,6 +13,8 @@ use crate::qmp::migration::MigrationInfo;
 pub enum Phase {
     /// Sync and hello exchanged with the guest agent.
     Negotiated,
+    /// The guest's DMA hook tracks the VF: pre-copy may run with it plugged.
+    HookEnabled,
     /// QMP `migrate` issued with the VF still plugged.
     PrecopyStarted,
     /// Pre-copy's remainder fell under the margin; bandwidth throttled so QEMU cannot switch over.
@@ -23,11 +25,14 @@ pub enum Phase {
     UnplugRequested,
     /// QEMU reported DEVICE_DELETED.
     Unplugged,
+    /// The guest's DMA hook stopped tracking, with its counters.
+    HookDisabled,
     /// Migration parameters restored; QEMU may switch over.
     Released,
     /// QEMU reported the migration completed.
     Completed,
-    /// The guest agent was unusable; the VF was unplugged before pre-copy instead.
+    /// The VF cannot stay through pre-copy (guest agent or DMA hook unusable): it is unplugged
+    /// before pre-copy instead.
     Fallback,
     /// A fresh VF was hot-plugged on the destination.
     Plugged,
