@@ -7,6 +7,10 @@
 //! and empty, with the old ifindex — iproute2's restore replays raw netlink messages that name
 //! the old ifindex, so it could not restore onto a link with a new one at all.
 //!
+//! vfmig's announcements (gratuitous ARP / unsolicited NA, three rounds 100 ms apart, after
+//! waiting for carrier) are off here: iproute2 sends none, and the spacing is a deliberate wait,
+//! not work.
+//!
 //! Runs as root, inside a throw-away network namespace. `VFMIG_BENCH_ROUNDS` sets the rounds.
 
 use std::fs;
@@ -177,7 +181,7 @@ async fn vfmig_in_process(handle: &rtnetlink::Handle, file: &Path) -> Timing {
         index,
         RestoreOptions {
             restore_mac: false,
-            announce: true,
+            announce: false,
         },
     )
     .await
@@ -203,7 +207,7 @@ fn vfmig_cli(file: &Path) -> Timing {
     let capture = t.elapsed();
     ip_batch(&fresh_link()).unwrap();
     let t = Instant::now();
-    run(&["restore", file, "--onto", IFACE]);
+    run(&["restore", file, "--onto", IFACE, "--no-announce"]);
     Timing {
         capture,
         restore: t.elapsed(),

@@ -13,7 +13,7 @@
  *   mode         dma or cpu
  *   running      1 allocates the working set and starts; 0 stops and frees it
  *   rounds       rounds completed since the last start
- *   ns_per_page  mean cost of one page in the last round (map + unmap, or one CPU write)
+ *   ns_per_page  mean cost of one page since the start (map + unmap, or one CPU write)
  */
 
 #include <linux/delay.h>
@@ -37,7 +37,7 @@ static bool cpu_mode;
 static struct page **set;
 static struct task_struct *worker;
 static atomic64_t rounds;
-static atomic64_t ns_per_page;
+static atomic64_t busy_ns; /* time spent in rounds since the start, pauses excluded */
 
 static void one_round(void)
 {
@@ -58,7 +58,7 @@ static void one_round(void)
 		if (i % 256 == 255)
 			cond_resched();
 	}
-	atomic64_set(&ns_per_page, div_u64(ktime_get_ns() - start, npages));
+	atomic64_add(ktime_get_ns() - start, &busy_ns);
 	atomic64_inc(&rounds);
 }
 
@@ -104,6 +104,7 @@ static int start(void)
 		memset(page_address(set[i]), 0x5a, PAGE_SIZE);
 	}
 	atomic64_set(&rounds, 0);
+	atomic64_set(&busy_ns, 0);
 	worker = kthread_run(work, NULL, "vfmig_exercise");
 	if (IS_ERR(worker)) {
 		int err = PTR_ERR(worker);
@@ -222,7 +223,9 @@ static ssize_t rounds_show(struct kobject *k, struct kobj_attribute *a, char *bu
 
 static ssize_t ns_per_page_show(struct kobject *k, struct kobj_attribute *a, char *buf)
 {
-	return sysfs_emit(buf, "%lld\n", (long long)atomic64_read(&ns_per_page));
+	u64 pages = (u64)atomic64_read(&rounds) * READ_ONCE(npages);
+
+	return sysfs_emit(buf, "%llu\n", pages ? div64_u64(atomic64_read(&busy_ns), pages) : 0);
 }
 
 static struct kobj_attribute device_attr = __ATTR_WO(device);

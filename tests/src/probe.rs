@@ -132,6 +132,28 @@ pub fn wait_answering(peer: &Namespace, target: SocketAddr, deadline: Duration) 
     }
 }
 
+/// Sends UDP datagrams with `size` bytes of payload from the peer to `target` as fast as the
+/// peer can, for `how_long`; returns how many were sent. The receiver counts what arrived.
+pub fn udp_flood(peer: &Namespace, target: SocketAddr, size: usize, how_long: Duration) -> Result<u64, NetnsError> {
+    let socket = peer
+        .run(|| {
+            let s = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            s.connect(target)?;
+            Ok::<_, std::io::Error>(s)
+        })?
+        .map_err(NetnsError::Open)?;
+    let payload = vec![0x5au8; size];
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < how_long {
+        // A full queue (ENOBUFS) is the offered load exceeding the path: not an error here.
+        if socket.send(&payload).is_ok() {
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
 /// A TCP connection from the peer to the guest's echo port.
 pub struct TcpProbe {
     stream: TcpStream,

@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vfmig_host::channel::GuestChannel;
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::Qmp;
-use vfmig_protocol::message::{DmaTracking, GuestMessage, HostMessage, InterfaceSelector, TrackDma};
 use vfmig_testbed::exclusive;
 use vfmig_testbed::fabric::{Fabric, GUEST_V4};
+use vfmig_testbed::hook::{stop, track, CONTROL, EXERCISER};
 use vfmig_testbed::image::guest_image;
 use vfmig_testbed::probe::{wait_answering, Probe};
 use vfmig_testbed::shell::GuestShell;
@@ -19,7 +18,6 @@ use vfmig_testbed::vm::{ScratchDir, Vm, VmConfig};
 
 const MAC: &str = "52:54:00:10:00:01";
 const BOOT: Duration = Duration::from_secs(90);
-const CONTROL: &str = "/sys/kernel/vfmig_dirty";
 
 fn echo() -> SocketAddr {
     SocketAddr::new(GUEST_V4.parse().unwrap(), 7)
@@ -34,33 +32,6 @@ fn config(hook: bool) -> VmConfig {
         agent: true,
         incoming: false,
         hook,
-    }
-}
-
-async fn track(channel: &mut GuestChannel) -> Result<DmaTracking, String> {
-    let request = HostMessage::TrackDma(TrackDma {
-        interface: InterfaceSelector {
-            mac: Some(MAC.parse().unwrap()),
-            ..Default::default()
-        },
-    });
-    match channel.request(request, Duration::from_secs(20)).await {
-        Ok(replies) => match replies.into_iter().last() {
-            Some(GuestMessage::DmaTracking(t)) => Ok(t),
-            other => Err(format!("unexpected reply {other:?}")),
-        },
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-async fn stop(channel: &mut GuestChannel) -> DmaTracking {
-    let replies = channel
-        .request(HostMessage::StopDmaTracking, Duration::from_secs(20))
-        .await
-        .unwrap();
-    match replies.into_iter().last() {
-        Some(GuestMessage::DmaTracking(t)) => t,
-        other => panic!("unexpected reply {other:?}"),
     }
 }
 
@@ -116,7 +87,7 @@ async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_und
         "the module is not loaded before the host asks"
     );
 
-    let tracking = track(&mut channel).await.unwrap();
+    let tracking = track(&mut channel, MAC).await.unwrap();
     assert!(tracking.enabled);
     let [device] = &tracking.devices[..] else {
         panic!("one device expected: {tracking:?}")
@@ -174,7 +145,7 @@ async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_und
         1,
         "the module is gone"
     );
-    let after = stop(&mut channel).await;
+    let after = stop(&mut channel).await.unwrap();
     assert!(!after.enabled && after.devices.is_empty(), "{after:?}");
     assert_no_kernel_trouble(&vm);
     drop(vm);
@@ -253,9 +224,9 @@ async fn the_hooks_writes_reach_qemus_dirty_logging() {
     let (mut channel, _) = vm.agent(Duration::from_secs(20)).await.unwrap();
     let mut shell = vm.shell(Duration::from_secs(20)).await.unwrap();
     let qmp = vm.qmp().await.unwrap();
-    let tracking = track(&mut channel).await.unwrap();
+    let tracking = track(&mut channel, MAC).await.unwrap();
     let pci = tracking.devices[0].pci_address.clone();
-    let ex = "/sys/kernel/vfmig_exercise";
+    let ex = EXERCISER;
     shell.ok("modprobe vfmig_exercise").await.unwrap();
     shell
         .ok(&format!(
