@@ -61,6 +61,9 @@ pub struct VmConfig {
     pub incoming: bool,
     /// Boot with the DMA hook's module installed (off: a guest without it).
     pub hook: bool,
+    /// Give the guest an IOMMU (QEMU's intel-iommu, `intel_iommu=on`), so device DMA goes
+    /// through translated addresses.
+    pub iommu: bool,
 }
 
 /// A running QEMU; killed by PID when dropped.
@@ -114,6 +117,12 @@ impl Vm {
             "-display",
             "none",
         ])
+        // QEMU wants the IOMMU before the devices behind it.
+        .args(if config.iommu {
+            &["-device", "intel-iommu"][..]
+        } else {
+            &[]
+        })
         .args(["-no-reboot", "-kernel"])
         .arg(&image.kernel)
         .arg("-initrd")
@@ -121,9 +130,10 @@ impl Vm {
         .arg("-append")
         .arg(format!(
             "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
-             vfmig.agent={} vfmig.hook={}",
+             vfmig.agent={} vfmig.hook={}{}",
             if config.agent { "on" } else { "off" },
-            if config.hook { "on" } else { "absent" }
+            if config.hook { "on" } else { "absent" },
+            if config.iommu { " intel_iommu=on" } else { "" }
         ))
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))

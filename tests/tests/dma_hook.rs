@@ -23,7 +23,7 @@ fn echo() -> SocketAddr {
     SocketAddr::new(GUEST_V4.parse().unwrap(), 7)
 }
 
-fn config(hook: bool) -> VmConfig {
+fn config(hook: bool, iommu: bool) -> VmConfig {
     VmConfig {
         name: "guest",
         tap: Some("tap-vm".into()),
@@ -32,6 +32,7 @@ fn config(hook: bool) -> VmConfig {
         agent: true,
         incoming: false,
         hook,
+        iommu,
     }
 }
 
@@ -69,7 +70,7 @@ async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_und
     let fabric = Fabric::new().unwrap();
     fabric.add_tap("tap-vm").unwrap();
     let dir = ScratchDir::new("hook").unwrap();
-    let vm = Vm::start(image, &dir.0, &config(true)).unwrap();
+    let vm = Vm::start(image, &dir.0, &config(true, false)).unwrap();
     wait_answering(&fabric.peer, echo(), BOOT).unwrap();
     let (mut channel, session) = vm.agent(Duration::from_secs(20)).await.unwrap();
     assert!(
@@ -214,18 +215,43 @@ const EXERCISED_PAGES: u64 = 16384;
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_hooks_writes_reach_qemus_dirty_logging() {
+    writes_reach_dirty_logging(false).await;
+}
+
+/// Behind an IOMMU the device addresses are IOVAs: the hook must translate them through the
+/// device's domain, before the unmap removes the mapping. A wrong translation would land on
+/// no page (IOVAs lie above this guest's RAM) and the rate would stay at zero.
+#[tokio::test(flavor = "current_thread")]
+async fn the_hooks_writes_reach_qemus_dirty_logging_behind_an_iommu() {
+    writes_reach_dirty_logging(true).await;
+}
+
+async fn writes_reach_dirty_logging(iommu: bool) {
     let _one = exclusive();
     let image = guest_image().unwrap();
     let fabric = Fabric::new().unwrap();
     fabric.add_tap("tap-vm").unwrap();
     let dir = ScratchDir::new("hook-rate").unwrap();
-    let vm = Vm::start(image, &dir.0, &config(true)).unwrap();
+    let vm = Vm::start(image, &dir.0, &config(true, iommu)).unwrap();
     wait_answering(&fabric.peer, echo(), BOOT).unwrap();
     let (mut channel, _) = vm.agent(Duration::from_secs(20)).await.unwrap();
     let mut shell = vm.shell(Duration::from_secs(20)).await.unwrap();
     let qmp = vm.qmp().await.unwrap();
     let tracking = track(&mut channel, MAC).await.unwrap();
     let pci = tracking.devices[0].pci_address.clone();
+    let domain = shell
+        .ok(&format!(
+            "cat /sys/bus/pci/devices/{pci}/iommu_group/type 2>/dev/null || echo none"
+        ))
+        .await
+        .unwrap();
+    eprintln!("the e1000e's IOMMU domain: {}", domain.trim());
+    if iommu {
+        assert!(
+            domain.trim().starts_with("DMA"),
+            "the e1000e is not behind a translating IOMMU: {domain}"
+        );
+    }
     let ex = EXERCISER;
     shell.ok("modprobe vfmig_exercise").await.unwrap();
     shell

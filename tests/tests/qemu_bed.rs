@@ -31,6 +31,7 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
         agent: true,
         incoming,
         hook: true,
+        iommu: false,
     }
 }
 

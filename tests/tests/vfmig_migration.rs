@@ -62,6 +62,7 @@ async fn bed_with(agent: bool, hook: bool) -> Bed {
         agent,
         incoming,
         hook,
+        iommu: false,
     };
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).unwrap();
     let destination = Vm::start(image, &dir.0, &vm("destination", "tap-dst", false, true)).unwrap();

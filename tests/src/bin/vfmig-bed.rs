@@ -50,6 +50,7 @@ fn demo() -> Result<ExitCode, String> {
         agent: true,
         incoming,
         hook: true,
+        iommu: false,
     };
     println!("booting the guest on the source QEMU (TCG) ...");
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).map_err(|e| e.to_string())?;
