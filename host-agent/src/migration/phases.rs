@@ -20,8 +20,12 @@
 //! i.e. VFIO migration). What holds: throttling `max-bandwidth` to [`HOLD_BANDWIDTH`] while a
 //! large remainder is left, so the remainder drains slowly, and watching it while the guest
 //! saves its state and the VF is unplugged: should it fall under [`HOLD_FLOOR`] first, the
-//! migration is cancelled with the VF kept. QEMU cannot switch over until the remainder is all
-//! but gone, so it never switches over with the VF plugged. Once the VF is gone the original
+//! migration is cancelled with the VF kept. The threshold is QEMU's *measured* bandwidth times
+//! downtime-limit, so with the default 300 ms and full-speed pre-copy it can exceed the hold
+//! margin's remainder, and QEMU may switch over before the throttle bites (seen once in the
+//! demo: held at 16.5 MiB, switched over at once). So pre-copy also runs with downtime-limit
+//! [`HOLD_DOWNTIME_MS`] while the VF is plugged: then QEMU cannot switch over until the
+//! remainder is all but gone, never with the VF plugged. Once the VF is gone the original
 //! parameters come back and pre-copy finishes at full speed.
 //!
 //! Every wait has a deadline, every failure a defined outcome: a guest agent that does not
@@ -49,6 +53,10 @@ use crate::qmp::{Event, Qmp, QmpError};
 /// and a window limit of 0 means *unlimited*: 1 B/s would disable the limit (measured: the
 /// migration then switched over at once, VF plugged).
 pub const HOLD_BANDWIDTH: u64 = 4096;
+
+/// `downtime-limit` (ms) while the VF is plugged, so QEMU's switchover threshold stays near
+/// zero however fast pre-copy runs.
+pub const HOLD_DOWNTIME_MS: u64 = 1;
 
 /// The throttle slows the remainder's drain but does not stop it: measured on the test bed,
 /// a held remainder still fell by some 47 MB/s. So the hold is watched while the guest saves
@@ -426,7 +434,15 @@ async fn source_with_agent(
         }
     };
     if hooked {
-        src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
+        src.execute(
+            "migrate-set-parameters",
+            Some(json!({ "downtime-limit": HOLD_DOWNTIME_MS })),
+        )
+        .await?;
+        if let Err(e) = src.execute("migrate", Some(json!({ "uri": plan.uri }))).await {
+            abort(src, params).await;
+            return Err(e.into());
+        }
         observe(
             timeline.record(
                 Phase::PrecopyStarted,
@@ -440,6 +456,7 @@ async fn source_with_agent(
         let info = loop {
             let info = query(src).await?;
             if info.is_finished() {
+                abort(src, params).await;
                 return Err(MigrateError::EndedBeforeHold {
                     status: info.status.unwrap_or_default(),
                 });
