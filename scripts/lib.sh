@@ -20,6 +20,8 @@ install_deps() {
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
     command -v git >/dev/null || missing+=(git)
     command -v cpio >/dev/null || missing+=(cpio)
+    # The guest's kernel modules are built with the kernel's own make-based build (images/build).
+    command -v make >/dev/null || missing+=(make)
     if [ ${#missing[@]} -gt 0 ] || ! qemu_is_new_enough; then
         if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
             printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
