@@ -10,15 +10,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use vfmig_testbed::exclusive;
-use vfmig_testbed::fabric::{Fabric, GUEST_V4};
-use vfmig_testbed::hook::{track, CONTROL, EXERCISER};
-use vfmig_testbed::image::guest_image;
-use vfmig_testbed::probe::{udp_flood, wait_answering};
+use vfmig_testbed::hook::{counters, track, HookGuest, CONTROL, EXERCISER, MAC};
+use vfmig_testbed::probe::udp_flood;
 use vfmig_testbed::shell::GuestShell;
-use vfmig_testbed::vm::{ScratchDir, Vm, VmConfig};
 
-const MAC: &str = "52:54:00:10:00:01";
 /// Long enough for thousands of exerciser rounds.
 const CALLS_FOR: Duration = Duration::from_secs(2);
 const FLOOD_FOR: Duration = Duration::from_secs(4);
@@ -62,46 +57,19 @@ async fn no_ports(shell: &mut GuestShell) -> Result<u64, String> {
         .ok_or_else(|| format!("unreadable Udp: line {values:?}"))
 }
 
-/// The hook's (calls, pages) for `pci`; zero when it is not listed.
-async fn counters(shell: &mut GuestShell, pci: &str) -> Result<(u64, u64), String> {
-    let list = shell.ok(&format!("cat {CONTROL}/devices")).await?;
-    let Some(line) = list.lines().find(|l| l.starts_with(pci)) else {
-        return Ok((0, 0));
-    };
-    let field = |key: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key)?.parse().ok())
-            .ok_or_else(|| format!("no {key} in {line:?}"))
-    };
-    Ok((field("calls=")?, field("pages=")?))
-}
-
 async fn run() -> Result<(), String> {
     let rounds: usize = std::env::var("VFMIG_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(7)
         .max(1);
-    let _one = exclusive();
-    let image = guest_image()?;
-    let fabric = Fabric::new().map_err(|e| e.to_string())?;
-    fabric.add_tap("tap-vm").map_err(|e| e.to_string())?;
-    let dir = ScratchDir::new("hook-bench").map_err(|e| e.to_string())?;
-    let config = VmConfig {
-        name: "guest",
-        tap: Some("tap-vm".into()),
-        nic: true,
-        mac: MAC.into(),
-        agent: true,
-        incoming: false,
-        hook: true,
-        iommu: false,
-    };
-    let vm = Vm::start(image, &dir.0, &config).map_err(|e| e.to_string())?;
-    let echo = SocketAddr::new(GUEST_V4.parse().map_err(|_| "address")?, 7);
-    wait_answering(&fabric.peer, echo, Duration::from_secs(90))?;
-    let (mut channel, _) = vm.agent(Duration::from_secs(20)).await?;
-    let mut shell = vm.shell(Duration::from_secs(20)).await?;
+    let HookGuest {
+        fabric,
+        mut channel,
+        mut shell,
+        ..
+    } = HookGuest::boot(true, false).await?;
+    let echo = HookGuest::echo();
     let tracking = track(&mut channel, MAC).await?;
     let pci = tracking
         .devices

@@ -2,56 +2,27 @@
 //! the e1000e on the host's request, its counters follow real traffic, disabling and unloading
 //! are safe under traffic, and its writes reach QEMU's dirty logging.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::Qmp;
-use vfmig_testbed::exclusive;
-use vfmig_testbed::fabric::{Fabric, GUEST_V4};
-use vfmig_testbed::hook::{stop, track, CONTROL, EXERCISER};
-use vfmig_testbed::image::guest_image;
-use vfmig_testbed::probe::{wait_answering, Probe};
+use vfmig_testbed::fabric::Fabric;
+use vfmig_testbed::hook::{counters, stop, track, HookGuest, CONTROL, EXERCISER, MAC};
+use vfmig_testbed::probe::Probe;
 use vfmig_testbed::shell::GuestShell;
-use vfmig_testbed::vm::{ScratchDir, Vm, VmConfig};
+use vfmig_testbed::vm::Vm;
 
-const MAC: &str = "52:54:00:10:00:01";
-const BOOT: Duration = Duration::from_secs(90);
-
-fn echo() -> SocketAddr {
-    SocketAddr::new(GUEST_V4.parse().unwrap(), 7)
-}
-
-fn config(hook: bool, iommu: bool) -> VmConfig {
-    VmConfig {
-        name: "guest",
-        tap: Some("tap-vm".into()),
-        nic: true,
-        mac: MAC.into(),
-        agent: true,
-        incoming: false,
-        hook,
-        iommu,
-    }
-}
-
-/// The hook's pages-dirtied counter for `pci`, read in the guest.
+/// The hook's pages-dirtied counter for `pci`, which must be tracked.
 async fn pages(shell: &mut GuestShell, pci: &str) -> u64 {
     let list = shell.ok(&format!("cat {CONTROL}/devices")).await.unwrap();
-    let line = list
-        .lines()
-        .find(|l| l.starts_with(pci))
-        .unwrap_or_else(|| panic!("{pci} not tracked: {list:?}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("pages="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no pages= in {line:?}"))
+    assert!(list.contains(pci), "{pci} not tracked: {list:?}");
+    counters(shell, pci).await.unwrap().1
 }
 
 /// Probes the guest from the peer for `how_long`; the number of answers.
 fn traffic(fabric: &Fabric, how_long: Duration) -> u64 {
-    let probe = Probe::start(&fabric.peer, echo()).unwrap();
+    let probe = Probe::start(&fabric.peer, HookGuest::echo()).unwrap();
     std::thread::sleep(how_long);
     probe.stop().received
 }
@@ -65,19 +36,15 @@ fn assert_no_kernel_trouble(vm: &Vm) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_under_traffic() {
-    let _one = exclusive();
-    let image = guest_image().unwrap();
-    let fabric = Fabric::new().unwrap();
-    fabric.add_tap("tap-vm").unwrap();
-    let dir = ScratchDir::new("hook").unwrap();
-    let vm = Vm::start(image, &dir.0, &config(true, false)).unwrap();
-    wait_answering(&fabric.peer, echo(), BOOT).unwrap();
-    let (mut channel, session) = vm.agent(Duration::from_secs(20)).await.unwrap();
-    assert!(
-        session.guest.capabilities.kernel_hook,
-        "the guest has the module installed"
-    );
-    let mut shell = vm.shell(Duration::from_secs(20)).await.unwrap();
+    let HookGuest {
+        vm,
+        fabric,
+        mut channel,
+        mut shell,
+        hello,
+        ..
+    } = HookGuest::boot(true, false).await.unwrap();
+    assert!(hello.capabilities.kernel_hook, "the guest has the module installed");
     assert_eq!(
         shell
             .run(&format!("test -d {CONTROL}"), Duration::from_secs(5))
@@ -123,7 +90,7 @@ async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_und
 
     // Unloading while enabled, with traffic flowing: the guest keeps answering.
     shell.ok(&format!("echo 1 > {CONTROL}/enabled")).await.unwrap();
-    let probe = Probe::start(&fabric.peer, echo()).unwrap();
+    let probe = Probe::start(&fabric.peer, HookGuest::echo()).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     shell.ok("rmmod vfmig_dirty").await.unwrap();
     std::thread::sleep(Duration::from_millis(1500));
@@ -227,15 +194,12 @@ async fn the_hooks_writes_reach_qemus_dirty_logging_behind_an_iommu() {
 }
 
 async fn writes_reach_dirty_logging(iommu: bool) {
-    let _one = exclusive();
-    let image = guest_image().unwrap();
-    let fabric = Fabric::new().unwrap();
-    fabric.add_tap("tap-vm").unwrap();
-    let dir = ScratchDir::new("hook-rate").unwrap();
-    let vm = Vm::start(image, &dir.0, &config(true, iommu)).unwrap();
-    wait_answering(&fabric.peer, echo(), BOOT).unwrap();
-    let (mut channel, _) = vm.agent(Duration::from_secs(20)).await.unwrap();
-    let mut shell = vm.shell(Duration::from_secs(20)).await.unwrap();
+    let HookGuest {
+        vm,
+        mut channel,
+        mut shell,
+        ..
+    } = HookGuest::boot(true, iommu).await.unwrap();
     let qmp = vm.qmp().await.unwrap();
     let tracking = track(&mut channel, MAC).await.unwrap();
     let pci = tracking.devices[0].pci_address.clone();
