@@ -121,7 +121,13 @@ impl GuestChannel {
                 Ok(r) => r,
                 Err(e) => {
                     self.tracker.abandon(id);
-                    return Err(e);
+                    return Err(match e {
+                        ChannelError::Timeout { waiting_for, .. } => ChannelError::Timeout {
+                            waiting_for,
+                            after: deadline,
+                        },
+                        e => e,
+                    });
                 }
             };
             if env.id != id {
@@ -161,7 +167,15 @@ impl GuestChannel {
             if let Some(r) = self.inbox.pop_front() {
                 return Ok(r);
             }
+            // Checked here, not only by the read's timeout: a read that always has bytes ready
+            // (a guest flooding the channel) would never let that timeout fire.
             let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ChannelError::Timeout {
+                    waiting_for,
+                    after: left,
+                });
+            }
             let n = match tokio::time::timeout(left, self.stream.read(&mut buf)).await {
                 Err(_) => {
                     return Err(ChannelError::Timeout {
