@@ -18,6 +18,8 @@ install_deps() {
     local missing=() missing_qemu=
     command -v ip >/dev/null || missing+=(iproute2)
     command -v cc >/dev/null || missing+=(gcc libc6-dev)
+    # cargo fuzz builds libFuzzer, which is C++.
+    command -v c++ >/dev/null || missing+=(g++)
     command -v git >/dev/null || missing+=(git)
     command -v cpio >/dev/null || missing+=(cpio)
     # The guest's kernel modules are built with the kernel's own make-based build (images/build).
