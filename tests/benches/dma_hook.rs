@@ -63,14 +63,12 @@ async fn run() -> Result<(), String> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(7)
         .max(1);
+    let mut guest = HookGuest::boot(true, false).await?;
     let HookGuest {
-        fabric,
-        mut channel,
-        mut shell,
-        ..
-    } = HookGuest::boot(true, false).await?;
+        fabric, channel, shell, ..
+    } = &mut guest;
     let echo = HookGuest::echo();
-    let tracking = track(&mut channel, MAC).await?;
+    let tracking = track(channel, MAC).await?;
     let pci = tracking
         .devices
         .first()
@@ -91,7 +89,7 @@ async fn run() -> Result<(), String> {
     let mut per_datagram = Vec::new();
     for round in 1..=rounds {
         for (i, state) in states.iter().enumerate() {
-            set_hook(&mut shell, &pci, state).await?;
+            set_hook(shell, &pci, state).await?;
             shell.ok(&format!("echo 1 > {EXERCISER}/running")).await?;
             tokio::time::sleep(CALLS_FOR).await;
             let ns = shell
@@ -100,13 +98,13 @@ async fn run() -> Result<(), String> {
             per_call[i].push(ns.trim().parse::<f64>().map_err(|_| format!("ns_per_page {ns:?}"))?);
         }
         for (i, state) in ["off", "on, tracked"].iter().enumerate() {
-            set_hook(&mut shell, &pci, state).await?;
-            let (before, hook_before) = (no_ports(&mut shell).await?, counters(&mut shell, &pci).await?);
+            set_hook(shell, &pci, state).await?;
+            let (before, hook_before) = (no_ports(shell).await?, counters(shell, &pci).await?);
             udp_flood(&fabric.peer, closed, DATAGRAM, FLOOD_FOR).map_err(|e| e.to_string())?;
             // Let the guest finish what is already in its ring.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let received = no_ports(&mut shell).await? - before;
-            let hook_after = counters(&mut shell, &pci).await?;
+            let received = no_ports(shell).await? - before;
+            let hook_after = counters(shell, &pci).await?;
             if *state != "off" && received > 0 {
                 per_datagram.push((
                     (hook_after.0 - hook_before.0) as f64 / received as f64,

@@ -25,7 +25,9 @@ const DEADLINE: Duration = Duration::from_secs(20);
 pub const MAC: &str = "52:54:00:10:00:01";
 
 /// One test guest with its VF (the e1000e), booted and answering the peer, with a session to
-/// its agent and a shell: where the hook's tests and benchmark start.
+/// its agent and a shell: where the hook's tests and benchmark start. Keep it whole while the
+/// guest is in use (destructure a `&mut` to it, not the value): its guards — the test-bed lock
+/// and the directory holding QEMU's sockets — end with it.
 pub struct HookGuest {
     pub vm: Vm,
     pub fabric: Fabric,

@@ -36,14 +36,15 @@ fn assert_no_kernel_trouble(vm: &Vm) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_under_traffic() {
+    let mut guest = HookGuest::boot(true, false).await.unwrap();
     let HookGuest {
         vm,
         fabric,
-        mut channel,
-        mut shell,
+        channel,
+        shell,
         hello,
         ..
-    } = HookGuest::boot(true, false).await.unwrap();
+    } = &mut guest;
     assert!(hello.capabilities.kernel_hook, "the guest has the module installed");
     assert_eq!(
         shell
@@ -55,7 +56,7 @@ async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_und
         "the module is not loaded before the host asks"
     );
 
-    let tracking = track(&mut channel, MAC).await.unwrap();
+    let tracking = track(channel, MAC).await.unwrap();
     assert!(tracking.enabled);
     let [device] = &tracking.devices[..] else {
         panic!("one device expected: {tracking:?}")
@@ -69,9 +70,9 @@ async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_und
 
     // Enabled: every packet the e1000e receives is handed back to the CPU by an unmap or a
     // sync, and each such call covers at least one page.
-    let before = pages(&mut shell, &pci).await;
-    let answered = traffic(&fabric, Duration::from_secs(2));
-    let enabled_growth = pages(&mut shell, &pci).await - before;
+    let before = pages(shell, &pci).await;
+    let answered = traffic(fabric, Duration::from_secs(2));
+    let enabled_growth = pages(shell, &pci).await - before;
     eprintln!("enabled: {answered} probes answered, {enabled_growth} pages dirtied");
     assert!(answered > 500, "traffic flowed ({answered} answers)");
     assert!(
@@ -81,9 +82,9 @@ async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_und
 
     // Disabled with the device still tracked: the probes are gone, nothing is counted.
     shell.ok(&format!("echo 0 > {CONTROL}/enabled")).await.unwrap();
-    let before = pages(&mut shell, &pci).await;
-    let answered = traffic(&fabric, Duration::from_secs(2));
-    let disabled_growth = pages(&mut shell, &pci).await - before;
+    let before = pages(shell, &pci).await;
+    let answered = traffic(fabric, Duration::from_secs(2));
+    let disabled_growth = pages(shell, &pci).await - before;
     eprintln!("disabled: {answered} probes answered, {disabled_growth} pages dirtied");
     assert!(answered > 500, "traffic flowed ({answered} answers)");
     assert_eq!(disabled_growth, 0, "a disabled hook dirtied pages");
@@ -113,10 +114,9 @@ async fn the_hook_counts_while_enabled_not_while_disabled_and_unloads_safely_und
         1,
         "the module is gone"
     );
-    let after = stop(&mut channel).await.unwrap();
+    let after = stop(channel).await.unwrap();
     assert!(!after.enabled && after.devices.is_empty(), "{after:?}");
-    assert_no_kernel_trouble(&vm);
-    drop(vm);
+    assert_no_kernel_trouble(vm);
 }
 
 /// QEMU's dirty-page rate for the guest as it is now, in bytes per second: a migration to
@@ -194,14 +194,10 @@ async fn the_hooks_writes_reach_qemus_dirty_logging_behind_an_iommu() {
 }
 
 async fn writes_reach_dirty_logging(iommu: bool) {
-    let HookGuest {
-        vm,
-        mut channel,
-        mut shell,
-        ..
-    } = HookGuest::boot(true, iommu).await.unwrap();
+    let mut guest = HookGuest::boot(true, iommu).await.unwrap();
+    let HookGuest { vm, channel, shell, .. } = &mut guest;
     let qmp = vm.qmp().await.unwrap();
-    let tracking = track(&mut channel, MAC).await.unwrap();
+    let tracking = track(channel, MAC).await.unwrap();
     let pci = tracking.devices[0].pci_address.clone();
     let domain = shell
         .ok(&format!(
@@ -265,5 +261,5 @@ async fn writes_reach_dirty_logging(iommu: bool) {
         (unhooked as f64) < 0.05 * cpu as f64,
         "without the hook, DMA map/unmap dirtied {unhooked} B/s: the hypervisor should not have seen it"
     );
-    assert_no_kernel_trouble(&vm);
+    assert_no_kernel_trouble(vm);
 }
