@@ -65,6 +65,17 @@ impl GuestShell {
             .map_err(|_| format!("`{command}` did not finish within {deadline:?}"))?
     }
 
+    /// Starts `command` without waiting, from code that cannot await (a migration's observer,
+    /// at a phase boundary). Its output stays unread: use a new shell for anything after.
+    pub fn start(&self, command: &str) -> Result<(), String> {
+        let line = format!("{command}\n");
+        match self.stream.get_ref().try_write(line.as_bytes()) {
+            Ok(n) if n == line.len() => Ok(()),
+            Ok(n) => Err(format!("only {n} bytes of `{command}` were taken")),
+            Err(e) => Err(format!("`{command}`: {e}")),
+        }
+    }
+
     /// Runs `command` and returns its output; a non-zero status is an error carrying it.
     pub async fn ok(&mut self, command: &str) -> Result<String, String> {
         match self.run(command, Duration::from_secs(60)).await? {

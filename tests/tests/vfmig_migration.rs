@@ -487,3 +487,112 @@ async fn the_fresh_vf_may_be_another_model() {
     wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
     tcp.round_trip("through an igb now\n").unwrap();
 }
+
+/// The guest's network as an operator would compare it: global addresses, the routes it was
+/// given (every table), permanent neighbours. Interface-independent, so the fresh VF compares
+/// equal to the old one.
+const NETWORK: &str = "ip -o addr show dev eth0 scope global | awk '{print $4}' | sort; \
+    ip route show table all dev eth0 | grep -v -e 'proto kernel' -e '^local' -e '^broadcast' -e '^multicast' -e '^anycast' -e '^fe80' | sort; \
+    ip neigh show dev eth0 nud permanent | sort";
+
+/// Kills the guest agent (kill -9) at each phase boundary of a vfmig migration in turn, each on
+/// a fresh bed. Whatever the outcome — completed and restored, fallen back, or cancelled — the
+/// guest must end with a working NIC carrying the network it had, on one host or the other,
+/// and the peer's TCP connection must survive.
+#[tokio::test(flavor = "current_thread")]
+async fn killing_the_guest_agent_at_any_phase_boundary_loses_nothing() {
+    let source_phases = [
+        Phase::Negotiated,
+        Phase::HookEnabled,
+        Phase::PrecopyStarted,
+        Phase::Held,
+        Phase::StateSaved,
+        Phase::UnplugRequested,
+        Phase::Unplugged,
+        Phase::HookDisabled,
+        Phase::Released,
+    ];
+    let mut table = Vec::new();
+    for at in source_phases.into_iter().chain([Phase::Plugged]) {
+        let bed = bed(true).await;
+        wait_booted(&bed.fabric);
+        let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
+        let mut shell = bed.source.shell(Duration::from_secs(20)).await.unwrap();
+        let before = shell.ok(NETWORK).await.unwrap();
+        assert!(
+            before.contains("198.18.0.10/24") && before.contains("table 100"),
+            "{before}"
+        );
+        let kill = "kill -9 $(pidof vfmig-guestd)";
+        let mut killer = |step: &vfmig_host::migration::Step, info: Option<&MigrationInfo>| {
+            show(step, info);
+            if step.phase == at {
+                shell.start(kill).unwrap();
+            }
+        };
+        let mut plan = plan(&bed.uri, Fallback::Refuse);
+        plan.deadlines.prepare = Duration::from_secs(5);
+        let (mut timeline, saved) = bed.migrate(&plan, &mut killer).await;
+        // QEMU's chardev takes one client at a time: this one must go before the next.
+        drop(shell);
+        let outcome = match saved {
+            Ok(Some(saved)) => {
+                // Completed: the guest runs on the destination.
+                let dst_shell = bed.destination.shell(Duration::from_secs(30)).await.unwrap();
+                let mut killer = |step: &vfmig_host::migration::Step, info: Option<&MigrationInfo>| {
+                    show(step, info);
+                    if step.phase == at {
+                        dst_shell.start(kill).unwrap();
+                    }
+                };
+                let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved.interface);
+                let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut killer)
+                    .await
+                    .unwrap_or_else(|e| panic!("killed at {at:?}: {e}\n{}", timeline.table()));
+                drop(dst_shell);
+                assert!(
+                    restored.failed.is_empty() && restored.mismatches.is_empty(),
+                    "killed at {at:?}: {restored:?}"
+                );
+                let fallback = timeline.step(Phase::Fallback).map(|s| s.detail.clone());
+                let retried = if timeline.step(Phase::RestoreRetried).is_some() {
+                    "; the restore went unanswered and was sent again to the restarted agent"
+                } else {
+                    ""
+                };
+                (
+                    &bed.destination,
+                    match fallback {
+                        Some(why) => format!("completed on the safe path ({why}){retried}"),
+                        None => format!("completed with the VF through pre-copy{retried}"),
+                    },
+                )
+            }
+            Ok(None) => panic!("killed at {at:?}: migrated without the agent"),
+            Err(e) => {
+                assert_eq!(vf_mac(&bed.src).await, SOURCE_MAC, "killed at {at:?}: {e}");
+                (&bed.source, format!("stayed on the source, VF kept: {e}"))
+            }
+        };
+        let (vm, said) = outcome;
+        assert_connection_survives(&mut tcp, at);
+        let after = vm
+            .shell(Duration::from_secs(30))
+            .await
+            .unwrap()
+            .ok(NETWORK)
+            .await
+            .unwrap();
+        assert_eq!(after, before, "killed at {at:?}: the guest's network changed");
+        wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
+        println!("killed at {at:?}: {said}");
+        table.push(format!("{at:?}: {said}"));
+    }
+    println!("\n{}", table.join("\n"));
+}
+
+/// The peer's connection from before the migration passes data both ways.
+fn assert_connection_survives(tcp: &mut TcpProbe, at: Phase) {
+    tcp.round_trip("after\n")
+        .unwrap_or_else(|e| panic!("killed at {at:?}: the TCP connection broke: {e}"));
+}

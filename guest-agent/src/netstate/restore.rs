@@ -168,6 +168,25 @@ pub async fn restore(
     if opts.announce && want.admin_up {
         let addresses: Vec<IpAddr> = want.addresses.iter().map(|a| a.address).collect();
         if wait_for_carrier(handle, onto).await {
+            // A hot-plugged NIC reports carrier off, then on, a moment after it is up, and the
+            // kernel flushes every neighbour but permanent ones on a change without carrier:
+            // entries restored before that are gone (the fault-injection test caught the
+            // peer's learned entry missing). With carrier up, they are put back.
+            let again = want
+                .neighbours
+                .iter()
+                .filter(|n| !n.is_permanent())
+                .map(|n| Change {
+                    what: format!("neighbour {} lladdr {} (after carrier)", n.address, n.lladdr),
+                    msg: neighbour_message(onto, n),
+                    replace: true,
+                })
+                .collect();
+            for (what, outcome) in bulk.apply(again).await {
+                if let Err(e) = outcome {
+                    report.failed.push(format!("{what}: {e}"));
+                }
+            }
             let mut failures = Vec::new();
             for round in 0..ANNOUNCE_ROUNDS {
                 if round > 0 {

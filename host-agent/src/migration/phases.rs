@@ -180,12 +180,13 @@ pub struct Saved {
     pub digest: String,
 }
 
+/// How the host agent names itself in its hello.
+const HOST_AGENT: &str = concat!("vfmig-host ", env!("CARGO_PKG_VERSION"));
+
 /// Connects to the guest agent and opens a session; returns the channel and the guest's hello.
 async fn session(agent: &Path, deadline: Duration) -> Result<(GuestChannel, Hello), ChannelError> {
     let mut channel = GuestChannel::connect(agent).await?;
-    let session = channel
-        .open_session(concat!("vfmig-host ", env!("CARGO_PKG_VERSION")), deadline)
-        .await?;
+    let session = channel.open_session(HOST_AGENT, deadline).await?;
     Ok((channel, session.guest))
 }
 
@@ -742,10 +743,21 @@ pub async fn plug_destination(
         },
         restore_mac: spec.restore_mac,
     });
-    let replies = channel
-        .request(restore, spec.deadlines.restore)
-        .await
-        .map_err(restore_failed)?;
+    // Restore is idempotent (the agent applies only what differs), so a request lost to an
+    // agent that restarted (the fault-injection test kills it right after the plug) is sent
+    // again, once, in a fresh session.
+    let replies = match channel.request(restore.clone(), spec.deadlines.restore).await {
+        Err(e @ ChannelError::Timeout { .. }) => {
+            observe(timeline.record(Phase::RestoreRetried, None, e.to_string()), None);
+            channel
+                .open_session(HOST_AGENT, spec.deadlines.agent)
+                .await
+                .map_err(restore_failed)?;
+            channel.request(restore, spec.deadlines.restore).await
+        }
+        other => other,
+    }
+    .map_err(restore_failed)?;
     let Some(GuestMessage::Restored(r)) = replies.into_iter().last() else {
         return Err(restore_failed(ChannelError::Closed));
     };

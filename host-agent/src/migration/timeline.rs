@@ -36,6 +36,9 @@ pub enum Phase {
     Fallback,
     /// A fresh VF was hot-plugged on the destination.
     Plugged,
+    /// The restore went unanswered (the agent may have restarted) and was sent again in a new
+    /// session.
+    RestoreRetried,
     /// The guest agent restored the saved state onto it.
     Restored,
     /// The migration did not complete; the VF was plugged back on the source and restored.

@@ -157,7 +157,12 @@ impl Neighbour {
     /// What restore preserves: link-layer address, router flag, permanence. A dynamic entry's
     /// exact state drifts by itself (REACHABLE ages to STALE), so it is not part of it.
     pub fn restore_key(&self) -> (MacAddr, bool, bool) {
-        (self.lladdr, self.router, self.state & consts::NUD_PERMANENT != 0)
+        (self.lladdr, self.router, self.is_permanent())
+    }
+
+    /// Permanent entries are never aged, collected or flushed by the kernel.
+    pub fn is_permanent(&self) -> bool {
+        self.state & consts::NUD_PERMANENT != 0
     }
 }
 
