@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
 
 /// QMP answers are small; a line past this is a broken peer, not data.
 const MAX_LINE: usize = 16 << 20;
@@ -59,6 +59,9 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, Str
 pub struct Qmp {
     writer: tokio::sync::Mutex<FramedWrite<OwnedWriteHalf, LinesCodec>>,
     pending: Pending,
+    /// Set when the read side ended: a command issued after that would wait for an answer
+    /// that cannot come.
+    closed: Arc<AtomicBool>,
     events: broadcast::Sender<Event>,
     next_id: AtomicU64,
 }
@@ -79,11 +82,13 @@ impl Qmp {
             return Err(QmpError::Protocol(format!("unexpected greeting {greeting:.200}")));
         }
         let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
         let (events, _) = broadcast::channel(256);
-        tokio::spawn(read_loop(lines, pending.clone(), events.clone()));
+        tokio::spawn(read_loop(lines, pending.clone(), closed.clone(), events.clone()));
         let qmp = Self {
             writer: tokio::sync::Mutex::new(FramedWrite::new(write, LinesCodec::new())),
             pending,
+            closed,
             events,
             next_id: AtomicU64::new(1),
         };
@@ -101,6 +106,12 @@ impl Qmp {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.pending.lock().expect("pending map poisoned").insert(id, tx);
+        // The read side sets this before it drops every waiter, so a command that got in
+        // after that sees it here.
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending.lock().expect("pending map poisoned").remove(&id);
+            return Err(QmpError::Closed);
+        }
         let mut request = json!({ "execute": command, "id": id });
         if let Some(args) = arguments {
             request["arguments"] = args;
@@ -108,7 +119,10 @@ impl Qmp {
         let sent = self.writer.lock().await.send(request.to_string()).await;
         if let Err(e) = sent {
             self.pending.lock().expect("pending map poisoned").remove(&id);
-            return Err(QmpError::Protocol(e.to_string()));
+            return Err(match e {
+                LinesCodecError::Io(e) => QmpError::Io(e),
+                e => QmpError::Protocol(e.to_string()),
+            });
         }
         let answer = tokio::time::timeout(COMMAND_DEADLINE, rx).await;
         self.pending.lock().expect("pending map poisoned").remove(&id);
@@ -139,6 +153,7 @@ impl Qmp {
 async fn read_loop(
     mut lines: FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
     pending: Pending,
+    closed: Arc<AtomicBool>,
     events: broadcast::Sender<Event>,
 ) {
     while let Some(Ok(line)) = lines.next().await {
@@ -169,5 +184,6 @@ async fn read_loop(
         let _ = tx.send(answer);
     }
     // Dropping the senders wakes every waiter with "closed".
+    closed.store(true, Ordering::SeqCst);
     pending.lock().expect("pending map poisoned").clear();
 }
