@@ -7,11 +7,13 @@
 //! the test thread dies first, by the kernel (parent-death signal), so a failed or panicking
 //! test leaves nothing behind. Tests use addresses from 198.18.0.0/15 and 2001:db8::/32 only.
 
+pub mod bed;
 pub mod fabric;
 pub mod hook;
 pub mod image;
 pub mod netns;
 pub mod probe;
+pub mod proxy;
 pub mod shell;
 pub mod vm;
 

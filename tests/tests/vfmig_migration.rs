@@ -3,8 +3,6 @@
 //! guest restore its network state — against the same migration without vfmig, and with a
 //! guest agent that never answers.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,95 +11,21 @@ use vfmig_host::migration::{
     migrate_source, plug_destination, Deadlines, Fallback, MigrateError, Phase, Plan, PlugSpec, Timeline,
 };
 use vfmig_host::qmp::migration::MigrationInfo;
-use vfmig_host::qmp::{Event, Qmp};
+use vfmig_host::qmp::Event;
 use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug};
-use vfmig_testbed::fabric::{Fabric, GUEST_V4};
-use vfmig_testbed::image::guest_image;
+use vfmig_testbed::bed::{agent, echo, vf_mac, Bed, FRESH_MAC, NETWORK, SOURCE_MAC};
 use vfmig_testbed::probe::{wait_answering, Probe, TcpProbe};
-use vfmig_testbed::vm::{vf_device_json, ScratchDir, Vm, VmConfig, VF_ID};
-use vfmig_testbed::{exclusive, Exclusive};
+use vfmig_testbed::vm::{vf_device_json, VF_ID};
 
-const SOURCE_MAC: &str = "52:54:00:10:00:01";
-/// The fresh VF on the destination has a MAC of its own.
-const FRESH_MAC: &str = "52:54:00:20:00:02";
-const BOOT: Duration = Duration::from_secs(90);
-
-fn echo() -> SocketAddr {
-    SocketAddr::new(GUEST_V4.parse().unwrap(), 7)
-}
-
-/// Source with the VF, destination waiting for the migration with an empty root port.
-struct Bed {
-    source: Vm,
-    destination: Vm,
-    src: Qmp,
-    dst: Qmp,
-    uri: String,
-    fabric: Fabric,
-    _dir: ScratchDir,
-    _one: Exclusive,
-}
-
-async fn bed(agent: bool) -> Bed {
-    bed_with(agent, true).await
-}
-
-/// `hook: false` boots guests without the DMA hook's module.
-async fn bed_with(agent: bool, hook: bool) -> Bed {
-    let one = exclusive();
-    let image = guest_image().unwrap();
-    let fabric = Fabric::new().unwrap();
-    fabric.add_tap("tap-src").unwrap();
-    fabric.add_tap("tap-dst").unwrap();
-    let dir = ScratchDir::new("vfmig").unwrap();
-    let vm = |name, tap: &str, nic, incoming| VmConfig {
-        name,
-        tap: Some(tap.into()),
-        nic,
-        mac: SOURCE_MAC.into(),
-        agent,
-        incoming,
-        hook,
-        iommu: false,
-    };
-    let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).unwrap();
-    let destination = Vm::start(image, &dir.0, &vm("destination", "tap-dst", false, true)).unwrap();
-    let (src, dst) = (source.qmp().await.unwrap(), destination.qmp().await.unwrap());
-    let uri = format!("unix:{}", dir.0.join("migration.sock").display());
-    dst.execute("migrate-incoming", Some(json!({ "uri": uri })))
-        .await
-        .unwrap();
-    Bed {
-        source,
-        destination,
-        src,
-        dst,
-        uri,
-        fabric,
-        _dir: dir,
-        _one: one,
-    }
-}
-
-impl Bed {
-    /// Runs vfmig's source side against this bed; returns the timeline with the outcome.
-    async fn migrate(
-        &self,
-        plan: &Plan,
-        observe: &mut dyn FnMut(&vfmig_host::migration::Step, Option<&MigrationInfo>),
-    ) -> (Timeline, Result<Option<vfmig_host::migration::Saved>, MigrateError>) {
-        let mut timeline = Timeline::new();
-        let outcome = migrate_source(&self.src, &agent(&self.source), plan, &mut timeline, observe).await;
-        (timeline, outcome)
-    }
-}
-
-fn wait_booted(fabric: &Fabric) {
-    wait_answering(&fabric.peer, echo(), BOOT).unwrap();
-}
-
-fn agent(vm: &Vm) -> PathBuf {
-    vm.dir.join("agent.sock")
+/// Runs vfmig's source side against a bed; returns the timeline with the outcome.
+async fn migrate(
+    bed: &Bed,
+    plan: &Plan,
+    observe: &mut dyn FnMut(&vfmig_host::migration::Step, Option<&MigrationInfo>),
+) -> (Timeline, Result<Option<vfmig_host::migration::Saved>, MigrateError>) {
+    let mut timeline = Timeline::new();
+    let outcome = migrate_source(&bed.src, &agent(&bed.source), plan, &mut timeline, observe).await;
+    (timeline, outcome)
 }
 
 fn plan(uri: &str, fallback: Fallback) -> Plan {
@@ -115,15 +39,8 @@ fn plan(uri: &str, fallback: Fallback) -> Plan {
             ..Deadlines::default()
         },
         hold_margin: 64 << 20,
+        journal: None,
     }
-}
-
-/// The MAC of the VF plugged in a VM (fails if there is none).
-async fn vf_mac(qmp: &Qmp) -> String {
-    let path = format!("/machine/peripheral/{VF_ID}");
-    qmp.query("qom-get", Some(json!({ "path": path, "property": "mac" })))
-        .await
-        .unwrap()
 }
 
 /// What an operator checks after a migration was undone: the VF is plugged on the source, the
@@ -153,13 +70,13 @@ fn show(step: &vfmig_host::migration::Step, _: Option<&MigrationInfo>) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn vfmig_keeps_the_vf_through_precopy_and_the_guest_keeps_its_network() {
-    let bed = bed(true).await;
-    wait_booted(&bed.fabric);
+    let bed = Bed::start(true, true).await;
+    bed.wait_booted();
     let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
     tcp.round_trip("before\n").unwrap();
     let probe = Probe::start(&bed.fabric.peer, echo()).unwrap();
 
-    let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let (mut timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
     let saved = saved
         .unwrap_or_else(|e| {
             panic!(
@@ -218,6 +135,15 @@ async fn vfmig_keeps_the_vf_through_precopy_and_the_guest_keeps_its_network() {
     assert!(after.received * 10 >= after.sent * 9, "{after:?}");
 }
 
+/// Where `phase` stands in the timeline's sequence (panics if it was never reached).
+fn order(timeline: &Timeline, phase: Phase) -> usize {
+    timeline
+        .steps
+        .iter()
+        .position(|s| s.phase == phase)
+        .unwrap_or_else(|| panic!("{phase:?} never reached\n{}", timeline.table()))
+}
+
 /// Pages dirtied, from the hook's timeline line "<pci>: N pages dirtied in M DMA calls".
 fn dirtied(detail: &str) -> u64 {
     detail
@@ -229,12 +155,12 @@ fn dirtied(detail: &str) -> u64 {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_guest_without_the_dma_hook_is_unplugged_before_precopy_and_keeps_its_network() {
-    let bed = bed_with(true, false).await;
-    wait_booted(&bed.fabric);
+    let bed = Bed::start(true, false).await;
+    bed.wait_booted();
     let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
     tcp.round_trip("before\n").unwrap();
 
-    let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let (mut timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
     let saved = saved
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()))
         .expect("the guest agent saved the state");
@@ -252,9 +178,9 @@ async fn a_guest_without_the_dma_hook_is_unplugged_before_precopy_and_keeps_its_
         fallback.detail
     );
     assert!(timeline.step(Phase::HookEnabled).is_none() && timeline.step(Phase::Held).is_none());
-    let precopy = timeline.step(Phase::PrecopyStarted).unwrap().at_ms;
-    assert!(timeline.step(Phase::StateSaved).unwrap().at_ms < precopy);
-    assert!(timeline.step(Phase::Unplugged).unwrap().at_ms <= precopy);
+    let precopy = order(&timeline, Phase::PrecopyStarted);
+    assert!(order(&timeline, Phase::StateSaved) < precopy);
+    assert!(order(&timeline, Phase::Unplugged) < precopy);
     assert_eq!(timeline.qemu.as_ref().unwrap().status.as_deref(), Some("completed"));
 
     // Nothing lost on the safe path either.
@@ -265,8 +191,8 @@ async fn a_guest_without_the_dma_hook_is_unplugged_before_precopy_and_keeps_its_
 
 #[tokio::test(flavor = "current_thread")]
 async fn without_vfmig_the_guest_loses_its_addresses() {
-    let bed = bed(true).await;
-    wait_booted(&bed.fabric);
+    let bed = Bed::start(true, true).await;
+    bed.wait_booted();
     // Plain unplug before migration, migrate, plug a fresh NIC: what operators do today.
     let mut events = bed.src.events();
     bed.src
@@ -335,10 +261,10 @@ async fn without_vfmig_the_guest_loses_its_addresses() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_silent_guest_agent_is_refused_and_nothing_changes() {
-    let bed = bed(false).await;
-    wait_booted(&bed.fabric);
+    let bed = Bed::start(false, true).await;
+    bed.wait_booted();
     let started = std::time::Instant::now();
-    let (_, err) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let (_, err) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
     let err = err.unwrap_err();
     println!("refused after {} ms: {err}", started.elapsed().as_millis());
     assert!(matches!(err, MigrateError::GuestUnavailable(_)), "{err}");
@@ -354,16 +280,17 @@ async fn a_silent_guest_agent_is_refused_and_nothing_changes() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_silent_guest_agent_falls_back_to_unplug_before_precopy_when_asked() {
-    let bed = bed(false).await;
-    wait_booted(&bed.fabric);
-    let (timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::UnplugFirst), &mut show).await;
+    let bed = Bed::start(false, true).await;
+    bed.wait_booted();
+    let (timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::UnplugFirst), &mut show).await;
     let saved = saved.unwrap();
     println!("{}", timeline.table());
     assert!(saved.is_none());
     let fallback = timeline.step(Phase::Fallback).expect("the timeline says why");
     assert!(fallback.detail.contains("guest agent unusable"), "{}", fallback.detail);
+    // In the order recorded: milliseconds can tie, the sequence cannot.
     assert!(
-        fallback.at_ms < timeline.step(Phase::PrecopyStarted).unwrap().at_ms,
+        order(&timeline, Phase::Unplugged) < order(&timeline, Phase::PrecopyStarted),
         "unplugged before pre-copy"
     );
     assert_eq!(timeline.qemu.as_ref().unwrap().status.as_deref(), Some("completed"));
@@ -371,8 +298,8 @@ async fn a_silent_guest_agent_falls_back_to_unplug_before_precopy_when_asked() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_migration_that_fails_after_the_unplug_puts_the_vf_back_and_restores_the_guest() {
-    let bed = bed(true).await;
-    wait_booted(&bed.fabric);
+    let bed = Bed::start(true, true).await;
+    bed.wait_booted();
     let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
     tcp.round_trip("before\n").unwrap();
     // The destination host dies right after the VF is unplugged on the source.
@@ -387,9 +314,7 @@ async fn a_migration_that_fails_after_the_unplug_puts_the_vf_back_and_restores_t
             .unwrap();
         }
     };
-    let (timeline, err) = bed
-        .migrate(&plan(&bed.uri, Fallback::Refuse), &mut kill_destination)
-        .await;
+    let (timeline, err) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut kill_destination).await;
     let err = err.unwrap_err();
     println!("{}{err}", timeline.table());
     assert!(matches!(err, MigrateError::RolledBack { .. }), "{err}");
@@ -402,9 +327,9 @@ async fn a_migration_that_fails_after_the_unplug_puts_the_vf_back_and_restores_t
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_failing_destination_plug_says_where_the_state_is_and_can_be_finished_by_hand() {
-    let bed = bed(true).await;
-    wait_booted(&bed.fabric);
-    let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let bed = Bed::start(true, true).await;
+    bed.wait_booted();
+    let (mut timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
     let saved = saved.unwrap().unwrap();
     let mut wrong = vf_device_json("e1000e", VF_ID, FRESH_MAC);
     wrong["bus"] = json!("no-such-port");
@@ -448,14 +373,14 @@ async fn a_failing_destination_plug_says_where_the_state_is_and_can_be_finished_
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_unplug_past_its_deadline_cancels_the_migration_and_the_vf_comes_back() {
-    let bed = bed(true).await;
-    wait_booted(&bed.fabric);
+    let bed = Bed::start(true, true).await;
+    bed.wait_booted();
     let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
     // No guest ejects a device in a millisecond: the deadline passes, the migration is
     // cancelled, and the guest's late release of the VF is undone.
     let mut plan = plan(&bed.uri, Fallback::Refuse);
     plan.deadlines.unplug = Duration::from_millis(1);
-    let (timeline, err) = bed.migrate(&plan, &mut show).await;
+    let (timeline, err) = migrate(&bed, &plan, &mut show).await;
     let err = err.unwrap_err();
     println!("{}{err}", timeline.table());
     assert!(
@@ -470,10 +395,10 @@ async fn an_unplug_past_its_deadline_cancels_the_migration_and_the_vf_comes_back
 
 #[tokio::test(flavor = "current_thread")]
 async fn the_fresh_vf_may_be_another_model() {
-    let bed = bed(true).await;
-    wait_booted(&bed.fabric);
+    let bed = Bed::start(true, true).await;
+    bed.wait_booted();
     let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
-    let (mut timeline, saved) = bed.migrate(&plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let (mut timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
     let saved = saved.unwrap().unwrap();
     let spec = fresh_vf(vf_device_json("igb", VF_ID, FRESH_MAC), &saved.interface);
     let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
@@ -487,13 +412,6 @@ async fn the_fresh_vf_may_be_another_model() {
     wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
     tcp.round_trip("through an igb now\n").unwrap();
 }
-
-/// The guest's network as an operator would compare it: global addresses, the routes it was
-/// given (every table), permanent neighbours. Interface-independent, so the fresh VF compares
-/// equal to the old one.
-const NETWORK: &str = "ip -o addr show dev eth0 scope global | awk '{print $4}' | sort; \
-    ip route show table all dev eth0 | grep -v -e 'proto kernel' -e '^local' -e '^broadcast' -e '^multicast' -e '^anycast' -e '^fe80' | sort; \
-    ip neigh show dev eth0 nud permanent | sort";
 
 /// Kills the guest agent (kill -9) at each phase boundary of a vfmig migration in turn, each on
 /// a fresh bed. Whatever the outcome — completed and restored, fallen back, or cancelled — the
@@ -514,8 +432,8 @@ async fn killing_the_guest_agent_at_any_phase_boundary_loses_nothing() {
     ];
     let mut table = Vec::new();
     for at in source_phases.into_iter().chain([Phase::Plugged]) {
-        let bed = bed(true).await;
-        wait_booted(&bed.fabric);
+        let bed = Bed::start(true, true).await;
+        bed.wait_booted();
         let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
         let mut shell = bed.source.shell(Duration::from_secs(20)).await.unwrap();
         let before = shell.ok(NETWORK).await.unwrap();
@@ -532,7 +450,7 @@ async fn killing_the_guest_agent_at_any_phase_boundary_loses_nothing() {
         };
         let mut plan = plan(&bed.uri, Fallback::Refuse);
         plan.deadlines.prepare = Duration::from_secs(5);
-        let (mut timeline, saved) = bed.migrate(&plan, &mut killer).await;
+        let (mut timeline, saved) = migrate(&bed, &plan, &mut killer).await;
         // QEMU's chardev takes one client at a time: this one must go before the next.
         drop(shell);
         let outcome = match saved {

@@ -1,0 +1,107 @@
+//! The two-host bed the end-to-end tests share: a source QEMU whose guest has the e1000e VF, a
+//! destination QEMU waiting for the migration with an empty root port, the fabric with its
+//! peer host, and what an operator checks afterwards.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+use vfmig_host::qmp::Qmp;
+
+use crate::fabric::{Fabric, GUEST_V4};
+use crate::image::guest_image;
+use crate::probe::wait_answering;
+use crate::vm::{ScratchDir, Vm, VmConfig, VF_ID};
+use crate::{exclusive, Exclusive};
+
+pub const SOURCE_MAC: &str = "52:54:00:10:00:01";
+/// The fresh VF on the destination has a MAC of its own.
+pub const FRESH_MAC: &str = "52:54:00:20:00:02";
+/// Boot under TCG takes about 9 s; a loaded machine can take much longer.
+pub const BOOT: Duration = Duration::from_secs(90);
+
+/// The guest's network as an operator would compare it: global addresses, the routes it was
+/// given (every table), permanent neighbours. Interface-independent, so the fresh VF compares
+/// equal to the old one.
+pub const NETWORK: &str = "ip -o addr show dev eth0 scope global | awk '{print $4}' | sort; \
+    ip route show table all dev eth0 | grep -v -e 'proto kernel' -e '^local' -e '^broadcast' -e '^multicast' -e '^anycast' -e '^fe80' | sort; \
+    ip neigh show dev eth0 nud permanent | sort";
+
+/// The guest's echo service (UDP and TCP port 7).
+pub fn echo() -> SocketAddr {
+    SocketAddr::new(GUEST_V4.parse().expect("a constant address"), 7)
+}
+
+/// Source with the VF, destination waiting for the migration with an empty root port.
+pub struct Bed {
+    pub source: Vm,
+    pub destination: Vm,
+    pub src: Qmp,
+    pub dst: Qmp,
+    /// Where the source migrates to (the destination listens there).
+    pub uri: String,
+    pub fabric: Fabric,
+    pub dir: ScratchDir,
+    _one: Exclusive,
+}
+
+impl Bed {
+    /// `agent: false` boots guests whose agent never answers; `hook: false` guests without
+    /// the DMA hook's module.
+    pub async fn start(agent: bool, hook: bool) -> Self {
+        let one = exclusive();
+        let image = guest_image().expect("the guest image builds");
+        let fabric = Fabric::new().expect("the fabric comes up");
+        fabric.add_tap("tap-src").expect("tap");
+        fabric.add_tap("tap-dst").expect("tap");
+        let dir = ScratchDir::new("vfmig").expect("scratch directory");
+        let vm = |name, tap: &str, nic, incoming| VmConfig {
+            name,
+            tap: Some(tap.into()),
+            nic,
+            mac: SOURCE_MAC.into(),
+            agent,
+            incoming,
+            hook,
+            iommu: false,
+        };
+        let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).expect("source QEMU");
+        let destination =
+            Vm::start(image, &dir.0, &vm("destination", "tap-dst", false, true)).expect("destination QEMU");
+        let src = source.qmp().await.unwrap_or_else(|e| panic!("{e}"));
+        let dst = destination.qmp().await.unwrap_or_else(|e| panic!("{e}"));
+        let uri = format!("unix:{}", dir.0.join("migration.sock").display());
+        dst.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .expect("migrate-incoming");
+        Self {
+            source,
+            destination,
+            src,
+            dst,
+            uri,
+            fabric,
+            dir,
+            _one: one,
+        }
+    }
+
+    /// Waits until the guest answers the peer at its address.
+    pub fn wait_booted(&self) {
+        wait_answering(&self.fabric.peer, echo(), BOOT).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// The unix socket behind a VM's agent port.
+pub fn agent(vm: &Vm) -> PathBuf {
+    vm.dir.join("agent.sock")
+}
+
+/// The MAC of the VF plugged in a VM (fails if there is none).
+pub async fn vf_mac(qmp: &Qmp) -> String {
+    let path = format!("/machine/peripheral/{VF_ID}");
+    qmp.query("qom-get", Some(json!({ "path": path, "property": "mac" })))
+        .await
+        .unwrap_or_else(|e| panic!("no VF plugged: {e}"))
+}
