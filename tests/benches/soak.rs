@@ -98,6 +98,7 @@ async fn hop(
         fallback: Fallback::Refuse,
         deadlines: Deadlines::default(),
         hold_margin: 64 << 20,
+        journal: None,
     };
     let mut timeline = Timeline::new();
     let mut quiet = |_: &vfmig_host::migration::Step, _: Option<&_>| {};

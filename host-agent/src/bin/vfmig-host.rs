@@ -8,11 +8,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
+use vfmig_host::migration::journal::default_path as default_journal;
 use vfmig_host::migration::{
-    migrate_source, plug_destination, Deadlines, Fallback, MigrateError, Plan, PlugSpec, Step, Timeline,
+    migrate_source, migration_done, plug_destination, Deadlines, Fallback, MigrateError, Plan, PlugSpec, Saved, Step,
+    Timeline,
 };
 use vfmig_host::qmp::migration::MigrationInfo;
-use vfmig_host::qmp::Qmp;
+use vfmig_host::qmp::{Qmp, QmpError};
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +89,11 @@ struct MigrateArgs {
     /// Also write the timeline as JSON to this file ("-" for standard output).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The run's journal. Run `migrate` again with the same journal after vfmig-host was
+    /// killed, and it takes the migration up where it stands. Default: beside the QMP socket,
+    /// named after it with ".vfmig-journal" appended.
+    #[arg(long)]
+    journal: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -192,15 +199,41 @@ fn outcome(e: &MigrateError) -> ExitCode {
         | MigrateError::PrepareFailed(_)
         | MigrateError::HoldLeaked { .. }
         | MigrateError::UnplugTimeout { .. }
-        | MigrateError::RolledBack { .. } => ExitCode::from(1),
+        | MigrateError::RolledBack { .. }
+        | MigrateError::HookLost(_) => ExitCode::from(1),
         _ => ExitCode::from(2),
     }
 }
 
+/// How many times a lost QMP connection is re-established before giving up; each attempt
+/// takes the migration up from the journal.
+const QMP_RECONNECTS: u32 = 3;
+
+/// The source side; a QMP connection lost half-way (QEMU's monitor closed on us) is opened
+/// again and the migration taken up from the journal where it stands.
+async fn source(
+    args: &MigrateArgs,
+    plan: &Plan,
+    timeline: &mut Timeline,
+    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+) -> Result<Result<Option<Saved>, MigrateError>> {
+    let mut attempt = 0;
+    loop {
+        let src = Qmp::connect(&args.qmp)
+            .await
+            .with_context(|| format!("source QMP {}", args.qmp.display()))?;
+        match migrate_source(&src, &args.agent, plan, timeline, observe).await {
+            Err(MigrateError::Qmp(e @ (QmpError::Closed | QmpError::Io(_)))) if attempt < QMP_RECONNECTS => {
+                attempt += 1;
+                eprintln!("vfmig-host: {e}; connecting again and taking up the migration from the journal");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            outcome => return Ok(outcome),
+        }
+    }
+}
+
 async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
-    let src = Qmp::connect(&args.qmp)
-        .await
-        .with_context(|| format!("source QMP {}", args.qmp.display()))?;
     let plan = Plan {
         vf_id: args.vf.clone(),
         vf_device: args.vf_device.clone(),
@@ -211,10 +244,11 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         },
         deadlines: args.deadlines.deadlines(),
         hold_margin: args.hold_margin_mib << 20,
+        journal: Some(args.journal.clone().unwrap_or_else(|| default_journal(&args.qmp))),
     };
     let mut timeline = Timeline::new();
     let mut observe = observer();
-    let saved = match migrate_source(&src, &args.agent, &plan, &mut timeline, &mut observe).await {
+    let saved = match source(&args, &plan, &mut timeline, &mut observe).await? {
         Ok(saved) => saved,
         Err(e) => {
             report(&timeline, args.json.as_ref())?;
@@ -230,10 +264,12 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
                 s.interface, s.digest, s.interface
             );
         }
+        migration_done(&plan)?;
         return Ok(ExitCode::SUCCESS);
     };
     let Some(saved) = saved else {
         report(&timeline, args.json.as_ref())?;
+        migration_done(&plan)?;
         eprintln!("vfmig-host: migrated without the guest agent; no state to restore on the destination");
         return Ok(ExitCode::from(1));
     };
@@ -249,6 +285,10 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     };
     let result = plug_destination(&dst, dest_agent, &spec, &mut timeline, &mut observe).await;
     report(&timeline, args.json.as_ref())?;
+    // A destination step that failed keeps the journal: running `migrate` again retries it.
+    if result.is_ok() {
+        migration_done(&plan)?;
+    }
     finish(result)
 }
 

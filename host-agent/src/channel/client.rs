@@ -8,7 +8,7 @@
 //! kinds) is logged and dropped, never acted on.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,6 +50,7 @@ pub struct Session {
 }
 
 pub struct GuestChannel {
+    path: PathBuf,
     stream: UnixStream,
     decoder: Decoder,
     tracker: RequestTracker,
@@ -66,11 +67,23 @@ fn fresh_nonce() -> u64 {
 impl GuestChannel {
     pub async fn connect(path: &Path) -> Result<Self, ChannelError> {
         Ok(Self {
+            path: path.to_owned(),
             stream: UnixStream::connect(path).await?,
             decoder: Decoder::new(),
             tracker: RequestTracker::new(),
             inbox: VecDeque::new(),
         })
+    }
+
+    /// Drops the connection, connects again and opens a new session. QEMU's chardev serves one
+    /// client at a time and takes the next once this one is gone; whatever was half-sent in
+    /// either direction is left behind (the guest's decoder skips to the next frame).
+    pub async fn reconnect(&mut self, agent: &str, deadline: Duration) -> Result<Session, ChannelError> {
+        self.stream = UnixStream::connect(&self.path).await?;
+        self.decoder = Decoder::new();
+        self.tracker = RequestTracker::new();
+        self.inbox.clear();
+        self.open_session(agent, deadline).await
     }
 
     /// Syncs with the guest agent and exchanges hellos, within `deadline`.

@@ -1,7 +1,12 @@
 //! The migration state machine and its timeline.
 
+pub mod journal;
 pub mod phases;
+pub mod resume;
 pub mod timeline;
 
-pub use phases::{migrate_source, plug_destination, Deadlines, Fallback, MigrateError, Plan, PlugSpec, Saved};
+pub use journal::{Journal, JournalError};
+pub use phases::{
+    migrate_source, migration_done, plug_destination, Deadlines, Fallback, MigrateError, Plan, PlugSpec, Saved,
+};
 pub use timeline::{Phase, Step, Timeline};

@@ -34,7 +34,7 @@
 //! the VF; a migration that fails after the unplug plugs the VF back on the source and has the
 //! guest restore; a destination plug that keeps failing reports where the saved state is.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -44,6 +44,8 @@ use vfmig_protocol::message::{
 };
 use vfmig_protocol::MacAddr;
 
+use super::journal::{Journal, JournalError, OriginalParams, SavedRef};
+use super::resume::{decide, Facts, Resume};
 use super::timeline::{Phase, QemuFigures, Step, Timeline};
 use crate::channel::{ChannelError, GuestChannel};
 use crate::qmp::migration::MigrationInfo;
@@ -118,6 +120,9 @@ pub struct Plan {
     pub deadlines: Deadlines,
     /// Hold when pre-copy's remainder falls under this (at most a quarter of RAM is used).
     pub hold_margin: u64,
+    /// Where the run keeps its journal, so that a run killed half-way can be run again and
+    /// take up where it stopped; `None` runs without one.
+    pub journal: Option<PathBuf>,
 }
 
 /// The destination side's instructions.
@@ -141,6 +146,12 @@ pub enum MigrateError {
     NoSuchVf { id: String, error: QmpError },
     #[error("QEMU: {0}")]
     Qmp(#[from] QmpError),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(
+        "taking up an interrupted migration: the DMA hook no longer tracks the VF ({0}); migration cancelled, VF kept"
+    )]
+    HookLost(String),
     #[error("migration ended ({status}) before vfmig could hold it; the VF was still plugged")]
     EndedBeforeHold { status: String },
     #[error(
@@ -171,6 +182,24 @@ pub enum MigrateError {
         "the guest agent on the destination could not restore ({error}); its saved state is at /run/vfmig/{saved}.json"
     )]
     RestoreFailed { error: ChannelError, saved: String },
+}
+
+impl MigrateError {
+    /// The VM runs on the source with its VF, and nothing is left half-done: an interrupted
+    /// run's journal is no longer needed. Errors that leave a migration running, a VF to plug
+    /// back, or a destination step to do keep it, so running vfmig-host again takes them up.
+    pub fn settled(&self) -> bool {
+        matches!(
+            self,
+            Self::GuestUnavailable(_)
+                | Self::EndedBeforeHold { .. }
+                | Self::HoldLeaked { .. }
+                | Self::PrepareFailed(_)
+                | Self::UnplugTimeout { .. }
+                | Self::RolledBack { .. }
+                | Self::HookLost(_)
+        )
+    }
 }
 
 /// What the source side hands to the destination side.
@@ -327,36 +356,94 @@ fn figures(info: &MigrationInfo) -> QemuFigures {
     }
 }
 
-/// The migration parameters vfmig changes, as they were.
-struct Params(Value);
-
-impl Params {
-    async fn read(qmp: &Qmp) -> Result<Self, QmpError> {
-        let p: Value = qmp.execute("query-migrate-parameters", None).await?;
-        Ok(Self(
-            json!({ "max-bandwidth": p["max-bandwidth"], "downtime-limit": p["downtime-limit"] }),
-        ))
-    }
-
-    async fn restore(&self, qmp: &Qmp) -> Result<(), QmpError> {
-        qmp.execute("migrate-set-parameters", Some(self.0.clone()))
-            .await
-            .map(drop)
-    }
+async fn set_params(qmp: &Qmp, params: &OriginalParams) -> Result<(), QmpError> {
+    let args = json!({ "max-bandwidth": params.max_bandwidth, "downtime-limit": params.downtime_limit });
+    qmp.execute("migrate-set-parameters", Some(args)).await.map(drop)
 }
 
 /// Cancels the migration and restores the parameters: the VM keeps running on the source.
-async fn abort(qmp: &Qmp, params: &Params) {
+async fn abort(qmp: &Qmp, params: &OriginalParams) {
     if let Err(e) = qmp.execute("migrate_cancel", None).await {
         tracing::error!(error = %e, "migrate_cancel failed");
     }
-    if let Err(e) = params.restore(qmp).await {
+    if let Err(e) = set_params(qmp, params).await {
         tracing::error!(error = %e, "restoring migration parameters failed");
     }
 }
 
+/// Is the device with QEMU id `id` plugged? Its MAC if so.
+async fn plugged_mac(qmp: &Qmp, id: &str) -> Result<MacAddr, MigrateError> {
+    let mac: String = qmp
+        .query(
+            "qom-get",
+            Some(json!({ "path": format!("/machine/peripheral/{id}"), "property": "mac" })),
+        )
+        .await
+        .map_err(|error| MigrateError::NoSuchVf { id: id.into(), error })?;
+    mac.parse()
+        .map_err(|e| MigrateError::Qmp(QmpError::Protocol(format!("{id} mac: {e}"))))
+}
+
+/// One run of the state machine: the timeline it records, whoever watches it, and the
+/// journal that lets a later run take up where this one stopped.
+struct Run<'a> {
+    timeline: &'a mut Timeline,
+    observe: &'a mut dyn FnMut(&Step, Option<&MigrationInfo>),
+    journal: Option<(PathBuf, Journal)>,
+}
+
+impl Run<'_> {
+    /// Records a phase: in the journal first (a kill right after must not lose it), then in
+    /// the timeline, then to the observer.
+    fn record(&mut self, phase: Phase, info: Option<&MigrationInfo>, detail: impl Into<String>) {
+        self.note(|j| j.phase = Some(phase));
+        let step = self.timeline.record(phase, info, detail);
+        (self.observe)(step, info);
+    }
+
+    /// Writes a fact to the journal, before the change it describes is made. Past the first
+    /// write a failing disk is logged, not fatal: stopping half-way would be worse than
+    /// finishing without a way to resume.
+    fn note(&mut self, fact: impl FnOnce(&mut Journal)) {
+        if let Some((path, journal)) = &mut self.journal {
+            fact(journal);
+            if let Err(e) = journal.save(path) {
+                tracing::error!(error = %e, "journal not written");
+            }
+        }
+    }
+
+    /// Nothing is left to take up: the VM runs on one side, settled.
+    fn close_journal(&mut self) {
+        if let Some((path, _)) = self.journal.take() {
+            if let Err(e) = Journal::remove(&path) {
+                tracing::error!(error = %e, "journal not removed");
+            }
+        }
+    }
+}
+
+/// Sends a request; a connection lost on the way (QEMU's chardev closed, the socket cut in
+/// mid-frame) is reconnected and the request sent once more. Every request the host sends is
+/// idempotent on the guest's side, so a request that did arrive is safe to repeat.
+async fn ask(
+    channel: &mut GuestChannel,
+    msg: HostMessage,
+    deadline: Duration,
+) -> Result<Vec<GuestMessage>, ChannelError> {
+    match channel.request(msg.clone(), deadline).await {
+        Err(e @ (ChannelError::Closed | ChannelError::Io(_))) => {
+            tracing::warn!(error = %e, "guest channel lost; reconnecting");
+            channel.reconnect(HOST_AGENT, deadline).await?;
+            channel.request(msg, deadline).await
+        }
+        other => other,
+    }
+}
+
 /// Runs the source side. Returns the saved state's name, or `None` when the fallback
-/// migrated without the guest agent.
+/// migrated without the guest agent. With a journal ([`Plan::journal`]) left by a run that
+/// was interrupted, takes that migration up where it stands instead.
 pub async fn migrate_source(
     src: &Qmp,
     agent: &Path,
@@ -364,68 +451,179 @@ pub async fn migrate_source(
     timeline: &mut Timeline,
     observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
 ) -> Result<Option<Saved>, MigrateError> {
-    let mac: String = src
-        .query(
-            "qom-get",
-            Some(json!({ "path": format!("/machine/peripheral/{}", plan.vf_id), "property": "mac" })),
-        )
-        .await
-        .map_err(|error| MigrateError::NoSuchVf {
-            id: plan.vf_id.clone(),
-            error,
-        })?;
-    let mac: MacAddr = mac
-        .parse()
-        .map_err(|e| MigrateError::Qmp(QmpError::Protocol(format!("VF mac: {e}"))))?;
-    let params = Params::read(src).await?;
+    let mut run = Run {
+        timeline,
+        observe,
+        journal: None,
+    };
+    if let Some(path) = &plan.journal {
+        if let Some(journal) = Journal::load(path, &plan.vf_id)? {
+            return resume(src, agent, plan, path, journal, &mut run).await;
+        }
+    }
+    fresh(src, agent, plan, &mut run).await
+}
+
+/// Removes the journal once the destination step is done too (or was never asked for).
+pub fn migration_done(plan: &Plan) -> Result<(), MigrateError> {
+    match &plan.journal {
+        Some(path) => Journal::remove(path).map_err(MigrateError::from),
+        None => Ok(()),
+    }
+}
+
+async fn fresh(src: &Qmp, agent: &Path, plan: &Plan, run: &mut Run<'_>) -> Result<Option<Saved>, MigrateError> {
+    let mac = plugged_mac(src, &plan.vf_id).await?;
+    let p: Value = src.execute("query-migrate-parameters", None).await?;
+    let params = OriginalParams {
+        max_bandwidth: p["max-bandwidth"].as_u64().unwrap_or_default(),
+        downtime_limit: p["downtime-limit"].as_u64().unwrap_or_default(),
+    };
+    if let Some(path) = &plan.journal {
+        // The one write that must succeed: without it an interrupted run could not be undone.
+        let journal = Journal::new(&plan.vf_id, mac, plan.vf_device.clone(), params.clone());
+        journal.save(path)?;
+        run.journal = Some((path.clone(), journal));
+    }
 
     let (mut channel, guest) = match session(agent, plan.deadlines.agent).await {
         Ok((channel, guest)) => {
-            observe(timeline.record(Phase::Negotiated, None, guest.agent.clone()), None);
+            run.record(Phase::Negotiated, None, guest.agent.clone());
             (channel, guest)
         }
-        Err(e) if plan.fallback == Fallback::Refuse => return Err(MigrateError::GuestUnavailable(e)),
-        Err(e) => return unplug_first(src, plan, e, timeline, observe).await.map(|()| None),
+        Err(e) if plan.fallback == Fallback::Refuse => {
+            run.close_journal();
+            return Err(MigrateError::GuestUnavailable(e));
+        }
+        Err(e) => return unplug_first(src, plan, e, run).await.map(|()| None),
     };
 
     // The VF stays through pre-copy only while the guest's hook makes its DMA writes visible
     // to dirty logging; otherwise pre-copy would send stale copies of those pages.
     let hooked = match track_dma(src, &mut channel, &guest, plan, mac).await {
         Ok(pci) => {
-            let detail = format!("vfmig_dirty tracks {pci} (VF {})", plan.vf_id);
-            observe(timeline.record(Phase::HookEnabled, None, detail), None);
+            run.note(|j| j.hooked = true);
+            run.record(
+                Phase::HookEnabled,
+                None,
+                format!("vfmig_dirty tracks {pci} (VF {})", plan.vf_id),
+            );
             true
         }
         Err(why) => {
             let detail = format!(
                 "DMA hook unavailable ({why}): the VF is unplugged before pre-copy; its state is saved and restored"
             );
-            observe(timeline.record(Phase::Fallback, None, detail), None);
+            run.record(Phase::Fallback, None, detail);
             false
         }
     };
-    let outcome = source_with_agent(src, &mut channel, plan, mac, &params, hooked, timeline, observe).await;
-    if hooked && outcome.is_err() {
-        // Best effort: the VF may still be plugged, and a hook left enabled costs every DMA call.
-        stop_dma_tracking(&mut channel, plan.deadlines.prepare).await;
+    let outcome = async {
+        if hooked {
+            start_precopy(src, plan, mac, &params, run).await?;
+            hold(src, plan, &params, run).await?;
+        }
+        let saved = save_and_unplug(src, &mut channel, plan, mac, &params, hooked, run).await?;
+        finish(
+            src,
+            Some(&mut channel),
+            plan,
+            mac,
+            &params,
+            (hooked, !hooked),
+            saved,
+            run,
+        )
+        .await
     }
+    .await;
+    settle_on_error(&mut channel, hooked, &outcome, plan, run).await;
     outcome
 }
 
-/// The source side with a working guest agent. `hooked`: the VF stays plugged through
-/// pre-copy, held near its end; otherwise it is unplugged (after the guest saved its state)
-/// before pre-copy starts.
+/// After a failed run: a hook left enabled costs every DMA call, so it is stopped (best
+/// effort; the VF may still be plugged), and a run that ended settled needs no journal.
+async fn settle_on_error(
+    channel: &mut GuestChannel,
+    hooked: bool,
+    outcome: &Result<Option<Saved>, MigrateError>,
+    plan: &Plan,
+    run: &mut Run<'_>,
+) {
+    let Err(e) = outcome else { return };
+    if hooked {
+        stop_dma_tracking(channel, plan.deadlines.prepare).await;
+    }
+    if e.settled() {
+        run.close_journal();
+    }
+}
+
+/// `migrate` with the VF plugged and downtime-limit at [`HOLD_DOWNTIME_MS`].
+async fn start_precopy(
+    src: &Qmp,
+    plan: &Plan,
+    mac: MacAddr,
+    params: &OriginalParams,
+    run: &mut Run<'_>,
+) -> Result<(), MigrateError> {
+    src.execute(
+        "migrate-set-parameters",
+        Some(json!({ "downtime-limit": HOLD_DOWNTIME_MS })),
+    )
+    .await?;
+    run.note(|j| j.migrate_issued = true);
+    if let Err(e) = src.execute("migrate", Some(json!({ "uri": plan.uri }))).await {
+        abort(src, params).await;
+        return Err(e.into());
+    }
+    run.record(
+        Phase::PrecopyStarted,
+        None,
+        format!("VF {} ({mac}) still plugged", plan.vf_id),
+    );
+    Ok(())
+}
+
+/// Watches pre-copy until its remainder is under the margin, then throttles it.
+async fn hold(src: &Qmp, plan: &Plan, params: &OriginalParams, run: &mut Run<'_>) -> Result<(), MigrateError> {
+    let info = loop {
+        let info = query(src).await?;
+        if info.is_finished() {
+            abort(src, params).await;
+            return Err(MigrateError::EndedBeforeHold {
+                status: info.status.unwrap_or_default(),
+            });
+        }
+        if let Some(ram) = info.ram.as_ref().filter(|r| r.total > 0) {
+            if ram.remaining < plan.hold_margin.min(ram.total / 4) {
+                break info;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    src.execute(
+        "migrate-set-parameters",
+        Some(json!({ "max-bandwidth": HOLD_BANDWIDTH, "downtime-limit": HOLD_DOWNTIME_MS })),
+    )
+    .await?;
+    let detail = format!("max-bandwidth {HOLD_BANDWIDTH} B/s until the VF is gone");
+    run.record(Phase::Held, Some(&info), detail);
+    Ok(())
+}
+
+/// The guest saves the VF's state, then the VF is unplugged. `hooked`: pre-copy is running
+/// and held, and is watched for draining while this goes on.
 #[allow(clippy::too_many_arguments)]
-async fn source_with_agent(
+async fn save_and_unplug(
     src: &Qmp,
     channel: &mut GuestChannel,
     plan: &Plan,
     mac: MacAddr,
-    params: &Params,
+    params: &OriginalParams,
     hooked: bool,
-    timeline: &mut Timeline,
-    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
-) -> Result<Option<Saved>, MigrateError> {
+    run: &mut Run<'_>,
+) -> Result<SavedRef, MigrateError> {
     // Only a held pre-copy can leak; without one, this never fires.
     let leak = || async {
         if hooked {
@@ -434,50 +632,6 @@ async fn source_with_agent(
             std::future::pending().await
         }
     };
-    if hooked {
-        src.execute(
-            "migrate-set-parameters",
-            Some(json!({ "downtime-limit": HOLD_DOWNTIME_MS })),
-        )
-        .await?;
-        if let Err(e) = src.execute("migrate", Some(json!({ "uri": plan.uri }))).await {
-            abort(src, params).await;
-            return Err(e.into());
-        }
-        observe(
-            timeline.record(
-                Phase::PrecopyStarted,
-                None,
-                format!("VF {} ({mac}) still plugged", plan.vf_id),
-            ),
-            None,
-        );
-
-        // Watch pre-copy until its remainder is under the margin, then hold.
-        let info = loop {
-            let info = query(src).await?;
-            if info.is_finished() {
-                abort(src, params).await;
-                return Err(MigrateError::EndedBeforeHold {
-                    status: info.status.unwrap_or_default(),
-                });
-            }
-            if let Some(ram) = info.ram.as_ref().filter(|r| r.total > 0) {
-                if ram.remaining < plan.hold_margin.min(ram.total / 4) {
-                    break info;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
-        src.execute(
-            "migrate-set-parameters",
-            Some(json!({ "max-bandwidth": HOLD_BANDWIDTH })),
-        )
-        .await?;
-        let detail = format!("max-bandwidth {HOLD_BANDWIDTH} B/s until the VF is gone");
-        observe(timeline.record(Phase::Held, Some(&info), detail), Some(&info));
-    }
-
     let prepare = HostMessage::PrepareUnplug(PrepareUnplug {
         interface: InterfaceSelector {
             mac: Some(mac),
@@ -486,7 +640,7 @@ async fn source_with_agent(
         deadline_ms: plan.deadlines.unplug.as_millis() as u32,
     });
     let replies = tokio::select! {
-        replies = channel.request(prepare, plan.deadlines.prepare) => replies,
+        replies = ask(channel, prepare, plan.deadlines.prepare) => replies,
         remaining = leak() => {
             abort(src, params).await;
             return Err(MigrateError::HoldLeaked { remaining });
@@ -506,6 +660,11 @@ async fn source_with_agent(
         abort(src, params).await;
         return Err(MigrateError::PrepareFailed(ChannelError::Closed));
     };
+    let saved_ref = SavedRef {
+        interface: saved.interface.clone(),
+        digest: saved.digest.clone(),
+    };
+    run.note(|j| j.saved = Some(saved_ref.clone()));
     let info = query(src).await?;
     let detail = format!(
         "{}: {} addresses, {} routes, {} neighbours, {}",
@@ -515,14 +674,12 @@ async fn source_with_agent(
         saved.neighbours,
         &saved.digest[..19]
     );
-    observe(timeline.record(Phase::StateSaved, Some(&info), detail), Some(&info));
+    run.record(Phase::StateSaved, Some(&info), detail);
 
     let mut events = src.events();
+    run.note(|j| j.unplug_requested = true);
     src.execute("device_del", Some(json!({ "id": plan.vf_id }))).await?;
-    observe(
-        timeline.record(Phase::UnplugRequested, None, format!("device_del {}", plan.vf_id)),
-        None,
-    );
+    run.record(Phase::UnplugRequested, None, format!("device_del {}", plan.vf_id));
     let deleted = device_deleted(&plan.vf_id);
     let unplugged = tokio::select! {
         done = wait_event(&mut events, &deleted, plan.deadlines.unplug) => done,
@@ -533,71 +690,85 @@ async fn source_with_agent(
     };
     if !unplugged {
         abort(src, params).await;
-        // A device_del cannot be withdrawn: the guest may still eject the VF after the
-        // migration was cancelled. Watch for that, and if it happens put the VF back.
-        let after = plan.deadlines.unplug;
-        if !wait_event(&mut events, &deleted, LATE_UNPLUG_GRACE).await {
-            let outcome = "the VF is still plugged (the guest may yet act on the eject request)".to_string();
-            return Err(MigrateError::UnplugTimeout { after, outcome });
-        }
-        return Err(match replug(src, channel, plan, &saved.interface, mac).await {
-            Ok(()) => {
-                let detail = "the guest released the VF after the deadline: plugged back and restored";
-                observe(timeline.record(Phase::RolledBack, None, detail), None);
-                MigrateError::UnplugTimeout {
-                    after,
-                    outcome: detail.into(),
-                }
-            }
-            Err(error) => MigrateError::RollbackFailed {
-                status: "cancelled".into(),
-                error,
-                saved: saved.interface,
-            },
-        });
+        let late = wait_event(&mut events, &deleted, LATE_UNPLUG_GRACE).await;
+        return Err(unplug_missed(src, Some(channel), plan, &saved.interface, mac, late, run).await);
     }
     let info = query(src).await?;
-    observe(
-        timeline.record(Phase::Unplugged, Some(&info), "DEVICE_DELETED"),
-        Some(&info),
-    );
+    run.record(Phase::Unplugged, Some(&info), "DEVICE_DELETED");
+    Ok(saved_ref)
+}
 
+/// The unplug missed its deadline and the migration was cancelled. A `device_del` cannot be
+/// withdrawn: the guest may still eject the VF. `late`: it did, within the grace period; then
+/// the VF is put back.
+async fn unplug_missed(
+    src: &Qmp,
+    channel: Option<&mut GuestChannel>,
+    plan: &Plan,
+    saved: &str,
+    mac: MacAddr,
+    late: bool,
+    run: &mut Run<'_>,
+) -> MigrateError {
+    let after = plan.deadlines.unplug;
+    if !late {
+        let outcome = "the VF is still plugged (the guest may yet act on the eject request)".to_string();
+        return MigrateError::UnplugTimeout { after, outcome };
+    }
+    match replug(src, channel, plan, saved, mac).await {
+        Ok(()) => {
+            let detail = "the guest released the VF after the deadline: plugged back and restored";
+            run.record(Phase::RolledBack, None, detail);
+            MigrateError::UnplugTimeout {
+                after,
+                outcome: detail.into(),
+            }
+        }
+        Err(error) => MigrateError::RollbackFailed {
+            status: "cancelled".into(),
+            error,
+            saved: saved.into(),
+        },
+    }
+}
+
+/// The VF is gone: stop the hook and release the parameters (`hooked`), start pre-copy
+/// (`start`: the safe path), and wait for the migration to end; one that fails is rolled back.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    src: &Qmp,
+    mut channel: Option<&mut GuestChannel>,
+    plan: &Plan,
+    mac: MacAddr,
+    params: &OriginalParams,
+    (hooked, start): (bool, bool),
+    saved: SavedRef,
+    run: &mut Run<'_>,
+) -> Result<Option<Saved>, MigrateError> {
     if hooked {
         // The driver's unmap-all at removal went through the hook; nothing is left to track.
-        let detail = stop_dma_tracking(channel, plan.deadlines.prepare).await;
-        observe(timeline.record(Phase::HookDisabled, None, detail), None);
-        params.restore(src).await?;
-        observe(
-            timeline.record(Phase::Released, None, "original max-bandwidth and downtime-limit"),
-            None,
-        );
-    } else {
+        let detail = match channel.as_deref_mut() {
+            Some(channel) => stop_dma_tracking(channel, plan.deadlines.prepare).await,
+            None => "the guest agent is unreachable: the destination step stops the hook".into(),
+        };
+        run.record(Phase::HookDisabled, None, detail);
+        set_params(src, params).await?;
+        run.record(Phase::Released, None, "original max-bandwidth and downtime-limit");
+    }
+    if start {
+        run.note(|j| j.migrate_issued = true);
         src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
-        observe(timeline.record(Phase::PrecopyStarted, None, "without the VF"), None);
+        run.record(Phase::PrecopyStarted, None, "without the VF");
     }
 
     let info = wait_end(src, plan.deadlines.completion).await?;
-    timeline.qemu = Some(figures(&info));
+    run.timeline.qemu = Some(figures(&info));
     let status = info.status.clone().unwrap_or_default();
     if status != "completed" {
         let reason = info.error_desc.clone().unwrap_or_default();
-        return Err(roll_back(
-            src,
-            channel,
-            plan,
-            &saved.interface,
-            mac,
-            status,
-            reason,
-            timeline,
-            observe,
-        )
-        .await);
+        return Err(roll_back(src, channel, plan, &saved.interface, mac, status, reason, run).await);
     }
-    observe(
-        timeline.record(Phase::Completed, Some(&info), "QEMU switched over"),
-        Some(&info),
-    );
+    run.record(Phase::Completed, Some(&info), "QEMU switched over");
     Ok(Some(Saved {
         interface: saved.interface,
         digest: saved.digest,
@@ -605,14 +776,9 @@ async fn source_with_agent(
 }
 
 /// The upstream behaviour, as a fallback: unplug first, then migrate without saving state.
-async fn unplug_first(
-    src: &Qmp,
-    plan: &Plan,
-    why: ChannelError,
-    timeline: &mut Timeline,
-    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
-) -> Result<(), MigrateError> {
+async fn unplug_first(src: &Qmp, plan: &Plan, why: ChannelError, run: &mut Run<'_>) -> Result<(), MigrateError> {
     let mut events = src.events();
+    run.note(|j| j.unplug_requested = true);
     src.execute("device_del", Some(json!({ "id": plan.vf_id }))).await?;
     let deleted = device_deleted(&plan.vf_id);
     if !wait_event(&mut events, deleted, plan.deadlines.unplug).await {
@@ -622,16 +788,15 @@ async fn unplug_first(
             outcome,
         });
     }
+    run.record(Phase::Unplugged, None, "DEVICE_DELETED, before pre-copy");
     let detail = format!("guest agent unusable ({why}): VF unplugged before pre-copy, state not saved");
-    observe(timeline.record(Phase::Fallback, None, detail), None);
+    run.record(Phase::Fallback, None, detail);
+    run.note(|j| j.migrate_issued = true);
     src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
-    observe(timeline.record(Phase::PrecopyStarted, None, "without the VF"), None);
+    run.record(Phase::PrecopyStarted, None, "without the VF");
     let info = wait_end(src, plan.deadlines.completion).await?;
-    timeline.qemu = Some(figures(&info));
-    observe(
-        timeline.record(Phase::Completed, Some(&info), info.status.clone().unwrap_or_default()),
-        Some(&info),
-    );
+    run.timeline.qemu = Some(figures(&info));
+    run.record(Phase::Completed, Some(&info), info.status.clone().unwrap_or_default());
     Ok(())
 }
 
@@ -639,21 +804,17 @@ async fn unplug_first(
 #[allow(clippy::too_many_arguments)]
 async fn roll_back(
     src: &Qmp,
-    channel: &mut GuestChannel,
+    channel: Option<&mut GuestChannel>,
     plan: &Plan,
     saved: &str,
     mac: MacAddr,
     status: String,
     reason: String,
-    timeline: &mut Timeline,
-    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+    run: &mut Run<'_>,
 ) -> MigrateError {
     match replug(src, channel, plan, saved, mac).await {
         Ok(()) => {
-            observe(
-                timeline.record(Phase::RolledBack, None, format!("migration {status}: {reason}")),
-                None,
-            );
+            run.record(Phase::RolledBack, None, format!("migration {status}: {reason}"));
             MigrateError::RolledBack { status, reason }
         }
         Err(error) => MigrateError::RollbackFailed {
@@ -665,7 +826,13 @@ async fn roll_back(
 }
 
 /// Plugs the VF back on the source and has the guest restore its saved state onto it.
-async fn replug(src: &Qmp, channel: &mut GuestChannel, plan: &Plan, saved: &str, mac: MacAddr) -> Result<(), String> {
+async fn replug(
+    src: &Qmp,
+    channel: Option<&mut GuestChannel>,
+    plan: &Plan,
+    saved: &str,
+    mac: MacAddr,
+) -> Result<(), String> {
     let device = plan
         .vf_device
         .as_ref()
@@ -673,6 +840,9 @@ async fn replug(src: &Qmp, channel: &mut GuestChannel, plan: &Plan, saved: &str,
     src.execute("device_add", Some(device.clone()))
         .await
         .map_err(|e| e.to_string())?;
+    let channel = channel.ok_or(
+        "the VF is plugged back, but the guest agent is unreachable; it restores by itself onto a link with the saved MAC",
+    )?;
     let restore = HostMessage::Restore(Restore {
         saved: saved.to_owned(),
         onto: InterfaceSelector {
@@ -681,11 +851,168 @@ async fn replug(src: &Qmp, channel: &mut GuestChannel, plan: &Plan, saved: &str,
         },
         restore_mac: false,
     });
-    channel
-        .request(restore, plan.deadlines.restore)
+    ask(channel, restore, plan.deadlines.restore)
         .await
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// Takes up a migration a previous run left half-done, from what QEMU says now and what the
+/// journal adds (see [`super::resume`]).
+async fn resume(
+    src: &Qmp,
+    agent: &Path,
+    plan: &Plan,
+    path: &Path,
+    journal: Journal,
+    run: &mut Run<'_>,
+) -> Result<Option<Saved>, MigrateError> {
+    let info = query(src).await?;
+    let vf_present = plugged_mac(src, &plan.vf_id).await.is_ok();
+    // A VM that arrived by migration reports its *incoming* migration as "completed" until it
+    // starts one of its own; an outgoing one that completed always carries RAM figures.
+    let status = match info.status.as_deref() {
+        Some("completed") if info.ram.is_none() => None,
+        _ => info.status.clone(),
+    };
+    let facts = Facts { status, vf_present };
+    let action = decide(&journal, &facts);
+    let (params, mac, hooked, saved) = (
+        journal.original.clone(),
+        journal.vf_mac,
+        journal.hooked,
+        journal.saved.clone(),
+    );
+    let detail = format!(
+        "{action:?}: an earlier run stopped after {}; QEMU: migration {}, VF {}",
+        journal
+            .phase
+            .map_or("its start".into(), |p| format!("{p:?}").to_lowercase()),
+        facts.status.as_deref().unwrap_or("never started"),
+        if vf_present { "plugged" } else { "gone" },
+    );
+    run.journal = Some((path.to_owned(), journal));
+    run.record(Phase::Resumed, Some(&info), detail);
+    // Every way forward but Done talks to the guest; an agent restarted with its guest answers
+    // within the agent deadline.
+    let mut channel = match action {
+        Resume::Done => None,
+        _ => match session(agent, plan.deadlines.agent).await {
+            Ok((channel, guest)) => Some((channel, guest)),
+            Err(e) => {
+                tracing::warn!(error = %e, "resuming without the guest agent");
+                None
+            }
+        },
+    };
+    let interrupted = |status: Option<&str>| MigrateError::RolledBack {
+        status: status.unwrap_or("never started").into(),
+        reason: "vfmig-host was interrupted; the VM stays on the source with its VF".into(),
+    };
+    let outcome = match action {
+        Resume::Done => Ok(saved.map(|s| Saved {
+            interface: s.interface,
+            digest: s.digest,
+        })),
+        Resume::Restart | Resume::Settle => {
+            if action == Resume::Settle && !info.is_finished() {
+                abort(src, &params).await;
+            } else {
+                set_params(src, &params).await?;
+            }
+            if let Some((channel, _)) = channel.as_mut() {
+                stop_dma_tracking(channel, plan.deadlines.prepare).await;
+            }
+            run.close_journal();
+            if action == Resume::Restart {
+                return fresh(src, agent, plan, run).await;
+            }
+            Err(interrupted(facts.status.as_deref()))
+        }
+        Resume::PlugBack => {
+            set_params(src, &params).await?;
+            let status = facts.status.clone().unwrap_or_default();
+            let reason = "the migration ended without completing while vfmig-host was not running".to_string();
+            let saved = saved.map(|s| s.interface).unwrap_or_default();
+            Err(roll_back(
+                src,
+                channel.as_mut().map(|(c, _)| c),
+                plan,
+                &saved,
+                mac,
+                status,
+                reason,
+                run,
+            )
+            .await)
+        }
+        Resume::Hold => {
+            let confirmed = match channel.as_mut() {
+                Some((channel, guest)) => track_dma(src, channel, guest, plan, mac).await,
+                None => Err("the guest agent is unreachable".into()),
+            };
+            match (confirmed, channel.as_mut()) {
+                (Ok(pci), Some((channel, _))) => {
+                    run.record(Phase::HookEnabled, None, format!("vfmig_dirty still tracks {pci}"));
+                    let outcome = async {
+                        hold(src, plan, &params, run).await?;
+                        let saved = save_and_unplug(src, channel, plan, mac, &params, true, run).await?;
+                        finish(src, Some(channel), plan, mac, &params, (true, false), saved, run).await
+                    }
+                    .await;
+                    settle_on_error(channel, true, &outcome, plan, run).await;
+                    outcome
+                }
+                (Err(why), _) | (Ok(why), None) => {
+                    abort(src, &params).await;
+                    run.close_journal();
+                    Err(MigrateError::HookLost(why))
+                }
+            }
+        }
+        Resume::AwaitUnplug | Resume::Finish => {
+            let saved = saved.unwrap_or(SavedRef {
+                interface: String::new(),
+                digest: String::new(),
+            });
+            let channel = channel.as_mut().map(|(c, _)| c);
+            if action == Resume::AwaitUnplug && !vf_gone(src, &plan.vf_id, plan.deadlines.unplug).await {
+                abort(src, &params).await;
+                let late = vf_gone(src, &plan.vf_id, LATE_UNPLUG_GRACE).await;
+                return Err(unplug_missed(src, channel, plan, &saved.interface, mac, late, run).await);
+            }
+            finish(
+                src,
+                channel,
+                plan,
+                mac,
+                &params,
+                (hooked, facts.status.is_none()),
+                saved,
+                run,
+            )
+            .await
+        }
+    };
+    if outcome.as_ref().is_err_and(MigrateError::settled) {
+        run.close_journal();
+    }
+    outcome
+}
+
+/// Waits up to `deadline` for the device `id` to be gone from QEMU. Polled, not awaited as an
+/// event: the DEVICE_DELETED may have been sent while no one was listening.
+async fn vf_gone(src: &Qmp, id: &str, deadline: Duration) -> bool {
+    let until = Instant::now() + deadline;
+    loop {
+        if plugged_mac(src, id).await.is_err() {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Runs the destination side: plug a fresh VF and have the guest restore onto it.
@@ -708,11 +1035,29 @@ pub async fn plug_destination(
             error: "device has no mac".into(),
             saved: spec.saved.clone(),
         })?;
-    let (mut channel, _) = session(agent, spec.deadlines.agent).await.map_err(restore_failed)?;
+    let (mut channel, guest) = session(agent, spec.deadlines.agent).await.map_err(restore_failed)?;
+    if guest.capabilities.kernel_hook {
+        // A source side interrupted between the unplug and stopping the hook leaves it enabled
+        // in the guest, which migrated with it; on the same slot it would track the fresh VF.
+        if let Ok(replies) = channel
+            .request(HostMessage::StopDmaTracking, spec.deadlines.prepare)
+            .await
+        {
+            if let Some(GuestMessage::DmaTracking(t)) = replies.last() {
+                if !t.devices.is_empty() {
+                    let detail = "left tracking by an interrupted source side; stopped";
+                    observe(timeline.record(Phase::HookDisabled, None, detail), None);
+                }
+            }
+        }
+    }
 
+    let id = spec.device["id"].as_str().unwrap_or_default();
+    // Run again after an interruption, the VF may be plugged already: plugging it twice fails.
+    let present = !id.is_empty() && plugged_mac(dst, id).await.is_ok_and(|m| m == mac);
     let mut last = String::new();
-    let mut plugged = false;
-    for attempt in 1..=spec.attempts.max(1) {
+    let mut plugged = present;
+    for attempt in (1..=spec.attempts.max(1)).take_while(|_| !present) {
         match dst.execute("device_add", Some(spec.device.clone())).await {
             Ok(_) => {
                 plugged = true;
@@ -733,7 +1078,11 @@ pub async fn plug_destination(
         });
     }
     let driver = spec.device["driver"].as_str().unwrap_or("?");
-    observe(timeline.record(Phase::Plugged, None, format!("{driver} {mac}")), None);
+    let already = if present { " (already plugged)" } else { "" };
+    observe(
+        timeline.record(Phase::Plugged, None, format!("{driver} {mac}{already}")),
+        None,
+    );
 
     let restore = HostMessage::Restore(Restore {
         saved: spec.saved.clone(),
@@ -744,13 +1093,13 @@ pub async fn plug_destination(
         restore_mac: spec.restore_mac,
     });
     // Restore is idempotent (the agent applies only what differs), so a request lost to an
-    // agent that restarted (the fault-injection test kills it right after the plug) is sent
-    // again, once, in a fresh session.
+    // agent that restarted (the fault-injection test kills it right after the plug) or to a
+    // connection cut on the way is sent again, once, in a fresh session.
     let replies = match channel.request(restore.clone(), spec.deadlines.restore).await {
-        Err(e @ ChannelError::Timeout { .. }) => {
+        Err(e @ (ChannelError::Timeout { .. } | ChannelError::Closed | ChannelError::Io(_))) => {
             observe(timeline.record(Phase::RestoreRetried, None, e.to_string()), None);
             channel
-                .open_session(HOST_AGENT, spec.deadlines.agent)
+                .reconnect(HOST_AGENT, spec.deadlines.agent)
                 .await
                 .map_err(restore_failed)?;
             channel.request(restore, spec.deadlines.restore).await

@@ -4,13 +4,15 @@
 use std::fmt::Write;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::qmp::migration::MigrationInfo;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
+    /// A run interrupted earlier is taken up: what QEMU says now, and what the journal adds.
+    Resumed,
     /// Sync and hello exchanged with the guest agent.
     Negotiated,
     /// The guest's DMA hook tracks the VF: pre-copy may run with it plugged.
