@@ -22,6 +22,9 @@ use crate::shell::{GuestShell, SHELL_PORT};
 /// The virtio port's name, as the guest agent looks for it.
 pub const AGENT_PORT: &str = "org.vfmig.agent.0";
 
+/// The monitor socket a `vfmig-host` process uses, beside the test's own `qmp.sock`.
+pub const HOST_QMP: &str = "host-qmp.sock";
+
 /// The VF's device id in QEMU.
 pub const VF_ID: &str = "vf";
 
@@ -139,6 +142,10 @@ impl Vm {
         .arg(format!("file:{}", dir.join("console.log").display()))
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()))
+        // A second monitor for a host agent run as its own process while the test holds the
+        // first (a QMP socket serves one client at a time).
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", dir.join(HOST_QMP).display()))
         .args(["-device", "virtio-serial-pci,id=vser0", "-chardev"])
         .arg(format!(
             "socket,id=agent,path={},server=on,wait=off",
