@@ -885,9 +885,7 @@ async fn resume(
     );
     let detail = format!(
         "{action:?}: an earlier run stopped after {}; QEMU: migration {}, VF {}",
-        journal
-            .phase
-            .map_or("its start".into(), |p| format!("{p:?}").to_lowercase()),
+        journal.phase.map_or("its start".into(), Phase::name),
         facts.status.as_deref().unwrap_or("never started"),
         if vf_present { "plugged" } else { "gone" },
     );
@@ -925,6 +923,8 @@ async fn resume(
             }
             run.close_journal();
             if action == Resume::Restart {
+                // QEMU's chardev serves one client at a time: the fresh run's session needs it.
+                drop(channel);
                 return fresh(src, agent, plan, run).await;
             }
             Err(interrupted(facts.status.as_deref()))

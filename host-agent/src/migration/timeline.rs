@@ -47,6 +47,16 @@ pub enum Phase {
     RolledBack,
 }
 
+impl Phase {
+    /// The phase's name as the JSON timeline spells it.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
     pub phase: Phase,
@@ -126,10 +136,7 @@ impl Timeline {
             "ms", "phase", "sent MiB", "remaining MiB", "syncs", "detail"
         );
         for s in &self.steps {
-            let phase = serde_json::to_value(s.phase)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let phase = s.phase.name();
             let _ = writeln!(
                 out,
                 "{:>8}  {:<16} {:>12} {:>14} {:>5}  {}",
