@@ -45,8 +45,10 @@ pub enum JournalError {
     },
 }
 
-/// The migration parameters vfmig changes, as they were before.
+/// The migration parameters vfmig changes, as they were before (read from
+/// `query-migrate-parameters`, whose other fields are ignored).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct OriginalParams {
     pub max_bandwidth: u64,
     pub downtime_limit: u64,

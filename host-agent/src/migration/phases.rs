@@ -166,7 +166,7 @@ pub enum MigrateError {
     CompletionTimeout(Duration),
     #[error("migration {status} after the VF was unplugged: {reason}; the VF is plugged back on the source and the guest restored it")]
     RolledBack { status: String, reason: String },
-    #[error("migration {status} after the VF was unplugged, and plugging it back failed ({error}); the guest's saved state is at /run/vfmig/{saved}.json")]
+    #[error("migration {status} after the VF was unplugged, and plugging it back failed ({error}); the guest's saved state: {saved}")]
     RollbackFailed {
         status: String,
         error: String,
@@ -474,11 +474,8 @@ pub fn migration_done(plan: &Plan) -> Result<(), MigrateError> {
 
 async fn fresh(src: &Qmp, agent: &Path, plan: &Plan, run: &mut Run<'_>) -> Result<Option<Saved>, MigrateError> {
     let mac = plugged_mac(src, &plan.vf_id).await?;
-    let p: Value = src.execute("query-migrate-parameters", None).await?;
-    let params = OriginalParams {
-        max_bandwidth: p["max-bandwidth"].as_u64().unwrap_or_default(),
-        downtime_limit: p["downtime-limit"].as_u64().unwrap_or_default(),
-    };
+    // Read strictly: a missing value restored as 0 would mean "unlimited" to QEMU.
+    let params: OriginalParams = src.query("query-migrate-parameters", None).await?;
     if let Some(path) = &plan.journal {
         // The one write that must succeed: without it an interrupted run could not be undone.
         let journal = Journal::new(&plan.vf_id, mac, plan.vf_device.clone(), params.clone());
@@ -531,7 +528,7 @@ async fn fresh(src: &Qmp, agent: &Path, plan: &Plan, run: &mut Run<'_>) -> Resul
             mac,
             &params,
             (hooked, !hooked),
-            saved,
+            Some(saved),
             run,
         )
         .await
@@ -691,7 +688,7 @@ async fn save_and_unplug(
     if !unplugged {
         abort(src, params).await;
         let late = wait_event(&mut events, &deleted, LATE_UNPLUG_GRACE).await;
-        return Err(unplug_missed(src, Some(channel), plan, &saved.interface, mac, late, run).await);
+        return Err(unplug_missed(src, Some(channel), plan, Some(&saved.interface), mac, late, run).await);
     }
     let info = query(src).await?;
     run.record(Phase::Unplugged, Some(&info), "DEVICE_DELETED");
@@ -705,7 +702,7 @@ async fn unplug_missed(
     src: &Qmp,
     channel: Option<&mut GuestChannel>,
     plan: &Plan,
-    saved: &str,
+    saved: Option<&str>,
     mac: MacAddr,
     late: bool,
     run: &mut Run<'_>,
@@ -727,7 +724,7 @@ async fn unplug_missed(
         Err(error) => MigrateError::RollbackFailed {
             status: "cancelled".into(),
             error,
-            saved: saved.into(),
+            saved: state_at(saved),
         },
     }
 }
@@ -742,7 +739,7 @@ async fn finish(
     mac: MacAddr,
     params: &OriginalParams,
     (hooked, start): (bool, bool),
-    saved: SavedRef,
+    saved: Option<SavedRef>,
     run: &mut Run<'_>,
 ) -> Result<Option<Saved>, MigrateError> {
     if hooked {
@@ -766,12 +763,13 @@ async fn finish(
     let status = info.status.clone().unwrap_or_default();
     if status != "completed" {
         let reason = info.error_desc.clone().unwrap_or_default();
-        return Err(roll_back(src, channel, plan, &saved.interface, mac, status, reason, run).await);
+        let name = saved.as_ref().map(|s| s.interface.as_str());
+        return Err(roll_back(src, channel, plan, name, mac, status, reason, run).await);
     }
     run.record(Phase::Completed, Some(&info), "QEMU switched over");
-    Ok(Some(Saved {
-        interface: saved.interface,
-        digest: saved.digest,
+    Ok(saved.map(|s| Saved {
+        interface: s.interface,
+        digest: s.digest,
     }))
 }
 
@@ -806,7 +804,7 @@ async fn roll_back(
     src: &Qmp,
     channel: Option<&mut GuestChannel>,
     plan: &Plan,
-    saved: &str,
+    saved: Option<&str>,
     mac: MacAddr,
     status: String,
     reason: String,
@@ -820,17 +818,25 @@ async fn roll_back(
         Err(error) => MigrateError::RollbackFailed {
             status,
             error,
-            saved: saved.to_owned(),
+            saved: state_at(saved),
         },
     }
 }
 
-/// Plugs the VF back on the source and has the guest restore its saved state onto it.
+/// Where the guest's saved state is, for an error message.
+fn state_at(saved: Option<&str>) -> String {
+    saved.map_or("none (the guest agent saved nothing)".into(), |s| {
+        format!("/run/vfmig/{s}.json")
+    })
+}
+
+/// Plugs the VF back on the source and has the guest restore its saved state onto it (if it
+/// saved one: the unplug-first fallback runs without the guest agent).
 async fn replug(
     src: &Qmp,
     channel: Option<&mut GuestChannel>,
     plan: &Plan,
-    saved: &str,
+    saved: Option<&str>,
     mac: MacAddr,
 ) -> Result<(), String> {
     let device = plan
@@ -840,6 +846,7 @@ async fn replug(
     src.execute("device_add", Some(device.clone()))
         .await
         .map_err(|e| e.to_string())?;
+    let Some(saved) = saved else { return Ok(()) };
     let channel = channel.ok_or(
         "the VF is plugged back, but the guest agent is unreachable; it restores by itself onto a link with the saved MAC",
     )?;
@@ -933,12 +940,12 @@ async fn resume(
             set_params(src, &params).await?;
             let status = facts.status.clone().unwrap_or_default();
             let reason = "the migration ended without completing while vfmig-host was not running".to_string();
-            let saved = saved.map(|s| s.interface).unwrap_or_default();
+            let name = saved.as_ref().map(|s| s.interface.as_str());
             Err(roll_back(
                 src,
                 channel.as_mut().map(|(c, _)| c),
                 plan,
-                &saved,
+                name,
                 mac,
                 status,
                 reason,
@@ -957,7 +964,7 @@ async fn resume(
                     let outcome = async {
                         hold(src, plan, &params, run).await?;
                         let saved = save_and_unplug(src, channel, plan, mac, &params, true, run).await?;
-                        finish(src, Some(channel), plan, mac, &params, (true, false), saved, run).await
+                        finish(src, Some(channel), plan, mac, &params, (true, false), Some(saved), run).await
                     }
                     .await;
                     settle_on_error(channel, true, &outcome, plan, run).await;
@@ -971,15 +978,12 @@ async fn resume(
             }
         }
         Resume::AwaitUnplug | Resume::Finish => {
-            let saved = saved.unwrap_or(SavedRef {
-                interface: String::new(),
-                digest: String::new(),
-            });
             let channel = channel.as_mut().map(|(c, _)| c);
             if action == Resume::AwaitUnplug && !vf_gone(src, &plan.vf_id, plan.deadlines.unplug).await {
                 abort(src, &params).await;
                 let late = vf_gone(src, &plan.vf_id, LATE_UNPLUG_GRACE).await;
-                return Err(unplug_missed(src, channel, plan, &saved.interface, mac, late, run).await);
+                let name = saved.as_ref().map(|s| s.interface.as_str());
+                return Err(unplug_missed(src, channel, plan, name, mac, late, run).await);
             }
             finish(
                 src,
