@@ -175,17 +175,9 @@ async fn vfmig_in_process(handle: &rtnetlink::Handle, file: &Path) -> Timing {
     let t = Instant::now();
     let saved = store::load(file).unwrap();
     let index = netstate::link_index(handle, IFACE).await.unwrap();
-    let report = netstate::restore(
-        handle,
-        &saved,
-        index,
-        RestoreOptions {
-            restore_mac: false,
-            announce: false,
-        },
-    )
-    .await
-    .unwrap();
+    let report = netstate::restore(handle, &saved, index, RestoreOptions::default())
+        .await
+        .unwrap();
     let restore = t.elapsed();
     assert!(
         report.failed.is_empty(),

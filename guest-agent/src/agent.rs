@@ -14,6 +14,7 @@ use vfmig_protocol::version::{negotiate, SUPPORTED};
 use vfmig_protocol::ErrorCode;
 
 use crate::dma_hook::DmaHook;
+use crate::netstate::standby::{self, Standby, StandbyConfig};
 use crate::netstate::{self, RestoreOptions};
 use crate::store;
 
@@ -25,6 +26,7 @@ pub struct Agent {
     store_dir: PathBuf,
     capabilities: Capabilities,
     hook: DmaHook,
+    standby: StandbyConfig,
     phase: Phase,
 }
 
@@ -52,12 +54,19 @@ fn count(n: usize) -> u32 {
 }
 
 impl Agent {
-    pub fn new(handle: Handle, store_dir: PathBuf, capabilities: Capabilities, hook: DmaHook) -> Self {
+    pub fn new(
+        handle: Handle,
+        store_dir: PathBuf,
+        capabilities: Capabilities,
+        hook: DmaHook,
+        standby: StandbyConfig,
+    ) -> Self {
         Self {
             handle,
             store_dir,
             capabilities,
             hook,
+            standby,
             phase: Phase::Idle,
         }
     }
@@ -122,6 +131,16 @@ impl Agent {
             Ok(i) => i,
             Err(e) => return vec![error(ErrorCode::NoSuchInterface, e)],
         };
+        // Chosen before anything is saved: a standby the host named and cannot have is
+        // refused with nothing changed.
+        let standby = match standby::choose(&self.handle, &p.standby, &self.standby, index).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(why)) => {
+                tracing::info!(why, "no standby for the VF gap");
+                None
+            }
+            Err(e) => return vec![error(ErrorCode::StandbyUnusable, e)],
+        };
         let captured = match netstate::capture_index(&self.handle, index).await {
             Ok(c) => c,
             Err(e) => return vec![error(ErrorCode::CaptureFailed, e)],
@@ -140,6 +159,13 @@ impl Agent {
         if let Err(e) = store::save(&store::path_for(&self.store_dir, &name), &state) {
             return vec![error(ErrorCode::StorageFailed, e)];
         }
+        let moved = match standby {
+            Some(standby) => match self.move_to_standby(&state, index, &standby).await {
+                Ok(()) => Some(standby.name),
+                Err(e) => return vec![error(ErrorCode::StandbyUnusable, e)],
+            },
+            None => None,
+        };
         self.phase = Phase::Saved;
         let s = &state.interface;
         vec![
@@ -149,6 +175,7 @@ impl Agent {
                 addresses: count(s.addresses.len()),
                 routes: count(s.routes.len()),
                 neighbours: count(s.neighbours.len()),
+                standby: moved,
             }),
             GuestMessage::UnplugReady(UnplugReady { interface: name }),
         ]
@@ -169,6 +196,37 @@ impl Agent {
         }
     }
 
+    /// Moves the VF's (link `vf`) saved state onto the standby and records that it did, so a
+    /// restore — by the host, by itself, after a restart — moves it back. A move that does not
+    /// go through whole is undone and refused: half the routes on each link is worse than none.
+    async fn move_to_standby(&self, state: &SavedState, vf: u32, standby: &Standby) -> Result<(), String> {
+        let report = standby::move_to(&self.handle, state, standby)
+            .await
+            .map_err(|e| e.to_string())?;
+        if report.failed.is_empty() {
+            tracing::info!(
+                standby = standby.name,
+                applied = report.applied.len(),
+                "the standby carries the VF's traffic"
+            );
+            return store::mark_standby(&self.store_dir, &state.interface.identity.name, &standby.name)
+                .map_err(|e| e.to_string());
+        }
+        let undo = RestoreOptions {
+            keep_link: true,
+            announce: true,
+            ..RestoreOptions::default()
+        };
+        let undone = netstate::restore(&self.handle, state, vf, undo).await;
+        let cleared = standby::clear(&self.handle, state, standby).await;
+        tracing::warn!(?undone, ?cleared, "moving to the standby failed; moved back");
+        Err(format!(
+            "moving to standby {} failed ({}); left on the VF",
+            standby.name,
+            report.failed.join("; ")
+        ))
+    }
+
     /// Restores `saved` onto link `index`, then re-reads the link and reports what still
     /// differs from the saved state.
     async fn restore_onto(
@@ -178,11 +236,29 @@ impl Agent {
         restore_mac: bool,
     ) -> Result<Restored, netstate::NetstateError> {
         self.phase = Phase::Restoring;
+        let name = saved.interface.identity.name.clone();
+        let standby = store::marked_standby(&self.store_dir, &name);
         let opts = RestoreOptions {
             restore_mac,
             announce: true,
+            keep_link: false,
+            // The standby carries the traffic until the VF can: routes move only with carrier.
+            carrier_first: standby.is_some(),
         };
-        let report = netstate::restore(&self.handle, &saved, index, opts).await?;
+        let mut report = netstate::restore(&self.handle, &saved, index, opts).await?;
+        let mut released = None;
+        if let Some(standby) = standby {
+            match netstate::link_index(&self.handle, &standby).await {
+                Ok(index) => {
+                    let link = Standby { index, name: standby };
+                    report.failed.extend(standby::clear(&self.handle, &saved, &link).await?);
+                    released = Some(link.name);
+                }
+                Err(e) => report.failed.push(format!("standby {standby}: {e}; nothing to clear")),
+            }
+            store::unmark_standby(&self.store_dir, &name)
+                .map_err(|e| netstate::NetstateError::StandbyUnusable(e.to_string()))?;
+        }
         let mismatches = match netstate::capture_index(&self.handle, index).await {
             Ok(now) => differences(&saved.interface, &now.state),
             Err(e) => vec![format!("could not re-read the interface to verify: {e}")],
@@ -195,6 +271,7 @@ impl Agent {
             failed: report.failed.into_iter().take(MAX_FAILURES).map(bounded).collect(),
             mismatches: mismatches.into_iter().take(MAX_FAILURES).map(bounded).collect(),
             duration_ms: u32::try_from(report.elapsed.as_millis()).unwrap_or(u32::MAX),
+            standby_released: released,
         })
     }
 

@@ -75,3 +75,39 @@ pub fn load(path: &Path) -> Result<SavedState, StoreError> {
         source,
     })
 }
+
+/// The file that records which standby carries interface `name`'s addresses for the VF gap.
+fn standby_marker(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.standby"))
+}
+
+/// Records that `standby` carries interface `name`'s addresses; written atomically.
+pub fn mark_standby(dir: &Path, name: &str, standby: &str) -> Result<(), StoreError> {
+    let path = standby_marker(dir, name);
+    let tmp = path.with_extension("standby.tmp");
+    fs::write(&tmp, standby).map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// The standby that carries interface `name`'s addresses, if one does. A record that is not
+/// an interface name is ignored (and reported): it was not written by this agent.
+pub fn marked_standby(dir: &Path, name: &str) -> Option<String> {
+    let path = standby_marker(dir, name);
+    let text = fs::read_to_string(&path).ok()?;
+    match vfmig_protocol::message::validate_ifname("standby", text.trim()) {
+        Ok(()) => Some(text.trim().to_owned()),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = e, "ignoring a standby record");
+            None
+        }
+    }
+}
+
+/// The addresses are back on the VF: forget the standby.
+pub fn unmark_standby(dir: &Path, name: &str) -> Result<(), StoreError> {
+    let path = standby_marker(dir, name);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+        _ => Ok(()),
+    }
+}

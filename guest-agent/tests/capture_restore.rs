@@ -16,6 +16,8 @@ const MAC_B: &str = "02:00:00:00:0b:01";
 const ANNOUNCE: RestoreOptions = RestoreOptions {
     restore_mac: false,
     announce: true,
+    keep_link: false,
+    carrier_first: false,
 };
 
 /// Interface A: 3 IPv4 + 3 IPv6 addresses, routes in main and table 100 (on-link and gateway,
@@ -158,6 +160,8 @@ async fn restore_onto_a_new_link_reproduces_the_captured_state_and_is_idempotent
         RestoreOptions {
             restore_mac: false,
             announce: false,
+            keep_link: false,
+            carrier_first: false,
         },
     )
     .await
@@ -186,6 +190,8 @@ async fn restore_mac_gives_the_new_link_the_saved_address() {
         RestoreOptions {
             restore_mac: true,
             announce: false,
+            keep_link: false,
+            carrier_first: false,
         },
     )
     .await

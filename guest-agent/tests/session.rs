@@ -8,6 +8,7 @@ use tokio::net::UnixStream;
 use vfmig_guest::agent::Agent;
 use vfmig_guest::channel::session::serve;
 use vfmig_guest::dma_hook::DmaHook;
+use vfmig_guest::netstate::standby::StandbyConfig;
 use vfmig_guest::netstate::{capture, connect, new_links};
 use vfmig_protocol::frame::{self, Decoder};
 use vfmig_protocol::message::*;
@@ -65,12 +66,18 @@ impl Host {
 /// Runs the agent on one end of a socket pair, watching this namespace's links, and returns
 /// the host's end.
 async fn start_agent(handle: &rtnetlink::Handle, store: &std::path::Path) -> Host {
+    start_agent_with(handle, store, StandbyConfig::Off).await
+}
+
+/// As [`start_agent`], with the guest's own standby setting.
+async fn start_agent_with(handle: &rtnetlink::Handle, store: &std::path::Path, standby: StandbyConfig) -> Host {
     let (guest_end, host_end) = UnixStream::pair().unwrap();
     let mut agent = Agent::new(
         handle.clone(),
         store.to_owned(),
         Capabilities::default(),
         DmaHook::default(),
+        standby,
     );
     let links = new_links().await.unwrap();
     tokio::spawn(async move {
@@ -108,6 +115,7 @@ async fn a_link_with_a_saved_mac_is_restored_without_the_host() {
     host.send(HostMessage::PrepareUnplug(PrepareUnplug {
         interface: by_name,
         deadline_ms: 5000,
+        standby: StandbyRequest::Off,
     }))
     .await;
     host.reply().await;
@@ -170,6 +178,7 @@ async fn hello_prepare_unplug_and_restore_over_a_stream() {
         .send(HostMessage::PrepareUnplug(PrepareUnplug {
             interface: by_name,
             deadline_ms: 5000,
+            standby: StandbyRequest::Off,
         }))
         .await;
     let (saved, progress) = host.reply().await;
@@ -247,5 +256,133 @@ async fn hello_prepare_unplug_and_restore_over_a_stream() {
         ),
         "{reply:?}"
     );
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+/// The standby path on the real kernel: the VF's addresses, routes and permanent neighbours
+/// move to a second link (announced there) before the unplug, and move back from it onto the
+/// fresh VF, which is left carrying everything and the standby nothing it was lent.
+#[tokio::test(flavor = "current_thread")]
+async fn a_standby_carries_the_vfs_state_through_the_gap_and_gives_it_back() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    ip_batch("link add sb0 address 02:00:00:00:5b:01 type veth peer name sb0p\nlink set sb0p up\nlink set sb0 up\n")
+        .unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-standby-{}", std::process::id()));
+    let mut host = start_agent(&handle, &store).await;
+    let by_name = |name: &str| InterfaceSelector {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let before = capture(&handle, "vfa0").await.unwrap().state;
+    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
+        interface: by_name("vfa0"),
+        deadline_ms: 5000,
+        standby: StandbyRequest::Use(by_name("sb0")),
+    }))
+    .await;
+    let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
+        panic!("not saved")
+    };
+    host.reply().await;
+    assert_eq!(s.standby.as_deref(), Some("sb0"));
+    let lent = capture(&handle, "sb0").await.unwrap().state;
+    let addresses = |st: &vfmig_protocol::netstate::InterfaceState| {
+        let mut a: Vec<String> = st
+            .addresses
+            .iter()
+            .map(|a| format!("{}/{}", a.address, a.prefix_len))
+            .collect();
+        a.sort();
+        a
+    };
+    assert_eq!(
+        addresses(&lent),
+        addresses(&before),
+        "the standby has the VF's addresses"
+    );
+    assert_eq!(lent.routes, before.routes, "the routes moved to the standby");
+    assert_eq!(lent.neighbours.len(), before.neighbours.len());
+    assert!(
+        capture(&handle, "vfa0").await.unwrap().state.routes.is_empty(),
+        "no route left on the VF"
+    );
+
+    // The VF goes; a fresh one of another MAC comes; the host asks for the restore.
+    let fresh: MacAddr = "02:00:00:00:0c:01".parse().unwrap();
+    ip_batch(&format!(
+        "link del vfa0\nlink add enp4s0 address {fresh} type veth peer name wire\nlink set wire up\n"
+    ))
+    .unwrap();
+    let onto = InterfaceSelector {
+        mac: Some(fresh),
+        ..Default::default()
+    };
+    let r = host.restore("vfa0", onto).await;
+    assert_eq!((r.failed.len(), r.mismatches.len()), (0, 0), "{r:?}");
+    assert_eq!(r.standby_released.as_deref(), Some("sb0"));
+    let back = capture(&handle, "vfa0").await.unwrap().state;
+    assert_eq!(
+        vfmig_protocol::netstate::differences(&before, &back),
+        Vec::<String>::new()
+    );
+    let standby = capture(&handle, "sb0").await.unwrap().state;
+    assert!(
+        standby.addresses.is_empty() && standby.routes.is_empty() && standby.neighbours.is_empty(),
+        "the standby kept what it was lent: {standby:?}"
+    );
+    assert!(!store.join("vfa0.standby").exists(), "the standby record is gone");
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+/// A standby the host names must be usable: missing or without carrier, the save is refused
+/// with a reason and nothing changes. Asked for the automatic choice, a guest whose only
+/// standby is down saves without one.
+#[tokio::test(flavor = "current_thread")]
+async fn a_named_standby_that_is_missing_or_down_is_refused_and_auto_goes_without() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    ip_batch("link add sb0 address 02:00:00:00:5b:01 type veth peer name sb0p\nlink set sb0 up\n").unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-standby-down-{}", std::process::id()));
+    let mut host = start_agent_with(&handle, &store, StandbyConfig::Named("sb0".into())).await;
+    let by_name = |name: &str| InterfaceSelector {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let before = capture(&handle, "vfa0").await.unwrap().state;
+    for (standby, why) in [("nope0", "no interface"), ("sb0", "no carrier")] {
+        host.send(HostMessage::PrepareUnplug(PrepareUnplug {
+            interface: by_name("vfa0"),
+            deadline_ms: 5000,
+            standby: StandbyRequest::Use(by_name(standby)),
+        }))
+        .await;
+        let GuestMessage::Error(e) = host.reply().await.0.msg else {
+            panic!("{standby}: not refused")
+        };
+        println!("{standby}: {} ({})", e.message, e.code);
+        assert_eq!(e.code, ErrorCode::StandbyUnusable);
+        assert!(e.message.contains(why), "{}", e.message);
+        assert!(!store.join("vfa0.json").exists(), "{standby}: a state was saved");
+        let now = capture(&handle, "vfa0").await.unwrap().state;
+        assert_eq!(
+            vfmig_protocol::netstate::differences(&before, &now),
+            Vec::<String>::new()
+        );
+    }
+    // sb0 is the guest's configured standby, but its peer is down, so it has no carrier: the
+    // automatic choice passes it over.
+    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
+        interface: by_name("vfa0"),
+        deadline_ms: 5000,
+        standby: StandbyRequest::Auto,
+    }))
+    .await;
+    let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
+        panic!("not saved")
+    };
+    assert_eq!(s.standby, None);
     std::fs::remove_dir_all(store).unwrap();
 }

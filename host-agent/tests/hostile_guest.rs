@@ -163,6 +163,7 @@ async fn misbehave(stream: &mut UnixStream, id: u64, how: Hostile) {
                 addresses: 1,
                 routes: 1,
                 neighbours: 1,
+                standby: None,
             });
             loop {
                 if Instant::now() > until || send(stream, id, &saved).await.is_err() {
@@ -239,6 +240,7 @@ async fn every_hostile_guest_gets_a_bounded_outcome_within_the_deadline() {
             ..Default::default()
         },
         deadline_ms: 2000,
+        standby: StandbyRequest::Off,
     });
     let base = peak_rss_kib();
     println!("{:<18} {:>8}  outcome", "guest", "ms");

@@ -30,6 +30,9 @@ pub enum ErrorCode {
     Internal,
     /// The DMA hook is not installed, did not load, or refused the device.
     HookUnavailable,
+    /// The standby NIC the host named is missing, has no carrier, or could not take the
+    /// VF's addresses.
+    StandbyUnusable,
     /// A code this build does not know.
     Other(u16),
 }
@@ -47,6 +50,7 @@ impl ErrorCode {
             Self::Busy => 8,
             Self::Internal => 9,
             Self::HookUnavailable => 10,
+            Self::StandbyUnusable => 11,
             Self::Other(n) => n,
         }
     }
@@ -63,6 +67,7 @@ impl ErrorCode {
             8 => Self::Busy,
             9 => Self::Internal,
             10 => Self::HookUnavailable,
+            11 => Self::StandbyUnusable,
             n => Self::Other(n),
         }
     }

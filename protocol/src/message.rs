@@ -81,6 +81,24 @@ pub struct PrepareUnplug {
     pub interface: InterfaceSelector,
     /// How long the host will wait for `UnplugReady`, so the guest can refuse work it cannot finish.
     pub deadline_ms: u32,
+    /// Whether the VF's addresses and routes move to a standby NIC for the VF gap. Absent
+    /// (an older host) means automatic.
+    #[serde(default)]
+    pub standby: StandbyRequest,
+}
+
+/// The standby path: a paravirtual NIC on the same network carries the VF's addresses from
+/// just before the unplug until the fresh VF is restored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "mode", content = "interface")]
+pub enum StandbyRequest {
+    /// Never move traffic to a standby.
+    Off,
+    /// Use the standby the guest is configured with or finds, if there is one that is up.
+    #[default]
+    Auto,
+    /// Use this interface; the save is refused if it is missing or has no carrier.
+    Use(InterfaceSelector),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +120,9 @@ pub struct StateSaved {
     pub addresses: u32,
     pub routes: u32,
     pub neighbours: u32,
+    /// The standby interface that now carries the saved addresses and routes, if they moved.
+    #[serde(default)]
+    pub standby: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +142,9 @@ pub struct Restored {
     #[serde(default)]
     pub mismatches: Vec<String>,
     pub duration_ms: u32,
+    /// The standby the addresses and routes were moved back from, if they had moved.
+    #[serde(default)]
+    pub standby_released: Option<String>,
 }
 
 /// Most devices the DMA hook tracks at once (the module's own limit).
@@ -246,7 +270,10 @@ impl Message for HostMessage {
                 if p.deadline_ms == 0 {
                     return Err("deadline_ms must be positive".into());
                 }
-                Ok(())
+                match &p.standby {
+                    StandbyRequest::Use(s) => validate_selector(s),
+                    StandbyRequest::Off | StandbyRequest::Auto => Ok(()),
+                }
             }
             Self::Restore(r) => {
                 validate_ifname("saved", &r.saved)?;
@@ -294,7 +321,7 @@ impl Message for GuestMessage {
                 if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err("digest must be 64 hex digits".into());
                 }
-                Ok(())
+                s.standby.as_deref().map_or(Ok(()), |n| validate_ifname("standby", n))
             }
             Self::UnplugReady(u) => validate_ifname("interface", &u.interface),
             Self::Restored(r) => {
@@ -305,7 +332,17 @@ impl Message for GuestMessage {
                         r.failed.len()
                     ));
                 }
-                r.failed.iter().try_for_each(|f| validate_text("failed", f))
+                if r.mismatches.len() > MAX_FAILURES {
+                    return Err(format!(
+                        "{} mismatch lines, at most {MAX_FAILURES} allowed",
+                        r.mismatches.len()
+                    ));
+                }
+                r.failed.iter().try_for_each(|f| validate_text("failed", f))?;
+                r.mismatches.iter().try_for_each(|f| validate_text("mismatches", f))?;
+                r.standby_released
+                    .as_deref()
+                    .map_or(Ok(()), |n| validate_ifname("standby_released", n))
             }
             Self::Status(s) => {
                 if s.saved.len() > MAX_FAILURES {

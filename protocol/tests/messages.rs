@@ -24,6 +24,10 @@ fn host_messages() -> Vec<HostMessage> {
         HostMessage::PrepareUnplug(PrepareUnplug {
             interface: selector(),
             deadline_ms: 5000,
+            standby: StandbyRequest::Use(InterfaceSelector {
+                name: Some("eth1".into()),
+                ..Default::default()
+            }),
         }),
         HostMessage::Restore(Restore {
             saved: "eth1".into(),
@@ -53,6 +57,7 @@ fn guest_messages() -> Vec<GuestMessage> {
             addresses: 6,
             routes: 8,
             neighbours: 50,
+            standby: Some("eth2".into()),
         }),
         GuestMessage::UnplugReady(UnplugReady {
             interface: "eth1".into(),
@@ -64,6 +69,7 @@ fn guest_messages() -> Vec<GuestMessage> {
             failed: vec!["route 198.18.5.0/24: Network is unreachable".into()],
             mismatches: vec![],
             duration_ms: 12,
+            standby_released: Some("eth2".into()),
         }),
         GuestMessage::Status(Status {
             phase: Phase::Saved,
@@ -253,6 +259,7 @@ fn replies_must_match_an_outstanding_request_of_the_right_kind() {
         .issue(HostMessage::PrepareUnplug(PrepareUnplug {
             interface: selector(),
             deadline_ms: 100,
+            standby: StandbyRequest::Auto,
         }))
         .unwrap();
     assert_ne!(sync.id, prep.id);

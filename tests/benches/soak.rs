@@ -99,6 +99,7 @@ async fn hop(
         deadlines: Deadlines::default(),
         hold_margin: 64 << 20,
         journal: None,
+        standby: vfmig_protocol::message::StandbyRequest::Auto,
     };
     let mut timeline = Timeline::new();
     let mut quiet = |_: &vfmig_host::migration::Step, _: Option<&_>| {};

@@ -12,7 +12,7 @@ use vfmig_host::migration::{
 };
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::Event;
-use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug};
+use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug, StandbyRequest};
 use vfmig_testbed::bed::{agent, echo, vf_mac, Bed, FRESH_MAC, NETWORK, SOURCE_MAC};
 use vfmig_testbed::probe::{wait_answering, Probe, TcpProbe};
 use vfmig_testbed::vm::{vf_device_json, VF_ID};
@@ -40,6 +40,7 @@ fn plan(uri: &str, fallback: Fallback) -> Plan {
         },
         hold_margin: 64 << 20,
         journal: None,
+        standby: vfmig_protocol::message::StandbyRequest::Auto,
     }
 }
 
@@ -239,6 +240,7 @@ async fn without_vfmig_the_guest_loses_its_addresses() {
             ..Default::default()
         },
         deadline_ms: 1000,
+        standby: StandbyRequest::Off,
     });
     let replies = channel.request(look, Duration::from_secs(20)).await.unwrap();
     let Some(GuestMessage::StateSaved(now)) = replies.first() else {

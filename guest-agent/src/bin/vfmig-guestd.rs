@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use vfmig_guest::agent::Agent;
 use vfmig_guest::channel;
 use vfmig_guest::dma_hook::DmaHook;
+use vfmig_guest::netstate::standby::StandbyConfig;
 use vfmig_guest::netstate::{self, RestoreOptions};
 use vfmig_guest::store;
 use vfmig_protocol::message::Capabilities;
@@ -41,6 +42,11 @@ enum Command {
         /// Where saved states live; it must migrate with the VM (tmpfs in RAM).
         #[arg(long, default_value = store::DEFAULT_DIR)]
         store: PathBuf,
+        /// The standby NIC that carries the VF's addresses through the VF gap when the host
+        /// asks for the automatic choice: "auto" (the one virtio-net link that is up and
+        /// enslaved to nothing), "off", or an interface name.
+        #[arg(long, default_value = "auto")]
+        standby: StandbyConfig,
     },
     /// Save an interface's addresses, routes (every table) and neighbours to a sealed document.
     Capture {
@@ -86,7 +92,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let handle = netstate::connect().context("opening rtnetlink")?;
     match cli.command {
-        Command::Run { port, store } => {
+        Command::Run { port, store, standby } => {
             let port = match port {
                 Some(p) => p,
                 None => channel::port::find(channel::port::PORT_NAME).context("finding the host channel")?,
@@ -94,7 +100,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut stream = channel::port::open(&port).with_context(|| format!("opening {}", port.display()))?;
             tracing::info!(port = %port.display(), "serving the host");
             let links = netstate::new_links().await.context("watching for new links")?;
-            let mut agent = Agent::new(handle, store, Capabilities::default(), DmaHook::default());
+            let mut agent = Agent::new(handle, store, Capabilities::default(), DmaHook::default(), standby);
             channel::session::serve(&mut stream, &mut agent, links)
                 .await
                 .context("host channel failed")?;
@@ -139,6 +145,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let opts = RestoreOptions {
                 restore_mac,
                 announce: !no_announce,
+                ..RestoreOptions::default()
             };
             let report = netstate::restore(&handle, &saved, index, opts).await?;
             println!(

@@ -6,6 +6,7 @@ mod bulk;
 mod capture;
 mod errno;
 mod restore;
+pub mod standby;
 mod sysfs;
 mod watch;
 
@@ -32,6 +33,8 @@ pub enum NetstateError {
     Ambiguous { selector: String, count: usize },
     #[error("interface {name} has no Ethernet address; vfmig handles Ethernet VFs only")]
     NotEthernet { name: String },
+    #[error("standby: {0}")]
+    StandbyUnusable(String),
     #[error("opening a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
     #[error("{what}: {source}")]

@@ -34,6 +34,11 @@ pub struct RestoreOptions {
     pub restore_mac: bool,
     /// Send gratuitous ARP and unsolicited neighbour advertisements for the restored addresses.
     pub announce: bool,
+    /// Leave the link's name, MTU and MAC as they are (a standby taking over the addresses).
+    pub keep_link: bool,
+    /// Wait for carrier before moving routes onto the link: they are taken from a standby
+    /// that still carries traffic, which a link without carrier would drop.
+    pub carrier_first: bool,
 }
 
 /// What restore did, item by item.
@@ -92,7 +97,15 @@ pub async fn restore(
     let current = capture_index(handle, onto).await?.state;
     let mut bulk = Bulk::open().map_err(NetstateError::Socket)?;
 
-    let link = restore_link(handle, &mut report, saved, &current, onto, opts).await;
+    let link = if opts.keep_link {
+        LinkResult {
+            name: current.identity.name.clone(),
+            up: current.admin_up,
+            mac: current.identity.mac,
+        }
+    } else {
+        restore_link(handle, &mut report, saved, &current, onto, opts).await
+    };
     let name = link.name;
     {
         // The addresses are moving with their owner, not newly claimed: duplicate address
@@ -132,6 +145,11 @@ pub async fn restore(
         report.record(bulk.apply(changes).await);
     }
 
+    if opts.carrier_first && want.admin_up && !wait_for_carrier(handle, onto).await {
+        report
+            .failed
+            .push(format!("{name} has no carrier after {CARRIER_WAIT:?}"));
+    }
     let have: HashMap<_, _> = current.routes.iter().map(|r| (r.key(), r)).collect();
     for gateway_routes in [false, true] {
         let mut changes = Vec::new();
@@ -139,10 +157,12 @@ pub async fn restore(
             let what = describe_route(r);
             match have.get(&r.key()) {
                 Some(existing) if *existing == r => report.unchanged.push(what),
-                existing => changes.push(Change {
+                // Replace, not add: the same route through another link (a standby carrying
+                // it for the VF gap) moves here in one step instead of failing as a duplicate.
+                _ => changes.push(Change {
                     what,
                     msg: route_message(onto, r),
-                    replace: existing.is_some(),
+                    replace: true,
                 }),
             }
         }

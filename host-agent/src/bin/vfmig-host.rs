@@ -15,6 +15,8 @@ use vfmig_host::migration::{
 };
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::{Qmp, QmpError};
+use vfmig_protocol::message::{validate_ifname, InterfaceSelector, StandbyRequest};
+use vfmig_protocol::MacAddr;
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +70,10 @@ struct MigrateArgs {
     /// What to do when the guest agent does not answer.
     #[arg(long, value_enum, default_value_t = FallbackArg::Refuse)]
     fallback: FallbackArg,
+    /// The standby path for the VF gap: "auto" (the guest's standby NIC, if it has one that
+    /// is up), "off", or the guest interface to use, by name or MAC (then required).
+    #[arg(long, default_value = "auto", value_parser = standby)]
+    standby: StandbyRequest,
     /// Hold pre-copy when this many MiB are left (at most a quarter of RAM is used).
     #[arg(long, default_value_t = 64)]
     hold_margin_mib: u64,
@@ -150,6 +156,26 @@ enum FallbackArg {
     Refuse,
     /// Unplug the VF before pre-copy and migrate without saving its state.
     UnplugFirst,
+}
+
+fn standby(s: &str) -> Result<StandbyRequest, String> {
+    Ok(match s {
+        "auto" => StandbyRequest::Auto,
+        "off" => StandbyRequest::Off,
+        _ => StandbyRequest::Use(match s.parse::<MacAddr>() {
+            Ok(mac) => InterfaceSelector {
+                mac: Some(mac),
+                ..Default::default()
+            },
+            Err(_) => {
+                validate_ifname("standby", s)?;
+                InterfaceSelector {
+                    name: Some(s.into()),
+                    ..Default::default()
+                }
+            }
+        }),
+    })
 }
 
 fn json_object(s: &str) -> Result<Value, String> {
@@ -245,6 +271,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         deadlines: args.deadlines.deadlines(),
         hold_margin: args.hold_margin_mib << 20,
         journal: Some(args.journal.clone().unwrap_or_else(|| default_journal(&args.qmp))),
+        standby: args.standby.clone(),
     };
     let mut timeline = Timeline::new();
     let mut observe = observer();

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use vfmig_protocol::message::{
-    GuestMessage, Hello, HostMessage, InterfaceSelector, PrepareUnplug, Restore, Restored, TrackDma,
+    GuestMessage, Hello, HostMessage, InterfaceSelector, PrepareUnplug, Restore, Restored, StandbyRequest, TrackDma,
 };
 use vfmig_protocol::MacAddr;
 
@@ -123,6 +123,8 @@ pub struct Plan {
     /// Where the run keeps its journal, so that a run killed half-way can be run again and
     /// take up where it stopped; `None` runs without one.
     pub journal: Option<PathBuf>,
+    /// Whether the guest moves the VF's addresses to a standby NIC for the VF gap.
+    pub standby: StandbyRequest,
 }
 
 /// The destination side's instructions.
@@ -635,6 +637,7 @@ async fn save_and_unplug(
             ..Default::default()
         },
         deadline_ms: plan.deadlines.unplug.as_millis() as u32,
+        standby: plan.standby.clone(),
     });
     let replies = tokio::select! {
         replies = ask(channel, prepare, plan.deadlines.prepare) => replies,
@@ -672,6 +675,13 @@ async fn save_and_unplug(
         &saved.digest[..19]
     );
     run.record(Phase::StateSaved, Some(&info), detail);
+    if let Some(standby) = &saved.standby {
+        let detail = format!(
+            "{standby} carries {}'s addresses and routes until the fresh VF",
+            saved.interface
+        );
+        run.record(Phase::StandbyActive, None, detail);
+    }
 
     let mut events = src.events();
     run.note(|j| j.unplug_requested = true);
@@ -1124,5 +1134,9 @@ pub async fn plug_destination(
         r.duration_ms
     );
     observe(timeline.record(Phase::Restored, None, detail), None);
+    if let Some(standby) = &r.standby_released {
+        let detail = format!("{} carries its addresses and routes again; {standby} none", r.interface);
+        observe(timeline.record(Phase::StandbyReleased, None, detail), None);
+    }
     Ok(r)
 }

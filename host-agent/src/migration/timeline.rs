@@ -23,6 +23,9 @@ pub enum Phase {
     Held,
     /// The guest agent saved the VF's network state.
     StateSaved,
+    /// The guest moved the VF's addresses and routes to its standby NIC, which carries the
+    /// traffic through the VF gap.
+    StandbyActive,
     /// `device_del` issued for the VF.
     UnplugRequested,
     /// QEMU reported DEVICE_DELETED.
@@ -43,6 +46,8 @@ pub enum Phase {
     RestoreRetried,
     /// The guest agent restored the saved state onto it.
     Restored,
+    /// The addresses and routes moved back from the standby to the fresh VF.
+    StandbyReleased,
     /// The migration did not complete; the VF was plugged back on the source and restored.
     RolledBack,
 }
