@@ -200,7 +200,7 @@ impl Agent {
     /// restore — by the host, by itself, after a restart — moves it back. A move that does not
     /// go through whole is undone and refused: half the routes on each link is worse than none.
     async fn move_to_standby(&self, state: &SavedState, vf: u32, standby: &Standby) -> Result<(), String> {
-        let report = standby::move_to(&self.handle, state, standby)
+        let report = standby::move_to(&self.handle, state, vf, standby)
             .await
             .map_err(|e| e.to_string())?;
         if report.failed.is_empty() {

@@ -36,6 +36,7 @@ fn config(side: usize, mac: &str, incoming: bool) -> VmConfig {
         incoming,
         hook: true,
         iommu: false,
+        standby: false,
     }
 }
 

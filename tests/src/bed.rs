@@ -50,11 +50,24 @@ impl Bed {
     /// `agent: false` boots guests whose agent never answers; `hook: false` guests without
     /// the DMA hook's module.
     pub async fn start(agent: bool, hook: bool) -> Self {
+        Self::build(agent, hook, false).await
+    }
+
+    /// A bed whose guest also has a standby NIC (a virtio-net on the same bridge).
+    pub async fn with_standby() -> Self {
+        Self::build(true, true, true).await
+    }
+
+    async fn build(agent: bool, hook: bool, standby: bool) -> Self {
         let one = exclusive();
         let image = guest_image().expect("the guest image builds");
         let fabric = Fabric::new().expect("the fabric comes up");
-        fabric.add_tap("tap-src").expect("tap");
-        fabric.add_tap("tap-dst").expect("tap");
+        for tap in ["tap-src", "tap-dst"] {
+            fabric.add_tap(tap).expect("tap");
+            if standby {
+                fabric.add_tap(&format!("{tap}-sb")).expect("tap");
+            }
+        }
         let dir = ScratchDir::new("vfmig").expect("scratch directory");
         let vm = |name, tap: &str, nic, incoming| VmConfig {
             name,
@@ -65,6 +78,7 @@ impl Bed {
             incoming,
             hook,
             iommu: false,
+            standby,
         };
         let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).expect("source QEMU");
         let destination =

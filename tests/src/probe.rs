@@ -26,6 +26,25 @@ impl ProbeReport {
     pub fn lost(&self) -> u64 {
         self.sent - self.received
     }
+
+    /// Where the longest run of unanswered probes starts, in probes (milliseconds) since
+    /// the probe started, and how many it lasts.
+    pub fn longest_gap(&self) -> (usize, usize) {
+        let (mut best, mut run_start) = ((0, 0), None);
+        for (i, answered) in self.answered.iter().chain([&true]).enumerate() {
+            match (answered, run_start) {
+                (false, None) => run_start = Some(i),
+                (true, Some(start)) => {
+                    if i - start > best.1 {
+                        best = (start, i - start);
+                    }
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        best
+    }
 }
 
 /// A running UDP echo probe.

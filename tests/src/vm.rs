@@ -67,7 +67,13 @@ pub struct VmConfig {
     /// Give the guest an IOMMU (QEMU's intel-iommu, `intel_iommu=on`), so device DMA goes
     /// through translated addresses.
     pub iommu: bool,
+    /// Give the guest a standby NIC: a virtio-net on the same bridge (tap `<tap>-sb`), with a
+    /// MAC of its own, on source and destination alike (it migrates with the VM).
+    pub standby: bool,
 }
+
+/// The standby virtio-net's MAC (another than the VF's, as vfmig allows).
+pub const STANDBY_MAC: &str = "52:54:00:30:00:01";
 
 /// A running QEMU; killed by PID when dropped.
 pub struct Vm {
@@ -166,6 +172,14 @@ impl Vm {
                 .arg(format!("tap,id=vf0,ifname={tap},script=no,downscript=no"));
             if config.nic {
                 cmd.arg("-device").arg(vf_device_arg(VF_ID, &config.mac));
+            }
+            if config.standby {
+                cmd.arg("-netdev")
+                    .arg(format!("tap,id=sb0,ifname={tap}-sb,script=no,downscript=no"))
+                    .arg("-device")
+                    .arg(format!(
+                        "virtio-net-pci,netdev=sb0,id=standby,romfile=,mac={STANDBY_MAC}"
+                    ));
             }
         }
         if config.incoming {

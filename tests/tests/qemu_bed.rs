@@ -32,6 +32,7 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
         incoming,
         hook: true,
         iommu: false,
+        standby: false,
     }
 }
 

@@ -516,3 +516,68 @@ fn assert_connection_survives(tcp: &mut TcpProbe, at: Phase) {
     tcp.round_trip("after\n")
         .unwrap_or_else(|e| panic!("killed at {at:?}: the TCP connection broke: {e}"));
 }
+
+/// The standby path on the bed: a virtio-net with a MAC of its own carries the guest's
+/// addresses from just before the unplug until the fresh VF is restored, so the peer's blackout
+/// shrinks to about the migration's own stop-and-copy; afterwards the addresses are back on
+/// the new VF and the standby carries none.
+#[tokio::test(flavor = "current_thread")]
+async fn a_standby_nic_carries_the_guest_through_the_vf_gap() {
+    let bed = Bed::with_standby().await;
+    bed.wait_booted();
+    let before = {
+        let mut shell = bed.source.shell(Duration::from_secs(20)).await.unwrap();
+        shell.ok(NETWORK).await.unwrap()
+    };
+    let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
+    tcp.round_trip("before\n").unwrap();
+    let probe = Probe::start(&bed.fabric.peer, echo()).unwrap();
+
+    let (mut timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let saved = saved
+        .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()))
+        .expect("saved");
+    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved.interface);
+    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
+    std::thread::sleep(Duration::from_millis(500));
+    let report = probe.stop();
+    println!("{}", timeline.table());
+    let downtime = timeline
+        .qemu
+        .as_ref()
+        .and_then(|q| q.downtime_ms)
+        .expect("QEMU's downtime");
+    let (gap_at, _) = report.longest_gap();
+    println!(
+        "peer's probe with a standby: max gap {} ms from {gap_at} ms (QEMU downtime {downtime} ms), {} of {} lost; VF absent {} ms",
+        report.max_gap.as_millis(),
+        report.lost(),
+        report.sent,
+        timeline.between(Phase::UnplugRequested, Phase::Restored).unwrap_or(0)
+    );
+
+    // The standby took over before the unplug and gave everything back after the restore.
+    assert!(order(&timeline, Phase::StandbyActive) < order(&timeline, Phase::UnplugRequested));
+    assert!(order(&timeline, Phase::Restored) < order(&timeline, Phase::StandbyReleased));
+    assert!(
+        restored.failed.is_empty() && restored.mismatches.is_empty(),
+        "{restored:?}"
+    );
+    assert_eq!(restored.standby_released.as_deref(), Some("sb0"));
+    assert!(
+        report.max_gap.as_millis() as u64 <= downtime + 100,
+        "the peer lost the guest for {} ms, more than the migration's own {downtime} ms + 100 ms",
+        report.max_gap.as_millis()
+    );
+    tcp.round_trip("after\n").unwrap();
+    let mut shell = bed.destination.shell(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        shell.ok(NETWORK).await.unwrap(),
+        before,
+        "the network is back on the new VF"
+    );
+    let standby = shell.ok("ip -o addr show dev sb0 scope global").await.unwrap();
+    assert_eq!(standby.trim(), "", "the standby still carries addresses");
+}

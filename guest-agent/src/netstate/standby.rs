@@ -163,25 +163,37 @@ pub async fn choose(
     }
 }
 
-/// Moves the saved state onto the standby: addresses added, routes replaced onto it,
-/// neighbours added, addresses announced with its MAC.
-pub async fn move_to(handle: &Handle, saved: &SavedState, standby: &Standby) -> Result<RestoreReport, NetstateError> {
+/// Moves the saved state from the VF (link `vf`) onto the standby: addresses added, routes
+/// replaced onto it, neighbours added, addresses announced with its MAC — and only then the
+/// addresses taken off the VF. Until then the VF still answers; after, the kernel's prefix
+/// routes through the VF are gone with them, so replies leave through the standby too
+/// (measured: left on the VF, they went into the VF as its driver was being removed, and the
+/// peer saw 86 ms of silence).
+pub async fn move_to(
+    handle: &Handle,
+    saved: &SavedState,
+    vf: u32,
+    standby: &Standby,
+) -> Result<RestoreReport, NetstateError> {
     let opts = RestoreOptions {
         keep_link: true,
         announce: true,
         ..RestoreOptions::default()
     };
-    restore(handle, saved, standby.index, opts).await
+    let mut report = restore(handle, saved, standby.index, opts).await?;
+    if report.failed.is_empty() {
+        report.failed = remove_addresses(handle, saved, vf, "the VF").await?;
+    }
+    Ok(report)
 }
 
-/// Removes from the standby what [`move_to`] put there (its routes have already moved back
-/// with the restore onto the fresh VF): the saved addresses, and the saved permanent
-/// neighbours. Returns the items it could not remove.
-pub async fn clear(handle: &Handle, saved: &SavedState, standby: &Standby) -> Result<Vec<String>, NetstateError> {
-    let netlink = |what: &str| {
-        let what = what.to_owned();
-        move |source| NetstateError::Netlink { what, source }
-    };
+/// Removes the saved addresses from link `index`; returns those it could not remove.
+async fn remove_addresses(
+    handle: &Handle,
+    saved: &SavedState,
+    index: u32,
+    name: &str,
+) -> Result<Vec<String>, NetstateError> {
     let want: Vec<(IpAddr, u8)> = saved
         .interface
         .addresses
@@ -191,11 +203,14 @@ pub async fn clear(handle: &Handle, saved: &SavedState, standby: &Standby) -> Re
     let addresses: Vec<AddressMessage> = handle
         .address()
         .get()
-        .set_link_index_filter(standby.index)
+        .set_link_index_filter(index)
         .execute()
         .try_collect()
         .await
-        .map_err(netlink("listing the standby's addresses"))?;
+        .map_err(|source| NetstateError::Netlink {
+            what: format!("listing the addresses of {name}"),
+            source,
+        })?;
     let mut failed = Vec::new();
     for msg in addresses {
         let address = msg.attributes.iter().find_map(|a| match a {
@@ -206,9 +221,17 @@ pub async fn clear(handle: &Handle, saved: &SavedState, standby: &Standby) -> Re
             continue;
         };
         if let Err(e) = handle.address().del(msg).execute().await {
-            failed.push(format!("address {address} on {}: {e}", standby.name));
+            failed.push(format!("address {address} on {name}: {e}"));
         }
     }
+    Ok(failed)
+}
+
+/// Removes from the standby what [`move_to`] put there (its routes have already moved back
+/// with the restore onto the fresh VF): the saved addresses, and the saved permanent
+/// neighbours. Returns the items it could not remove.
+pub async fn clear(handle: &Handle, saved: &SavedState, standby: &Standby) -> Result<Vec<String>, NetstateError> {
+    let mut failed = remove_addresses(handle, saved, standby.index, &standby.name).await?;
     let permanent: Vec<IpAddr> = saved
         .interface
         .neighbours
@@ -222,7 +245,10 @@ pub async fn clear(handle: &Handle, saved: &SavedState, standby: &Standby) -> Re
         .execute()
         .try_collect()
         .await
-        .map_err(netlink("listing neighbours"))?;
+        .map_err(|source| NetstateError::Netlink {
+            what: "listing neighbours".into(),
+            source,
+        })?;
     for msg in neighbours.into_iter().filter(|n| n.header.ifindex == standby.index) {
         let address = msg.attributes.iter().find_map(|a| match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),

@@ -689,9 +689,16 @@ async fn save_and_unplug(
     run.record(Phase::UnplugRequested, None, format!("device_del {}", plan.vf_id));
     let deleted = device_deleted(&plan.vf_id);
     let unplugged = tokio::select! {
-        done = wait_event(&mut events, &deleted, plan.deadlines.unplug) => done,
-        remaining = leak() => {
+        done = wait_event(&mut events, &deleted, plan.deadlines.unplug) => Ok(done),
+        remaining = leak() => Err(remaining),
+    };
+    let unplugged = match unplugged {
+        Ok(done) => done,
+        Err(remaining) => {
             abort(src, params).await;
+            if plugged_mac(src, &plan.vf_id).await.is_ok() {
+                keep_vf(channel, plan, &saved.interface, mac).await;
+            }
             return Err(MigrateError::HoldLeaked { remaining });
         }
     };
@@ -703,6 +710,23 @@ async fn save_and_unplug(
     let info = query(src).await?;
     run.record(Phase::Unplugged, Some(&info), "DEVICE_DELETED");
     Ok(saved_ref)
+}
+
+/// The guest saved its state (and may have moved the VF's addresses to a standby), but the VF
+/// stays where it is: have the guest restore onto it, which moves them back. When nothing had
+/// moved this changes nothing (restore applies only what differs).
+async fn keep_vf(channel: &mut GuestChannel, plan: &Plan, saved: &str, mac: MacAddr) {
+    let restore = HostMessage::Restore(Restore {
+        saved: saved.to_owned(),
+        onto: InterfaceSelector {
+            mac: Some(mac),
+            ..Default::default()
+        },
+        restore_mac: false,
+    });
+    if let Err(e) = ask(channel, restore, plan.deadlines.restore).await {
+        tracing::error!(error = %e, "the guest did not take its addresses back onto the VF");
+    }
 }
 
 /// The unplug missed its deadline and the migration was cancelled. A `device_del` cannot be
@@ -719,6 +743,9 @@ async fn unplug_missed(
 ) -> MigrateError {
     let after = plan.deadlines.unplug;
     if !late {
+        if let (Some(channel), Some(saved)) = (channel, saved) {
+            keep_vf(channel, plan, saved, mac).await;
+        }
         let outcome = "the VF is still plugged (the guest may yet act on the eject request)".to_string();
         return MigrateError::UnplugTimeout { after, outcome };
     }
@@ -937,6 +964,9 @@ async fn resume(
             }
             if let Some((channel, _)) = channel.as_mut() {
                 stop_dma_tracking(channel, plan.deadlines.prepare).await;
+                if let Some(saved) = &saved {
+                    keep_vf(channel, plan, &saved.interface, mac).await;
+                }
             }
             run.close_journal();
             if action == Resume::Restart {

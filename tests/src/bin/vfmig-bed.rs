@@ -51,6 +51,7 @@ fn demo() -> Result<ExitCode, String> {
         incoming,
         hook: true,
         iommu: false,
+        standby: false,
     };
     println!("booting the guest on the source QEMU (TCG) ...");
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).map_err(|e| e.to_string())?;
