@@ -387,3 +387,36 @@ async fn a_named_standby_that_is_missing_or_down_is_refused_and_auto_goes_withou
     assert_eq!(s.standby, None);
     std::fs::remove_dir_all(store).unwrap();
 }
+
+/// A VF enslaved to a master (a bond, team or net_failover master does its own failover; a
+/// bridge stands in for them here, as this kernel has no bonding) is left alone: the state is
+/// saved, nothing moves to the standby, and the standby keeps nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn a_vf_enslaved_to_a_master_is_left_alone() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    ip_batch(
+        "link add sb0 address 02:00:00:00:5b:01 type veth peer name sb0p\nlink set sb0p up\nlink set sb0 up\n\
+         link add br0 type bridge\nlink set br0 up\nlink set vfa0 master br0\n",
+    )
+    .unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-enslaved-{}", std::process::id()));
+    let mut host = start_agent_with(&handle, &store, StandbyConfig::Named("sb0".into())).await;
+    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
+        interface: InterfaceSelector {
+            name: Some("vfa0".into()),
+            ..Default::default()
+        },
+        deadline_ms: 5000,
+        standby: StandbyRequest::Auto,
+    }))
+    .await;
+    let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
+        panic!("not saved")
+    };
+    assert_eq!(s.standby, None, "moved off a VF its master fails over");
+    let standby = capture(&handle, "sb0").await.unwrap().state;
+    assert!(standby.addresses.is_empty() && standby.routes.is_empty(), "{standby:?}");
+    std::fs::remove_dir_all(store).unwrap();
+}
