@@ -37,6 +37,7 @@ fn config(side: usize, mac: &str, incoming: bool) -> VmConfig {
         hook: true,
         iommu: false,
         standby: false,
+        failover: false,
     }
 }
 

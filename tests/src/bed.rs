@@ -50,21 +50,26 @@ impl Bed {
     /// `agent: false` boots guests whose agent never answers; `hook: false` guests without
     /// the DMA hook's module.
     pub async fn start(agent: bool, hook: bool) -> Self {
-        Self::build(agent, hook, false).await
+        Self::build(agent, hook, false, false).await
     }
 
     /// A bed whose guest also has a standby NIC (a virtio-net on the same bridge).
     pub async fn with_standby() -> Self {
-        Self::build(true, true, true).await
+        Self::build(true, true, true, false).await
     }
 
-    async fn build(agent: bool, hook: bool, standby: bool) -> Self {
+    /// A bed set up for QEMU's own virtio-net failover (the anchor vfmig must not fight).
+    pub async fn with_qemu_failover() -> Self {
+        Self::build(true, true, false, true).await
+    }
+
+    async fn build(agent: bool, hook: bool, standby: bool, failover: bool) -> Self {
         let one = exclusive();
         let image = guest_image().expect("the guest image builds");
         let fabric = Fabric::new().expect("the fabric comes up");
         for tap in ["tap-src", "tap-dst"] {
             fabric.add_tap(tap).expect("tap");
-            if standby {
+            if standby || failover {
                 fabric.add_tap(&format!("{tap}-sb")).expect("tap");
             }
         }
@@ -79,10 +84,12 @@ impl Bed {
             hook,
             iommu: false,
             standby,
+            failover,
         };
         let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).expect("source QEMU");
+        // QEMU's failover re-plugs the VF on the destination itself: it starts with it.
         let destination =
-            Vm::start(image, &dir.0, &vm("destination", "tap-dst", false, true)).expect("destination QEMU");
+            Vm::start(image, &dir.0, &vm("destination", "tap-dst", failover, true)).expect("destination QEMU");
         let src = source.qmp().await.unwrap_or_else(|e| panic!("{e}"));
         let dst = destination.qmp().await.unwrap_or_else(|e| panic!("{e}"));
         let uri = format!("unix:{}", dir.0.join("migration.sock").display());

@@ -58,6 +58,7 @@ impl HookGuest {
             hook,
             iommu,
             standby: false,
+            failover: false,
         };
         let vm = Vm::start(image, &dir.0, &config).map_err(|e| e.to_string())?;
         wait_answering(&fabric.peer, Self::echo(), Duration::from_secs(90))?;

@@ -28,9 +28,10 @@ pub const HOST_QMP: &str = "host-qmp.sock";
 /// The VF's device id in QEMU.
 pub const VF_ID: &str = "vf";
 
-/// The e1000e VF stand-in as a `-device` argument.
-fn vf_device_arg(id: &str, mac: &str) -> String {
-    format!("e1000e,netdev=vf0,id={id},bus=rp1,romfile=,mac={mac},failover_pair_id=vfmig")
+/// The e1000e VF stand-in as a `-device` argument; `pair` names its failover partner (a
+/// name of no device unless QEMU's own failover is set up).
+fn vf_device_arg(id: &str, mac: &str, pair: &str) -> String {
+    format!("e1000e,netdev=vf0,id={id},bus=rp1,romfile=,mac={mac},failover_pair_id={pair}")
 }
 
 /// The same device as `device_add` arguments, for hot-plugging a fresh VF of model `driver`
@@ -70,6 +71,10 @@ pub struct VmConfig {
     /// Give the guest a standby NIC: a virtio-net on the same bridge (tap `<tap>-sb`), with a
     /// MAC of its own, on source and destination alike (it migrates with the VM).
     pub standby: bool,
+    /// QEMU's own failover instead: the standby virtio-net has `failover=on` and the VF's MAC,
+    /// the VF is its primary, and the guest's net_failover bonds the two. The destination
+    /// starts with the VF too (QEMU keeps it hidden until the guest negotiates failover).
+    pub failover: bool,
 }
 
 /// The standby virtio-net's MAC (another than the VF's, as vfmig allows).
@@ -139,9 +144,10 @@ impl Vm {
         .arg("-append")
         .arg(format!(
             "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
-             vfmig.agent={} vfmig.hook={}{}",
+             vfmig.agent={} vfmig.hook={} vfmig.failover={}{}",
             if config.agent { "on" } else { "off" },
             if config.hook { "on" } else { "absent" },
+            if config.failover { "on" } else { "off" },
             if config.iommu { " intel_iommu=on" } else { "" }
         ))
         .arg("-serial")
@@ -170,16 +176,22 @@ impl Vm {
         if let Some(tap) = &config.tap {
             cmd.arg("-netdev")
                 .arg(format!("tap,id=vf0,ifname={tap},script=no,downscript=no"));
-            if config.nic {
-                cmd.arg("-device").arg(vf_device_arg(VF_ID, &config.mac));
-            }
-            if config.standby {
+            if config.standby || config.failover {
+                let (mac, failover) = if config.failover {
+                    (config.mac.as_str(), ",failover=on")
+                } else {
+                    (STANDBY_MAC, "")
+                };
                 cmd.arg("-netdev")
                     .arg(format!("tap,id=sb0,ifname={tap}-sb,script=no,downscript=no"))
                     .arg("-device")
                     .arg(format!(
-                        "virtio-net-pci,netdev=sb0,id=standby,romfile=,mac={STANDBY_MAC}"
+                        "virtio-net-pci,netdev=sb0,id=standby,romfile=,mac={mac}{failover}"
                     ));
+            }
+            if config.nic {
+                let pair = if config.failover { "standby" } else { "vfmig" };
+                cmd.arg("-device").arg(vf_device_arg(VF_ID, &config.mac, pair));
             }
         }
         if config.incoming {

@@ -33,6 +33,7 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
         hook: true,
         iommu: false,
         standby: false,
+        failover: false,
     }
 }
 

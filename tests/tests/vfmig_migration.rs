@@ -581,3 +581,53 @@ async fn a_standby_nic_carries_the_guest_through_the_vf_gap() {
     let standby = shell.ok("ip -o addr show dev sb0 scope global").await.unwrap();
     assert_eq!(standby.trim(), "", "the standby still carries addresses");
 }
+
+/// A guest whose VF is the primary of QEMU's own virtio-net failover pair (net_failover bonds
+/// the two in the guest) is left to it: vfmig neither tracks, holds nor unplugs, QEMU unplugs
+/// and re-plugs the VF, and the guest keeps its network on the failover master.
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_with_qemus_failover_pair_is_left_to_it_and_migrates() {
+    let bed = Bed::with_qemu_failover().await;
+    bed.wait_booted();
+    let before = {
+        let mut shell = bed.source.shell(Duration::from_secs(20)).await.unwrap();
+        shell.ok(NETWORK).await.unwrap()
+    };
+    assert!(before.contains("198.18.0.10/24"), "{before}");
+    let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
+    tcp.round_trip("before\n").unwrap();
+
+    let (timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let saved = saved.unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
+    println!("{}", timeline.table());
+    assert!(saved.is_none(), "vfmig saved state it should have left to net_failover");
+    assert!(timeline.step(Phase::QemuFailover).is_some());
+    for phase in [
+        Phase::HookEnabled,
+        Phase::Held,
+        Phase::StateSaved,
+        Phase::UnplugRequested,
+    ] {
+        assert!(timeline.step(phase).is_none(), "vfmig did {phase:?}");
+    }
+    assert_eq!(timeline.qemu.as_ref().unwrap().status.as_deref(), Some("completed"));
+
+    // QEMU plugs the VF back on the destination by itself.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while bed
+        .dst
+        .query::<String>(
+            "qom-get",
+            Some(json!({ "path": format!("/machine/peripheral/{VF_ID}"), "property": "mac" })),
+        )
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < until, "QEMU did not re-plug the VF");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tcp.round_trip("after\n").unwrap();
+    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
+    let mut shell = bed.destination.shell(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(shell.ok(NETWORK).await.unwrap(), before);
+}

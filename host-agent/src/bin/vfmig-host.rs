@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 use vfmig_host::migration::journal::default_path as default_journal;
 use vfmig_host::migration::{
-    migrate_source, migration_done, plug_destination, Deadlines, Fallback, MigrateError, Plan, PlugSpec, Saved, Step,
-    Timeline,
+    migrate_source, migration_done, plug_destination, Deadlines, Fallback, MigrateError, Phase, Plan, PlugSpec, Saved,
+    Step, Timeline,
 };
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::{Qmp, QmpError};
@@ -297,6 +297,10 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     let Some(saved) = saved else {
         report(&timeline, args.json.as_ref())?;
         migration_done(&plan)?;
+        if timeline.step(Phase::QemuFailover).is_some() {
+            println!("QEMU's failover re-plugs the VF on the destination; nothing for vfmig to restore");
+            return Ok(ExitCode::SUCCESS);
+        }
         eprintln!("vfmig-host: migrated without the guest agent; no state to restore on the destination");
         return Ok(ExitCode::from(1));
     };

@@ -485,6 +485,10 @@ async fn fresh(src: &Qmp, agent: &Path, plan: &Plan, run: &mut Run<'_>) -> Resul
         run.journal = Some((path.clone(), journal));
     }
 
+    if let Some(standby) = qemu_failover_pair(src, &plan.vf_id).await {
+        return with_qemu_failover(src, plan, &standby, run).await.map(|()| None);
+    }
+
     let (mut channel, guest) = match session(agent, plan.deadlines.agent).await {
         Ok((channel, guest)) => {
             run.record(Phase::Negotiated, None, guest.agent.clone());
@@ -808,6 +812,80 @@ async fn finish(
         interface: s.interface,
         digest: s.digest,
     }))
+}
+
+/// The virtio-net the VF is paired with for QEMU's own failover, if that is set up: the VF's
+/// `failover_pair_id` names a device whose `failover` is on. (vfmig's own set-up also sets
+/// `failover_pair_id`, to a name of no device, because QEMU allows `device_del` during a
+/// migration only then.)
+async fn qemu_failover_pair(src: &Qmp, vf_id: &str) -> Option<String> {
+    let get = |path: String, property: &str| {
+        src.query::<Value>("qom-get", Some(json!({ "path": path, "property": property })))
+    };
+    let pair = get(format!("/machine/peripheral/{vf_id}"), "failover_pair_id")
+        .await
+        .ok()?;
+    let pair = pair.as_str().filter(|p| !p.is_empty())?.to_owned();
+    let on = get(format!("/machine/peripheral/{pair}"), "failover").await.ok()?;
+    (on == Value::Bool(true)).then_some(pair)
+}
+
+/// A guest whose VF and virtio-net QEMU pairs for its own failover is left to it: QEMU unplugs
+/// the VF at migration set-up and waits for the guest (`wait-unplug`), the guest's net_failover
+/// moves traffic to the virtio-net, and the destination re-plugs the VF itself. vfmig adds the
+/// deadline QEMU lacks: a guest that never releases the VF cancels the migration instead of
+/// stalling it.
+async fn with_qemu_failover(src: &Qmp, plan: &Plan, standby: &str, run: &mut Run<'_>) -> Result<(), MigrateError> {
+    let detail = format!(
+        "VF {} is the primary of QEMU's failover pair with {standby}: QEMU and the guest's net_failover move it",
+        plan.vf_id
+    );
+    run.record(Phase::QemuFailover, None, detail);
+    run.note(|j| j.migrate_issued = true);
+    src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
+    run.record(Phase::PrecopyStarted, None, "QEMU unplugs the VF first");
+    let until = Instant::now() + plan.deadlines.completion;
+    let mut waiting_since: Option<Instant> = None;
+    let info = loop {
+        let info = query(src).await?;
+        if info.is_finished() {
+            break info;
+        }
+        if let (Some(since), false) = (waiting_since, info.status.as_deref() == Some("wait-unplug")) {
+            waiting_since = None;
+            let detail = format!(
+                "the guest released the VF after {} ms in wait-unplug",
+                since.elapsed().as_millis()
+            );
+            run.record(Phase::Unplugged, Some(&info), detail);
+        }
+        if info.status.as_deref() == Some("wait-unplug") {
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > plan.deadlines.unplug {
+                src.execute("migrate_cancel", None).await?;
+                let outcome = "QEMU's failover waited for the guest to release the VF; migration cancelled".into();
+                return Err(MigrateError::UnplugTimeout {
+                    after: plan.deadlines.unplug,
+                    outcome,
+                });
+            }
+        }
+        if Instant::now() > until {
+            return Err(MigrateError::CompletionTimeout(plan.deadlines.completion));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    run.timeline.qemu = Some(figures(&info));
+    let status = info.status.clone().unwrap_or_default();
+    if status != "completed" {
+        return Err(MigrateError::EndedBeforeHold { status });
+    }
+    run.record(
+        Phase::Completed,
+        Some(&info),
+        "QEMU switched over; it re-plugs the VF on the destination",
+    );
+    Ok(())
 }
 
 /// The upstream behaviour, as a fallback: unplug first, then migrate without saving state.

@@ -39,6 +39,9 @@ pub enum Phase {
     /// The VF cannot stay through pre-copy (guest agent or DMA hook unusable): it is unplugged
     /// before pre-copy instead.
     Fallback,
+    /// The VF is the primary of QEMU's own virtio-net failover pair, which the guest's
+    /// net_failover bonds: QEMU unplugs and re-plugs it, vfmig only migrates, within deadlines.
+    QemuFailover,
     /// A fresh VF was hot-plugged on the destination.
     Plugged,
     /// The restore went unanswered (the agent may have restarted) and was sent again in a new

@@ -52,6 +52,7 @@ fn demo() -> Result<ExitCode, String> {
         hook: true,
         iommu: false,
         standby: false,
+        failover: false,
     };
     println!("booting the guest on the source QEMU (TCG) ...");
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).map_err(|e| e.to_string())?;
