@@ -28,7 +28,7 @@ pub struct Captured {
     pub skipped: Vec<String>,
 }
 
-fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetstateError {
+pub(super) fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetstateError {
     let what = what.into();
     move |source| NetstateError::Netlink { what, source }
 }

@@ -22,6 +22,7 @@ use rtnetlink::Handle;
 use vfmig_protocol::message::StandbyRequest;
 use vfmig_protocol::netstate::SavedState;
 
+use super::capture::netlink;
 use super::restore::{restore, RestoreOptions, RestoreReport};
 use super::{find_link, sysfs, NetstateError};
 
@@ -83,17 +84,13 @@ fn link(msg: &LinkMessage) -> Link {
 }
 
 async fn links(handle: &Handle) -> Result<Vec<Link>, NetstateError> {
-    let msgs: Vec<LinkMessage> =
-        handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetstateError::Netlink {
-                what: "listing links".into(),
-                source,
-            })?;
+    let msgs: Vec<LinkMessage> = handle
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(netlink("listing links"))?;
     Ok(msgs.iter().map(link).collect())
 }
 
@@ -207,10 +204,7 @@ async fn remove_addresses(
         .execute()
         .try_collect()
         .await
-        .map_err(|source| NetstateError::Netlink {
-            what: format!("listing the addresses of {name}"),
-            source,
-        })?;
+        .map_err(netlink(format!("listing the addresses of {name}")))?;
     let mut failed = Vec::new();
     for msg in addresses {
         let address = msg.attributes.iter().find_map(|a| match a {
@@ -245,10 +239,7 @@ pub async fn clear(handle: &Handle, saved: &SavedState, standby: &Standby) -> Re
         .execute()
         .try_collect()
         .await
-        .map_err(|source| NetstateError::Netlink {
-            what: "listing neighbours".into(),
-            source,
-        })?;
+        .map_err(netlink("listing neighbours"))?;
     for msg in neighbours.into_iter().filter(|n| n.header.ifindex == standby.index) {
         let address = msg.attributes.iter().find_map(|a| match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),

@@ -720,6 +720,19 @@ async fn save_and_unplug(
 /// stays where it is: have the guest restore onto it, which moves them back. When nothing had
 /// moved this changes nothing (restore applies only what differs).
 async fn keep_vf(channel: &mut GuestChannel, plan: &Plan, saved: &str, mac: MacAddr) {
+    if let Err(e) = restore_onto_vf(channel, plan, saved, mac).await {
+        tracing::error!(error = %e, "the guest did not take its addresses back onto the VF");
+    }
+}
+
+/// Has the guest restore the state saved under `saved` onto the VF with `mac` (its own MAC:
+/// the VF on the source).
+async fn restore_onto_vf(
+    channel: &mut GuestChannel,
+    plan: &Plan,
+    saved: &str,
+    mac: MacAddr,
+) -> Result<(), ChannelError> {
     let restore = HostMessage::Restore(Restore {
         saved: saved.to_owned(),
         onto: InterfaceSelector {
@@ -728,9 +741,7 @@ async fn keep_vf(channel: &mut GuestChannel, plan: &Plan, saved: &str, mac: MacA
         },
         restore_mac: false,
     });
-    if let Err(e) = ask(channel, restore, plan.deadlines.restore).await {
-        tracing::error!(error = %e, "the guest did not take its addresses back onto the VF");
-    }
+    ask(channel, restore, plan.deadlines.restore).await.map(drop)
 }
 
 /// The unplug missed its deadline and the migration was cancelled. A `device_del` cannot be
@@ -965,17 +976,8 @@ async fn replug(
     let channel = channel.ok_or(
         "the VF is plugged back, but the guest agent is unreachable; it restores by itself onto a link with the saved MAC",
     )?;
-    let restore = HostMessage::Restore(Restore {
-        saved: saved.to_owned(),
-        onto: InterfaceSelector {
-            mac: Some(mac),
-            ..Default::default()
-        },
-        restore_mac: false,
-    });
-    ask(channel, restore, plan.deadlines.restore)
+    restore_onto_vf(channel, plan, saved, mac)
         .await
-        .map(drop)
         .map_err(|e| e.to_string())
 }
 
