@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rtnetlink::Handle;
 use vfmig_protocol::message::{
     Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, InterfaceSelector, Phase, PrepareUnplug, Restore,
-    Restored, StateSaved, Status, TrackDma, UnplugReady, MAX_FAILURES, MAX_TEXT,
+    Restored, StandbyRequest, StateSaved, Status, TrackDma, UnplugReady, MAX_FAILURES, MAX_TEXT,
 };
 use vfmig_protocol::netstate::{differences, digest, SavedState};
 use vfmig_protocol::version::{negotiate, SUPPORTED};
@@ -77,9 +77,11 @@ impl Agent {
             HostMessage::Hello(h) => vec![match negotiate(SUPPORTED, h.versions) {
                 Ok(_) => GuestMessage::Hello(Hello::ours(
                     concat!("vfmig-guestd ", env!("CARGO_PKG_VERSION")),
-                    // Read at each hello: the module may be installed or removed while we run.
+                    // Read at each hello: the module may be installed or removed, and the
+                    // standby plugged or taken down, while we run.
                     Capabilities {
                         kernel_hook: self.hook.installed(),
+                        standby: self.standby_now().await,
                         ..self.capabilities.clone()
                     },
                 )),
@@ -112,6 +114,13 @@ impl Agent {
             }
             Err(e) => error(ErrorCode::HookUnavailable, e),
         }
+    }
+
+    /// The standby the automatic choice would take now (the VF is not known yet at hello; no
+    /// link has index 0).
+    async fn standby_now(&self) -> Option<String> {
+        let choice = standby::choose(&self.handle, &StandbyRequest::Auto, &self.standby, 0).await;
+        choice.ok()?.ok().map(|s| s.name)
     }
 
     /// Names of the interfaces with a state on record.

@@ -403,6 +403,16 @@ async fn a_vf_enslaved_to_a_master_is_left_alone() {
     let handle = connect().unwrap();
     let store = std::env::temp_dir().join(format!("vfmig-session-enslaved-{}", std::process::id()));
     let mut host = start_agent_with(&handle, &store, StandbyConfig::Named("sb0".into())).await;
+    host.send(HostMessage::Hello(Hello::ours("test-host", Capabilities::default())))
+        .await;
+    let GuestMessage::Hello(hello) = host.reply().await.0.msg else {
+        panic!("no hello")
+    };
+    assert_eq!(
+        hello.capabilities.standby.as_deref(),
+        Some("sb0"),
+        "the hello names the standby"
+    );
     host.send(HostMessage::PrepareUnplug(PrepareUnplug {
         interface: InterfaceSelector {
             name: Some("vfa0".into()),

@@ -491,7 +491,8 @@ async fn fresh(src: &Qmp, agent: &Path, plan: &Plan, run: &mut Run<'_>) -> Resul
 
     let (mut channel, guest) = match session(agent, plan.deadlines.agent).await {
         Ok((channel, guest)) => {
-            run.record(Phase::Negotiated, None, guest.agent.clone());
+            let standby = guest.capabilities.standby.as_deref().unwrap_or("none");
+            run.record(Phase::Negotiated, None, format!("{}, standby {standby}", guest.agent));
             (channel, guest)
         }
         Err(e) if plan.fallback == Fallback::Refuse => {

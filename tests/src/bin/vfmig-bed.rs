@@ -1,7 +1,7 @@
 //! `vfmig-bed demo`: vfmig's main job on the local QEMU test bed. Boots a guest on a source
-//! QEMU with an e1000e VF, a destination QEMU waiting with an empty root port, and a peer host
-//! probing the guest; then runs `vfmig-host migrate` exactly as a migration hook would and
-//! reports what the peer saw. Everything it starts lives in network namespaces it makes and
+//! QEMU with an e1000e VF and a standby virtio-net, a destination QEMU waiting with an empty
+//! root port, and a peer host probing the guest; then runs `vfmig-host migrate` exactly as a
+//! migration hook would and reports what the peer saw. Everything it starts lives in network namespaces it makes and
 //! is killed when it ends.
 
 use std::net::SocketAddr;
@@ -38,7 +38,8 @@ fn demo() -> Result<ExitCode, String> {
         .with_file_name("vfmig-host");
     let image = guest_image()?;
     let fabric = Fabric::new().map_err(|e| e.to_string())?;
-    for tap in ["tap-src", "tap-dst"] {
+    // Each host has the VF's tap and the standby virtio-net's.
+    for tap in ["tap-src", "tap-dst", "tap-src-sb", "tap-dst-sb"] {
         fabric.add_tap(tap).map_err(|e| e.to_string())?;
     }
     let dir = ScratchDir::new("demo").map_err(|e| e.to_string())?;
@@ -51,7 +52,7 @@ fn demo() -> Result<ExitCode, String> {
         incoming,
         hook: true,
         iommu: false,
-        standby: false,
+        standby: true,
         failover: false,
     };
     println!("booting the guest on the source QEMU (TCG) ...");
