@@ -63,16 +63,21 @@ pub async fn capture_index(handle: &Handle, index: u32) -> Result<Captured, Nets
     capture_link(handle, link).await
 }
 
-/// The index of the one link that matches every field `selector` sets (name, MAC, PCI
-/// address). No match and several matches are both errors: the host must name one link.
-pub async fn find_link(handle: &Handle, selector: &InterfaceSelector) -> Result<u32, NetstateError> {
-    let links: Vec<LinkMessage> = handle
+/// Every link in the namespace.
+pub(super) async fn all_links(handle: &Handle) -> Result<Vec<LinkMessage>, NetstateError> {
+    handle
         .link()
         .get()
         .execute()
         .try_collect()
         .await
-        .map_err(netlink("listing links"))?;
+        .map_err(netlink("listing links"))
+}
+
+/// The index of the one link that matches every field `selector` sets (name, MAC, PCI
+/// address). No match and several matches are both errors: the host must name one link.
+pub async fn find_link(handle: &Handle, selector: &InterfaceSelector) -> Result<u32, NetstateError> {
+    let links = all_links(handle).await?;
     let mut found = Vec::new();
     for link in &links {
         let (mut name, mut mac) = (None, None);

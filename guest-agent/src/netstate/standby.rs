@@ -22,7 +22,7 @@ use rtnetlink::Handle;
 use vfmig_protocol::message::StandbyRequest;
 use vfmig_protocol::netstate::SavedState;
 
-use super::capture::netlink;
+use super::capture::{all_links, netlink};
 use super::restore::{restore, RestoreOptions, RestoreReport};
 use super::{find_link, sysfs, NetstateError};
 
@@ -84,14 +84,7 @@ fn link(msg: &LinkMessage) -> Link {
 }
 
 async fn links(handle: &Handle) -> Result<Vec<Link>, NetstateError> {
-    let msgs: Vec<LinkMessage> = handle
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(netlink("listing links"))?;
-    Ok(msgs.iter().map(link).collect())
+    Ok(all_links(handle).await?.iter().map(link).collect())
 }
 
 fn unusable(why: String) -> NetstateError {

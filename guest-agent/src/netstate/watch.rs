@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use futures::channel::mpsc::UnboundedReceiver;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -11,6 +11,7 @@ use rtnetlink::sys::SocketAddr;
 use rtnetlink::MulticastGroup;
 use vfmig_protocol::MacAddr;
 
+use super::capture::all_links;
 use super::NetstateError;
 
 /// A link that was not there before: its index and Ethernet address.
@@ -40,17 +41,7 @@ pub async fn new_links() -> Result<impl Stream<Item = NewLink>, NetstateError> {
         UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
     ) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(NetstateError::Socket)?;
     tokio::spawn(conn);
-    let present: Vec<LinkMessage> =
-        handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|source| NetstateError::Netlink {
-                what: "listing links".into(),
-                source,
-            })?;
+    let present = all_links(&handle).await?;
     let mut seen: HashSet<u32> = present.iter().map(|l| l.header.index).collect();
     Ok(messages.filter_map(move |(msg, _)| {
         let new = match msg.payload {
