@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use vfmig_host::migration::journal::{default_path, Journal, JournalError, OriginalParams, SavedRef};
+use vfmig_host::migration::journal::{default_path, Journal, JournalError, OriginalParams, Saved};
 
 fn dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -29,7 +29,7 @@ fn journal() -> Journal {
     );
     j.hooked = true;
     j.migrate_issued = true;
-    j.saved = Some(SavedRef {
+    j.saved = Some(Saved {
         interface: "eth0".into(),
         digest: "sha256:5b130890d642".into(),
     });

@@ -54,9 +54,10 @@ pub struct OriginalParams {
     pub downtime_limit: u64,
 }
 
-/// Where the guest saved the VF's state.
+/// Where the guest saved the VF's state: what the source side hands to the destination side,
+/// and what the journal keeps for a run that takes over.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedRef {
+pub struct Saved {
     pub interface: String,
     pub digest: String,
 }
@@ -75,7 +76,7 @@ pub struct Journal {
     pub migrate_issued: bool,
     /// `device_del` was (or was about to be) issued for the VF.
     pub unplug_requested: bool,
-    pub saved: Option<SavedRef>,
+    pub saved: Option<Saved>,
     /// The last phase reached, for messages.
     pub phase: Option<Phase>,
 }

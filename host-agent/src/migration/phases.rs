@@ -44,7 +44,7 @@ use vfmig_protocol::message::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::journal::{Journal, JournalError, OriginalParams, SavedRef};
+use super::journal::{Journal, JournalError, OriginalParams, Saved};
 use super::resume::{decide, Facts, Resume};
 use super::timeline::{Phase, QemuFigures, Step, Timeline};
 use crate::channel::{ChannelError, GuestChannel};
@@ -202,13 +202,6 @@ impl MigrateError {
                 | Self::HookLost(_)
         )
     }
-}
-
-/// What the source side hands to the destination side.
-#[derive(Clone, Debug)]
-pub struct Saved {
-    pub interface: String,
-    pub digest: String,
 }
 
 /// How the host agent names itself in its hello.
@@ -576,16 +569,20 @@ async fn start_precopy(
         Some(json!({ "downtime-limit": HOLD_DOWNTIME_MS })),
     )
     .await?;
-    run.note(|j| j.migrate_issued = true);
-    if let Err(e) = src.execute("migrate", Some(json!({ "uri": plan.uri }))).await {
+    let detail = format!("VF {} ({mac}) still plugged", plan.vf_id);
+    if let Err(e) = start_migration(src, plan, detail, run).await {
         abort(src, params).await;
         return Err(e.into());
     }
-    run.record(
-        Phase::PrecopyStarted,
-        None,
-        format!("VF {} ({mac}) still plugged", plan.vf_id),
-    );
+    Ok(())
+}
+
+/// Issues `migrate` — journalled first, so a run that takes over knows it may be running —
+/// and records the start of pre-copy.
+async fn start_migration(src: &Qmp, plan: &Plan, detail: impl Into<String>, run: &mut Run<'_>) -> Result<(), QmpError> {
+    run.note(|j| j.migrate_issued = true);
+    src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
+    run.record(Phase::PrecopyStarted, None, detail);
     Ok(())
 }
 
@@ -627,7 +624,7 @@ async fn save_and_unplug(
     params: &OriginalParams,
     hooked: bool,
     run: &mut Run<'_>,
-) -> Result<SavedRef, MigrateError> {
+) -> Result<Saved, MigrateError> {
     // Only a held pre-copy can leak; without one, this never fires.
     let leak = || async {
         if hooked {
@@ -665,7 +662,7 @@ async fn save_and_unplug(
         abort(src, params).await;
         return Err(MigrateError::PrepareFailed(ChannelError::Closed));
     };
-    let saved_ref = SavedRef {
+    let saved_ref = Saved {
         interface: saved.interface.clone(),
         digest: saved.digest.clone(),
     };
@@ -792,7 +789,7 @@ async fn finish(
     mac: MacAddr,
     params: &OriginalParams,
     (hooked, start): (bool, bool),
-    saved: Option<SavedRef>,
+    saved: Option<Saved>,
     run: &mut Run<'_>,
 ) -> Result<Option<Saved>, MigrateError> {
     if hooked {
@@ -806,9 +803,7 @@ async fn finish(
         run.record(Phase::Released, None, "original max-bandwidth and downtime-limit");
     }
     if start {
-        run.note(|j| j.migrate_issued = true);
-        src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
-        run.record(Phase::PrecopyStarted, None, "without the VF");
+        start_migration(src, plan, "without the VF", run).await?;
     }
 
     let info = wait_end(src, plan.deadlines.completion).await?;
@@ -820,10 +815,7 @@ async fn finish(
         return Err(roll_back(src, channel, plan, name, mac, status, reason, run).await);
     }
     run.record(Phase::Completed, Some(&info), "QEMU switched over");
-    Ok(saved.map(|s| Saved {
-        interface: s.interface,
-        digest: s.digest,
-    }))
+    Ok(saved)
 }
 
 /// The virtio-net the VF is paired with for QEMU's own failover, if that is set up: the VF's
@@ -853,9 +845,7 @@ async fn with_qemu_failover(src: &Qmp, plan: &Plan, standby: &str, run: &mut Run
         plan.vf_id
     );
     run.record(Phase::QemuFailover, None, detail);
-    run.note(|j| j.migrate_issued = true);
-    src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
-    run.record(Phase::PrecopyStarted, None, "QEMU unplugs the VF first");
+    start_migration(src, plan, "QEMU unplugs the VF first", run).await?;
     let until = Instant::now() + plan.deadlines.completion;
     let mut waiting_since: Option<Instant> = None;
     let info = loop {
@@ -916,9 +906,7 @@ async fn unplug_first(src: &Qmp, plan: &Plan, why: ChannelError, run: &mut Run<'
     run.record(Phase::Unplugged, None, "DEVICE_DELETED, before pre-copy");
     let detail = format!("guest agent unusable ({why}): VF unplugged before pre-copy, state not saved");
     run.record(Phase::Fallback, None, detail);
-    run.note(|j| j.migrate_issued = true);
-    src.execute("migrate", Some(json!({ "uri": plan.uri }))).await?;
-    run.record(Phase::PrecopyStarted, None, "without the VF");
+    start_migration(src, plan, "without the VF", run).await?;
     let info = wait_end(src, plan.deadlines.completion).await?;
     run.timeline.qemu = Some(figures(&info));
     run.record(Phase::Completed, Some(&info), info.status.clone().unwrap_or_default());
@@ -1033,10 +1021,7 @@ async fn resume(
         reason: "vfmig-host was interrupted; the VM stays on the source with its VF".into(),
     };
     let outcome = match action {
-        Resume::Done => Ok(saved.map(|s| Saved {
-            interface: s.interface,
-            digest: s.digest,
-        })),
+        Resume::Done => Ok(saved),
         Resume::Restart | Resume::Settle => {
             if action == Resume::Settle && !info.is_finished() {
                 abort(src, &params).await;

@@ -63,7 +63,7 @@ pub fn decide(journal: &Journal, facts: &Facts) -> Resume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::migration::journal::{OriginalParams, SavedRef};
+    use crate::migration::journal::{OriginalParams, Saved};
 
     fn journal(hooked: bool, migrate_issued: bool, unplug_requested: bool, saved: bool) -> Journal {
         let mut j = Journal::new(
@@ -78,7 +78,7 @@ mod tests {
         j.hooked = hooked;
         j.migrate_issued = migrate_issued;
         j.unplug_requested = unplug_requested;
-        j.saved = saved.then(|| SavedRef {
+        j.saved = saved.then(|| Saved {
             interface: "eth0".into(),
             digest: "sha256:00".into(),
         });
