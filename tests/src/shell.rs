@@ -21,6 +21,11 @@ pub struct GuestShell {
 
 impl GuestShell {
     /// Connects and waits, within `deadline`, until the guest answers.
+    ///
+    /// The guest may hold on to what was written before it opened its side and answer it
+    /// later, or drop it: each try is an `echo` of a marker of its own, and only the newest
+    /// marker counts, so answers to earlier tries are read past and never taken for the
+    /// answer to a later command.
     pub async fn connect(path: &Path, deadline: Duration) -> Result<Self, String> {
         let stream = UnixStream::connect(path)
             .await
@@ -29,13 +34,48 @@ impl GuestShell {
             stream: BufReader::new(stream),
         };
         let until = Instant::now() + deadline;
+        let mut wait = Duration::from_millis(100);
+        let mut attempt = 0u32;
         loop {
-            match shell.run("true", Duration::from_secs(1)).await {
-                Ok(_) => return Ok(shell),
-                Err(e) if Instant::now() > until => return Err(format!("the guest shell never answered: {e}")),
+            attempt += 1;
+            let marker = format!("vfmig-sync-{attempt}");
+            match shell.run(&format!("echo {marker}"), wait).await {
+                Ok((0, out)) if out.lines().last() == Some(marker.as_str()) => return Ok(shell),
+                Ok(_) => {
+                    // An answer to an earlier try: the newest one's is still to come.
+                    if shell.answer_to(&marker, until).await.is_ok() {
+                        return Ok(shell);
+                    }
+                }
                 Err(_) => {}
             }
+            if Instant::now() > until {
+                return Err(format!("the guest shell did not answer within {deadline:?}"));
+            }
+            wait = (wait * 2).min(Duration::from_secs(1));
         }
+    }
+
+    /// Reads until `marker` and the status after it.
+    async fn answer_to(&mut self, marker: &str, until: Instant) -> Result<(), String> {
+        let read = async {
+            let mut seen = false;
+            loop {
+                let mut line = String::new();
+                if self.stream.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("the guest shell closed".to_string());
+                }
+                match line.trim_end() {
+                    l if l == marker => seen = true,
+                    l if seen && l.starts_with(RC) => return Ok(()),
+                    _ => {}
+                }
+            }
+        };
+        let left = until.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, read)
+            .await
+            .map_err(|_| format!("no answer to {marker}"))?
     }
 
     /// Runs `command` in the guest; its exit status and output (stdout and stderr).
@@ -82,5 +122,22 @@ impl GuestShell {
             (0, out) => Ok(out),
             (rc, out) => Err(format!("`{command}` exited {rc}: {out}")),
         }
+    }
+
+    /// UDP datagrams the guest's stack has received for closed ports (`NoPorts` in
+    /// /proc/net/snmp): a count of what reached it that no application adds noise to.
+    pub async fn udp_no_ports(&mut self) -> Result<u64, String> {
+        let snmp = self.ok("cat /proc/net/snmp").await?;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+        let (names, values) = (udp.next().ok_or("no Udp: line")?, udp.next().ok_or("no Udp: values")?);
+        let at = names
+            .split_whitespace()
+            .position(|n| n == "NoPorts")
+            .ok_or("no NoPorts")?;
+        values
+            .split_whitespace()
+            .nth(at)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("unreadable Udp: line {values:?}"))
     }
 }
