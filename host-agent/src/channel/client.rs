@@ -19,8 +19,12 @@ use vfmig_protocol::request::{Progress, RequestTracker};
 use vfmig_protocol::version::{negotiate, NegotiationError, SUPPORTED};
 use vfmig_protocol::ProtocolVersion;
 
-/// How often an unanswered sync is sent again.
-const SYNC_RETRY: Duration = Duration::from_secs(1);
+/// An unanswered sync is sent again after this, then after twice as long each time, up to
+/// [`SYNC_RETRY_MAX`]. What reaches a virtio port before the guest side has it open is dropped
+/// (right after a migration or an agent restart, the first sync usually is), so the first
+/// retry comes soon; the guest answers every copy, and acks past the first are discarded.
+const SYNC_RETRY: Duration = Duration::from_millis(100);
+const SYNC_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Replies one request may produce before the guest is considered broken.
 const MAX_REPLIES: usize = 8;
 
@@ -91,9 +95,11 @@ impl GuestChannel {
         let until = Instant::now() + deadline;
         let nonce = fresh_nonce();
         let mut sent = Vec::new();
+        let mut wait = SYNC_RETRY;
         'sync: loop {
             sent.push(self.send(HostMessage::Sync { nonce }).await?);
-            let retry = (Instant::now() + SYNC_RETRY).min(until);
+            let retry = (Instant::now() + wait).min(until);
+            wait = (wait * 2).min(SYNC_RETRY_MAX);
             loop {
                 match self.next_reply(retry, "sync").await {
                     Ok((env, _)) if env.msg == GuestMessage::SyncAck { nonce } => break 'sync,
