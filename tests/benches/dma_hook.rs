@@ -41,22 +41,6 @@ async fn set_hook(shell: &mut GuestShell, pci: &str, state: &str) -> Result<(), 
     shell.ok(&format!("echo {enabled} > {CONTROL}/enabled")).await.map(drop)
 }
 
-/// UDP datagrams the guest's stack has received for closed ports.
-async fn no_ports(shell: &mut GuestShell) -> Result<u64, String> {
-    let snmp = shell.ok("cat /proc/net/snmp").await?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (names, values) = (udp.next().ok_or("no Udp: line")?, udp.next().ok_or("no Udp: values")?);
-    let at = names
-        .split_whitespace()
-        .position(|n| n == "NoPorts")
-        .ok_or("no NoPorts")?;
-    values
-        .split_whitespace()
-        .nth(at)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("unreadable Udp: line {values:?}"))
-}
-
 async fn run() -> Result<(), String> {
     let rounds: usize = std::env::var("VFMIG_BENCH_ROUNDS")
         .ok()
@@ -99,11 +83,11 @@ async fn run() -> Result<(), String> {
         }
         for (i, state) in ["off", "on, tracked"].iter().enumerate() {
             set_hook(shell, &pci, state).await?;
-            let (before, hook_before) = (no_ports(shell).await?, counters(shell, &pci).await?);
+            let (before, hook_before) = (shell.udp_no_ports().await?, counters(shell, &pci).await?);
             udp_flood(&fabric.peer, closed, DATAGRAM, FLOOD_FOR).map_err(|e| e.to_string())?;
             // Let the guest finish what is already in its ring.
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let received = no_ports(shell).await? - before;
+            let received = shell.udp_no_ports().await? - before;
             let hook_after = counters(shell, &pci).await?;
             if *state != "off" && received > 0 {
                 per_datagram.push((

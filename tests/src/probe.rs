@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -59,13 +59,9 @@ const INTERVAL: Duration = Duration::from_millis(1);
 impl Probe {
     /// Starts probing `target` (the guest's echo port) from inside `peer`.
     pub fn start(peer: &Namespace, target: SocketAddr) -> Result<Self, NetnsError> {
-        let socket = peer
-            .run(|| {
-                let s = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
-                s.connect(target)?;
-                s.set_read_timeout(Some(Duration::from_millis(50)))?;
-                Ok::<_, std::io::Error>(s)
-            })?
+        let socket = connected_udp(peer, target)?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
             .map_err(NetnsError::Open)?;
         let rx = socket.try_clone().map_err(NetnsError::Open)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -151,16 +147,20 @@ pub fn wait_answering(peer: &Namespace, target: SocketAddr, deadline: Duration) 
     }
 }
 
+/// A UDP socket in `peer`, connected to `target`.
+fn connected_udp(peer: &Namespace, target: SocketAddr) -> Result<UdpSocket, NetnsError> {
+    peer.run(|| {
+        let s = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        s.connect(target)?;
+        Ok::<_, std::io::Error>(s)
+    })?
+    .map_err(NetnsError::Open)
+}
+
 /// Sends UDP datagrams with `size` bytes of payload from the peer to `target` as fast as the
 /// peer can, for `how_long`; returns how many were sent. The receiver counts what arrived.
 pub fn udp_flood(peer: &Namespace, target: SocketAddr, size: usize, how_long: Duration) -> Result<u64, NetnsError> {
-    let socket = peer
-        .run(|| {
-            let s = UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
-            s.connect(target)?;
-            Ok::<_, std::io::Error>(s)
-        })?
-        .map_err(NetnsError::Open)?;
+    let socket = connected_udp(peer, target)?;
     let payload = vec![0x5au8; size];
     let started = Instant::now();
     let mut sent = 0;
@@ -171,6 +171,89 @@ pub fn udp_flood(peer: &Namespace, target: SocketAddr, size: usize, how_long: Du
         }
     }
     Ok(sent)
+}
+
+/// A steady UDP load from the peer: `per_ms` datagrams of `size` bytes every millisecond,
+/// paced, so it keeps a NIC busy without starving the machine the way a flood would. Each
+/// datagram's first byte is a tag (0 or 1) the receiver can count by, to tell the part of the
+/// stream sent in one period (pre-copy, say) from the rest.
+pub struct UdpStream {
+    socket: UdpSocket,
+    size: usize,
+    per_ms: u32,
+}
+
+/// A running [`UdpStream`].
+pub struct Streaming {
+    stop: Arc<AtomicBool>,
+    tag: Arc<AtomicU8>,
+    sender: Option<JoinHandle<[u64; 2]>>,
+}
+
+impl UdpStream {
+    /// Opens the peer's socket now (this needs the peer's namespace); sends nothing yet.
+    pub fn open(peer: &Namespace, target: SocketAddr, size: usize, per_ms: u32) -> Result<Self, NetnsError> {
+        Ok(Self {
+            socket: connected_udp(peer, target)?,
+            size,
+            per_ms,
+        })
+    }
+
+    /// Starts sending, tagged 0.
+    pub fn start(&self) -> Result<Streaming, NetnsError> {
+        let socket = self.socket.try_clone().map_err(NetnsError::Open)?;
+        let (mut payload, per_ms) = (vec![0x5au8; self.size.max(1)], self.per_ms);
+        let stop = Arc::new(AtomicBool::new(false));
+        let tag = Arc::new(AtomicU8::new(0));
+        let (stop_tx, tag_tx) = (stop.clone(), tag.clone());
+        let sender = std::thread::spawn(move || {
+            let start = Instant::now();
+            let (mut sent, mut tick) = ([0u64; 2], 0u32);
+            while !stop_tx.load(Ordering::Relaxed) {
+                let t = tag_tx.load(Ordering::Relaxed).min(1);
+                payload[0] = t;
+                for _ in 0..per_ms {
+                    // As in the flood, a send the path cannot take is load it did not carry.
+                    if socket.send(&payload).is_ok() {
+                        sent[usize::from(t)] += 1;
+                    }
+                }
+                tick += 1;
+                if let Some(wait) = (start + INTERVAL * tick).checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            sent
+        });
+        Ok(Streaming {
+            stop,
+            tag,
+            sender: Some(sender),
+        })
+    }
+}
+
+impl Streaming {
+    /// Tags what is sent from now on.
+    pub fn tag(&self, tag: bool) {
+        self.tag.store(u8::from(tag), Ordering::Relaxed);
+    }
+
+    /// Stops sending; how many datagrams were sent untagged and tagged.
+    pub fn stop(mut self) -> [u64; 2] {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sender
+            .take()
+            .map_or([0; 2], |s| s.join().expect("stream sender panicked"))
+    }
+}
+
+impl Drop for Streaming {
+    /// A run that fails half-way must not leave the peer sending.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A TCP connection from the peer to the guest's echo port.
