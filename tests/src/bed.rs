@@ -28,6 +28,12 @@ pub const NETWORK: &str = "ip -o addr show dev eth0 scope global | awk '{print $
     ip route show table all dev eth0 | grep -v -e 'proto kernel' -e '^local' -e '^broadcast' -e '^multicast' -e '^anycast' -e '^fe80' | sort; \
     ip neigh show dev eth0 nud permanent | sort";
 
+/// The same state wherever it lives (the failover master, a renamed or a second NIC), with
+/// IPv6 routes too: what the guest must still have after a migration, whichever way it went.
+pub const STATE: &str = "ip -o addr show scope global | awk '{print $4}' | sort; \
+    for f in -4 -6; do ip $f route show table all | grep -v -e 'proto kernel' -e '^local' -e '^broadcast' -e '^multicast' -e '^anycast' -e '^fe80' | sed -e 's/ dev [^ ]*//' -e 's/ linkdown//' | sort; done; \
+    ip neigh show nud permanent | sed 's/ dev [^ ]*//' | sort";
+
 /// The guest's echo service (UDP and TCP port 7).
 pub fn echo() -> SocketAddr {
     SocketAddr::new(GUEST_V4.parse().expect("a constant address"), 7)

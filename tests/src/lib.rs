@@ -8,6 +8,7 @@
 //! test leaves nothing behind. Tests use addresses from 198.18.0.0/15 and 2001:db8::/32 only.
 
 pub mod bed;
+pub mod compare;
 pub mod fabric;
 pub mod hook;
 pub mod image;

@@ -1,0 +1,148 @@
+//! vfmig side by side with QEMU's virtio-net failover and a plain unplug/replug, on the QEMU
+//! test bed, in one run: rounds of A (vfmig), A+ (vfmig with a standby NIC), B (QEMU
+//! failover), C (unplug/replug), alternating, each run on a fresh bed (see
+//! `vfmig_testbed::compare::runner` for what is measured and how).
+//!
+//! Writes every run to `runs.json`, the table to `table.txt` and the probe series of each
+//! variant's median-blackout run to `probe-series.svg`, in VFMIG_BENCH_OUT (default
+//! `target/vfmig-compare`), and prints the table with ratios and the targets.
+//! Rounds: VFMIG_BENCH_ROUNDS (default 3).
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use serde_json::json;
+use vfmig_testbed::compare::{plot, runner, summary, Run, Variant};
+
+fn machine() -> serde_json::Value {
+    let out = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    json!({
+        "date": out("date", &["-u", "+%F"]),
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "host_kernel": out("uname", &["-r"]),
+        "qemu": out("qemu-system-x86_64", &["--version"]),
+        "accel": std::env::var("VFMIG_ACCEL").unwrap_or_else(|_| "tcg".into()),
+    })
+}
+
+fn main() -> ExitCode {
+    let rounds: usize = std::env::var("VFMIG_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let out = std::env::var_os("VFMIG_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/vfmig-compare"));
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("{}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    let machine = machine();
+    let mut runs: Vec<Run> = Vec::new();
+    let total = rounds * Variant::ALL.len();
+    for round in 1..=rounds {
+        for variant in Variant::ALL {
+            eprintln!(
+                "[{}/{total}] round {round}: {} ({}) ...",
+                runs.len() + 1,
+                variant.key(),
+                variant.label()
+            );
+            let run = match runner::run(variant, round) {
+                Ok(run) => run,
+                Err(e) => {
+                    eprintln!("{} round {round} failed: {e}", variant.key());
+                    return ExitCode::FAILURE;
+                }
+            };
+            eprintln!(
+                "    blackout {} ms, {} lost, VF absent {} ms, total {} ms, QEMU downtime {:?} ms, pre-copy rx {:.2} of {:.2} MB/s, TCP {}, state {}{}",
+                run.blackout_ms,
+                run.probes_lost,
+                run.vf_absent_ms,
+                run.total_ms,
+                run.qemu_downtime_ms,
+                run.precopy_rx_mb_s,
+                run.offered_mb_s,
+                if run.tcp_survived { "kept" } else { "lost" },
+                if run.state_kept { "kept" } else { "lost" },
+                if run.state_missing.is_empty() { String::new() } else { format!(" (missing: {})", run.state_missing.join("; ")) },
+            );
+            runs.push(run);
+            // Written after every run, so that an interrupted benchmark keeps what it measured.
+            let file = json!({ "machine": machine, "rounds": rounds, "runs": runs });
+            let text = serde_json::to_string_pretty(&file).expect("runs serialise");
+            if let Err(e) = std::fs::write(out.join("runs.json"), text) {
+                eprintln!("writing runs.json: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+
+    let table = summary::table(&runs);
+    let mut report = format!(
+        "medians of {rounds} rounds; {} {}, {} cores, host kernel {}, {} ({})\n\n{table}\ntargets:\n",
+        machine["date"].as_str().unwrap_or_default(),
+        machine["cpu"].as_str().unwrap_or_default(),
+        machine["cores"],
+        machine["host_kernel"].as_str().unwrap_or_default(),
+        machine["qemu"].as_str().unwrap_or_default(),
+        machine["accel"].as_str().unwrap_or_default(),
+    );
+    for target in summary::targets(&runs) {
+        report.push_str(&format!(
+            "  [{}] {}: {}\n",
+            if target.met { "met" } else { "NOT met" },
+            target.what,
+            target.detail
+        ));
+    }
+    println!("\n{report}");
+    let typical: Vec<&Run> = Variant::ALL
+        .iter()
+        .filter_map(|v| summary::typical(&runs, *v))
+        .collect();
+    let svg = out.join("probe-series.svg");
+    let title = format!(
+        "The peer's 1 kHz echo probe through a live migration (median-blackout run of each; {} {})",
+        machine["date"].as_str().unwrap_or_default(),
+        machine["accel"].as_str().unwrap_or_default()
+    );
+    if let Err(e) = plot::probe_series(&typical, &title, &svg) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = std::fs::write(out.join("table.txt"), &report) {
+        eprintln!("writing table.txt: {e}");
+        return ExitCode::from(2);
+    }
+    println!(
+        "every run: {}\npicture:   {}",
+        out.join("runs.json").display(),
+        svg.display()
+    );
+    ExitCode::SUCCESS
+}
