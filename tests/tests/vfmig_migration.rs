@@ -566,10 +566,23 @@ async fn a_standby_nic_carries_the_guest_through_the_vf_gap() {
         "{restored:?}"
     );
     assert_eq!(restored.standby_released.as_deref(), Some("sb0"));
+    // QEMU's downtime ends when the destination starts, not when its guest is back to serving
+    // the network: on this bed, under TCG, the peer loses the guest for up to 250 ms after the
+    // switch-over with no vfmig step running (QEMU's own failover, `./scripts/bench compare`
+    // variant B: 58-234 ms at 150-230 ms after completion; a plain migration keeping its NIC:
+    // up to 91 ms past the downtime). The standby must leave nothing worse than that, where
+    // without it the peer loses the guest for the whole VF gap.
+    let gap = report.max_gap.as_millis() as u64;
     assert!(
-        report.max_gap.as_millis() as u64 <= downtime + 100,
-        "the peer lost the guest for {} ms, more than the migration's own {downtime} ms + 100 ms",
-        report.max_gap.as_millis()
+        gap <= downtime + 300,
+        "the peer lost the guest for {gap} ms, more than the migration's own {downtime} ms + 300 ms"
+    );
+    let absent = timeline
+        .between(Phase::UnplugRequested, Phase::Restored)
+        .expect("both phases");
+    assert!(
+        gap * 4 <= absent,
+        "the peer lost the guest for {gap} ms of the {absent} ms the VF was absent"
     );
     tcp.round_trip("after\n").unwrap();
     let mut shell = bed.destination.shell(Duration::from_secs(30)).await.unwrap();
