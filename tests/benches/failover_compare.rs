@@ -6,7 +6,7 @@
 //! Writes every run to `runs.json`, the table to `table.txt` and the probe series of each
 //! variant's median-blackout run to `probe-series.svg`, in VFMIG_BENCH_OUT (default
 //! `target/vfmig-compare`), and prints the table with ratios and the targets.
-//! Rounds: VFMIG_BENCH_ROUNDS (default 3).
+//! Rounds: VFMIG_BENCH_ROUNDS (default 3); VFMIG_BENCH_VARIANTS=A,B picks variants.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -60,11 +60,19 @@ fn main() -> ExitCode {
         eprintln!("{}: {e}", out.display());
         return ExitCode::from(2);
     }
+    // VFMIG_BENCH_VARIANTS=A+,B runs only those (for looking into one; the targets need all).
+    let variants: Vec<Variant> = match std::env::var("VFMIG_BENCH_VARIANTS") {
+        Ok(only) => Variant::ALL
+            .into_iter()
+            .filter(|v| only.split(',').any(|k| k.trim() == v.key()))
+            .collect(),
+        Err(_) => Variant::ALL.to_vec(),
+    };
     let machine = machine();
     let mut runs: Vec<Run> = Vec::new();
-    let total = rounds * Variant::ALL.len();
+    let total = rounds * variants.len();
     for round in 1..=rounds {
-        for variant in Variant::ALL {
+        for &variant in &variants {
             eprintln!(
                 "[{}/{total}] round {round}: {} ({}) ...",
                 runs.len() + 1,

@@ -92,6 +92,10 @@ pub struct Run {
     /// probe was answered.
     pub lost_runs: Vec<[u64; 2]>,
     pub probe_ms: u64,
+    /// The guest kernel's link messages (`dmesg`) at the end: where a fresh NIC flapped.
+    pub guest_link_log: Vec<String>,
+    /// vfmig's own timeline (its phases, with QEMU's RAM figures), for A and A+.
+    pub vfmig_timeline: Option<serde_json::Value>,
 }
 
 impl Run {

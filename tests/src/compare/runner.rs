@@ -37,6 +37,8 @@ const PER_MS: u32 = 2;
 /// The guest's sink (vfmig-echo), and where it keeps its counts.
 const SINK_PORT: u16 = 5001;
 const SINK_COUNTS: &str = "cat /run/vfmig-sink";
+/// The guest kernel's messages about links coming and going, with its timestamps.
+const LINK_LOG: &str = "dmesg | grep -i -e 'link is' -e 'link becomes' -e 'e1000e 0000' | tail -n 40; true";
 /// Probe series recorded before the migration starts, and after the VF is back.
 const BEFORE: Duration = Duration::from_millis(500);
 const AFTER: Duration = Duration::from_secs(1);
@@ -91,6 +93,7 @@ async fn measure(variant: Variant, round: usize) -> Result<Run, String> {
     let tcp_survived = tcp.round_trip("after\n").is_ok();
     let mut shell = bed.destination.shell(Duration::from_secs(30)).await?;
     let after = shell.ok(STATE).await?;
+    let link_log = shell.ok(LINK_LOG).await?;
     // The sink writes its counts every 100 ms.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let counts = shell.ok(SINK_COUNTS).await?;
@@ -153,6 +156,8 @@ async fn measure(variant: Variant, round: usize) -> Result<Run, String> {
         marks,
         lost_runs: lost_runs(&report.answered),
         probe_ms: report.answered.len() as u64,
+        guest_link_log: link_log.lines().map(str::to_owned).collect(),
+        vfmig_timeline: driven.timeline.as_ref().and_then(|t| serde_json::to_value(t).ok()),
     })
 }
 
@@ -166,6 +171,7 @@ struct Driven {
     back: Instant,
     qemu: MigrationInfo,
     marks: Vec<(&'static str, Instant)>,
+    timeline: Option<Timeline>,
 }
 
 async fn drive(variant: Variant, bed: &Bed) -> Result<Driven, String> {
@@ -237,6 +243,7 @@ async fn vfmig(bed: &Bed, standby: StandbyRequest) -> Result<Driven, String> {
             ..MigrationInfo::default()
         },
         marks,
+        timeline: Some(timeline),
     })
 }
 
@@ -253,6 +260,7 @@ async fn qemu_failover(bed: &Bed) -> Result<Driven, String> {
         back,
         qemu,
         marks: Vec::new(),
+        timeline: None,
     })
 }
 
@@ -283,6 +291,7 @@ async fn unplug_replug(bed: &Bed) -> Result<Driven, String> {
         back,
         qemu,
         marks: vec![("VF removed", removed), ("fresh VF plugged", plugged)],
+        timeline: None,
     })
 }
 

@@ -245,6 +245,8 @@ mod tests {
             marks: Vec::new(),
             lost_runs: Vec::new(),
             probe_ms: 5000,
+            guest_link_log: Vec::new(),
+            vfmig_timeline: None,
         }
     }
 
