@@ -7,9 +7,6 @@
 //! variant's median-blackout run to `probe-series.svg`, in VFMIG_BENCH_OUT (default
 //! `target/vfmig-compare`), and prints the table with ratios and the targets.
 //! Rounds: VFMIG_BENCH_ROUNDS (default 3); VFMIG_BENCH_VARIANTS=A,B picks variants.
-//! The guest: 512 MiB, idle, unless VFMIG_GUEST_MIB sets its RAM and VFMIG_BENCH_FILL_MIB the
-//! MiB of data it holds (the README's second table: 2048 and 1536), for a pre-copy of the
-//! length a guest in use has.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -71,17 +68,6 @@ fn main() -> ExitCode {
             .collect(),
         Err(_) => Variant::ALL.to_vec(),
     };
-    let fill_mib: u32 = match std::env::var("VFMIG_BENCH_FILL_MIB") {
-        Ok(f) => match f.parse() {
-            Ok(f) => f,
-            Err(_) => {
-                eprintln!("VFMIG_BENCH_FILL_MIB={f:?}: give the MiB of data the guest holds");
-                return ExitCode::from(2);
-            }
-        },
-        Err(_) => 0,
-    };
-    let guest_mib = std::env::var("VFMIG_GUEST_MIB").unwrap_or_else(|_| "512".into());
     let machine = machine();
     let mut runs: Vec<Run> = Vec::new();
     let total = rounds * variants.len();
@@ -93,7 +79,7 @@ fn main() -> ExitCode {
                 variant.key(),
                 variant.label()
             );
-            let run = match runner::run(variant, round, fill_mib) {
+            let run = match runner::run(variant, round) {
                 Ok(run) => run,
                 Err(e) => {
                     eprintln!("{} round {round} failed: {e}", variant.key());
@@ -115,12 +101,7 @@ fn main() -> ExitCode {
             );
             runs.push(run);
             // Written after every run, so that an interrupted benchmark keeps what it measured.
-            let file = json!({
-                "machine": machine,
-                "guest": { "ram_mib": guest_mib, "data_mib": fill_mib },
-                "rounds": rounds,
-                "runs": runs,
-            });
+            let file = json!({ "machine": machine, "rounds": rounds, "runs": runs });
             let text = serde_json::to_string_pretty(&file).expect("runs serialise");
             if let Err(e) = std::fs::write(out.join("runs.json"), text) {
                 eprintln!("writing runs.json: {e}");
@@ -131,7 +112,7 @@ fn main() -> ExitCode {
 
     let table = summary::table(&runs);
     let mut report = format!(
-        "medians of {rounds} rounds; guest {guest_mib} MiB holding {fill_mib} MiB of data; {} {}, {} cores, host kernel {}, {} ({})\n\n{table}\ntargets:\n",
+        "medians of {rounds} rounds; {} {}, {} cores, host kernel {}, {} ({})\n\n{table}\ntargets:\n",
         machine["date"].as_str().unwrap_or_default(),
         machine["cpu"].as_str().unwrap_or_default(),
         machine["cores"],
@@ -154,7 +135,7 @@ fn main() -> ExitCode {
         .collect();
     let svg = out.join("probe-series.svg");
     let title = format!(
-        "The peer's 1 kHz echo probe through a live migration (median-blackout run of each; guest {guest_mib} MiB, {fill_mib} MiB of data; {} {})",
+        "The peer's 1 kHz echo probe through a live migration (median-blackout run of each; {} {})",
         machine["date"].as_str().unwrap_or_default(),
         machine["accel"].as_str().unwrap_or_default()
     );

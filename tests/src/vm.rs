@@ -117,17 +117,6 @@ impl Vm {
         } else {
             "tcg"
         };
-        // 512 MiB unless VFMIG_GUEST_MIB says otherwise (the side-by-side benchmark's larger
-        // guest); source and destination read the same variable, so they always agree.
-        let memory = match std::env::var("VFMIG_GUEST_MIB") {
-            Ok(m) if m.parse::<u32>().is_ok_and(|m| m >= 256) => m,
-            Ok(m) => {
-                return Err(std::io::Error::other(format!(
-                    "VFMIG_GUEST_MIB={m:?}: give the guest's RAM in MiB, at least 256"
-                )))
-            }
-            Err(_) => "512".into(),
-        };
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             "-accel",
@@ -135,7 +124,7 @@ impl Vm {
             "-M",
             "q35",
             "-m",
-            &memory,
+            "512",
             "-smp",
             "1",
             "-nodefaults",

@@ -28,7 +28,7 @@ fn draw(runs: &[&Run], title: &str, path: &Path) -> Result<(), Box<dyn std::erro
     let root = SVGBackend::new(path, (WIDTH, TITLE + STRIP * runs.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(TITLE);
-    head.draw(&Text::new(title.to_string(), (10, 10), ("sans-serif", 15).into_font()))?;
+    head.draw(&Text::new(title.to_string(), (10, 10), ("sans-serif", 18).into_font()))?;
     let end = runs
         .iter()
         .map(|r| (r.probe_ms as f64 - origin(r)) / 1000.0)

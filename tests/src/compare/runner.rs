@@ -42,14 +42,11 @@ const LINK_LOG: &str = "dmesg | grep -i -e 'link is' -e 'link becomes' -e 'e1000
 /// Probe series recorded before the migration starts, and after the VF is back.
 const BEFORE: Duration = Duration::from_millis(500);
 const AFTER: Duration = Duration::from_secs(1);
-/// Writing the working set runs at TCG's pace.
-const FILL_DEADLINE: Duration = Duration::from_secs(600);
 /// No variant takes nearly this long on the bed.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Runs `variant` once on a bed of its own. `fill_mib`: MiB of data the guest holds in RAM
-/// before the migration (0: an idle guest, whose RAM is mostly zero pages QEMU hardly sends).
-pub fn run(variant: Variant, round: usize, fill_mib: u32) -> Result<Run, String> {
+/// Runs `variant` once on a bed of its own.
+pub fn run(variant: Variant, round: usize) -> Result<Run, String> {
     // A thread of its own: the bed's namespaces and its QEMUs' parent-death signal belong to
     // the thread that made them, so they go when it ends, whatever happened.
     std::thread::spawn(move || {
@@ -57,13 +54,13 @@ pub fn run(variant: Variant, round: usize, fill_mib: u32) -> Result<Run, String>
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?
-            .block_on(measure(variant, round, fill_mib))
+            .block_on(measure(variant, round))
     })
     .join()
     .map_err(|_| format!("the {} run panicked", variant.key()))?
 }
 
-async fn measure(variant: Variant, round: usize, fill_mib: u32) -> Result<Run, String> {
+async fn measure(variant: Variant, round: usize) -> Result<Run, String> {
     let bed = match variant {
         Variant::Vfmig => Bed::start(true, true).await,
         Variant::VfmigStandby => Bed::with_standby().await,
@@ -74,18 +71,6 @@ async fn measure(variant: Variant, round: usize, fill_mib: u32) -> Result<Run, S
     let peer = &bed.fabric.peer;
     let before = {
         let mut shell = bed.source.shell(Duration::from_secs(30)).await?;
-        if fill_mib > 0 {
-            // A tmpfs of its own: the root file system may hold only half of RAM.
-            let fill = format!(
-                "mkdir -p /ws && mount -t tmpfs -o size=95% tmpfs /ws && \
-                 yes vfmig-working-set | head -c {} > /ws/data",
-                u64::from(fill_mib) << 20
-            );
-            match shell.run(&fill, FILL_DEADLINE).await? {
-                (0, _) => {}
-                (rc, out) => return Err(format!("filling {fill_mib} MiB of guest RAM exited {rc}: {out}")),
-            }
-        }
         shell.ok(STATE).await?
     };
     let mut tcp = TcpProbe::connect(peer, echo()).map_err(|e| e.to_string())?;
