@@ -87,17 +87,17 @@ fn main() -> ExitCode {
                 }
             };
             eprintln!(
-                "    blackout {} ms, {} lost, VF absent {} ms, total {} ms, QEMU downtime {:?} ms, pre-copy rx {:.2} of {:.2} MB/s, TCP {}, state {}{}",
-                run.blackout_ms,
-                run.probes_lost,
-                run.vf_absent_ms,
+                "    {}; total {} ms, QEMU downtime {} ms, pre-copy rx {:.2} of {:.2} MB/s{}",
+                run.summary(),
                 run.total_ms,
-                run.qemu_downtime_ms,
+                run.qemu_downtime_ms.map_or("?".into(), |d| d.to_string()),
                 run.precopy_rx_mb_s,
                 run.offered_mb_s,
-                if run.tcp_survived { "kept" } else { "lost" },
-                if run.state_kept { "kept" } else { "lost" },
-                if run.state_missing.is_empty() { String::new() } else { format!(" (missing: {})", run.state_missing.join("; ")) },
+                if run.state_missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("; missing: {}", run.state_missing.join("; "))
+                },
             );
             runs.push(run);
             // Written after every run, so that an interrupted benchmark keeps what it measured.

@@ -36,17 +36,7 @@ fn draw(runs: &[&Run], title: &str, path: &Path) -> Result<(), Box<dyn std::erro
     for (area, run) in body.split_evenly((runs.len(), 1)).iter().zip(runs) {
         let zero = origin(run);
         let x = |ms: u64| (ms as f64 - zero) / 1000.0;
-        let caption = format!(
-            "{} {}: blackout {} ms, {} of {} probes lost, VF absent {} ms, TCP {}, state {}",
-            run.variant.key(),
-            run.variant.label(),
-            run.blackout_ms,
-            run.probes_lost,
-            run.probes_sent,
-            run.vf_absent_ms,
-            if run.tcp_survived { "kept" } else { "lost" },
-            if run.state_kept { "kept" } else { "lost" },
-        );
+        let caption = format!("{} {}: {}", run.variant.key(), run.variant.label(), run.summary());
         let mut chart = ChartBuilder::on(area)
             .caption(caption, ("sans-serif", 14))
             .margin_left(10)

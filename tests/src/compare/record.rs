@@ -99,6 +99,20 @@ pub struct Run {
 }
 
 impl Run {
+    /// What a person looks at first: the blackout, the VF's absence, TCP and state.
+    pub fn summary(&self) -> String {
+        let kept = |yes: bool| if yes { "kept" } else { "lost" };
+        format!(
+            "blackout {} ms, {} of {} probes lost, VF absent {} ms, TCP {}, state {}",
+            self.blackout_ms,
+            self.probes_lost,
+            self.probes_sent,
+            self.vf_absent_ms,
+            kept(self.tcp_survived),
+            kept(self.state_kept)
+        )
+    }
+
     pub fn mark(&self, name: &str) -> Option<u64> {
         self.marks.iter().find(|m| m.name == name).map(|m| m.at_ms)
     }
@@ -150,6 +164,22 @@ mod tests {
         let after = "203.0.113.0/24 via 198.18.0.1\n198.18.0.10/24\nfe80::1/64\n";
         assert_eq!(missing(before, after), vec!["2001:db8::10/64"]);
         assert!(missing(before, before).is_empty());
+    }
+
+    #[test]
+    fn the_summary_says_blackout_absence_tcp_and_state() {
+        let run: Run = serde_json::from_value(serde_json::json!({
+            "variant": "C", "round": 1, "blackout_ms": 3448, "probes_sent": 4199, "probes_lost": 3447,
+            "recovered": false, "tcp_survived": false, "vf_absent_ms": 2455, "total_ms": 2455,
+            "qemu_total_ms": 743, "qemu_downtime_ms": 34, "precopy_ms": 731, "offered_mb_s": 2.8,
+            "precopy_rx_mb_s": 0.0, "state_kept": false, "state_missing": [], "marks": [],
+            "lost_runs": [], "probe_ms": 4199, "guest_link_log": [], "vfmig_timeline": null
+        }))
+        .unwrap();
+        assert_eq!(
+            run.summary(),
+            "blackout 3448 ms, 3447 of 4199 probes lost, VF absent 2455 ms, TCP lost, state lost"
+        );
     }
 
     #[test]
