@@ -10,7 +10,9 @@
 //! - [`version`]: protocol version ranges and negotiation.
 //! - [`request`]: matching replies to outstanding requests.
 //! - [`netstate`]: the saved network state of one interface, sealed with a digest.
+//! - [`descriptor`]: a source VF and a destination PF's offer, and the check of the two.
 
+pub mod descriptor;
 pub mod error_code;
 pub mod frame;
 pub mod mac;
