@@ -270,6 +270,9 @@ async fn track_dma(
 async fn stop_dma_tracking(channel: &mut GuestChannel, deadline: Duration) -> String {
     match channel.request(HostMessage::StopDmaTracking, deadline).await {
         Ok(replies) => match replies.into_iter().last() {
+            Some(GuestMessage::DmaTracking(t)) if t.devices.is_empty() => {
+                "the hook tracked nothing any more (an earlier run stopped it)".into()
+            }
             Some(GuestMessage::DmaTracking(t)) => t
                 .devices
                 .iter()
@@ -527,7 +530,7 @@ async fn fresh(src: &Qmp, agent: &Path, plan: &Plan, run: &mut Run<'_>) -> Resul
             plan,
             mac,
             &params,
-            (hooked, !hooked),
+            (if hooked { Hook::Tracking } else { Hook::Off }, !hooked),
             Some(saved),
             run,
         )
@@ -779,8 +782,19 @@ async fn unplug_missed(
     }
 }
 
-/// The VF is gone: stop the hook and release the parameters (`hooked`), start pre-copy
-/// (`start`: the safe path), and wait for the migration to end; one that fails is rolled back.
+/// Where the DMA hook stands when the VF is gone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    /// Never enabled: the safe path, nothing held.
+    Off,
+    /// Tracking, with pre-copy held: stop it, then release.
+    Tracking,
+    /// An interrupted earlier run stopped it, and may or may not have released.
+    Stopped,
+}
+
+/// The VF is gone: stop the hook and release the parameters, start pre-copy (`start`: the
+/// safe path), and wait for the migration to end; one that fails is rolled back.
 #[allow(clippy::too_many_arguments)]
 async fn finish(
     src: &Qmp,
@@ -788,17 +802,19 @@ async fn finish(
     plan: &Plan,
     mac: MacAddr,
     params: &OriginalParams,
-    (hooked, start): (bool, bool),
+    (hook, start): (Hook, bool),
     saved: Option<Saved>,
     run: &mut Run<'_>,
 ) -> Result<Option<Saved>, MigrateError> {
-    if hooked {
+    if hook == Hook::Tracking {
         // The driver's unmap-all at removal went through the hook; nothing is left to track.
         let detail = match channel.as_deref_mut() {
             Some(channel) => stop_dma_tracking(channel, plan.deadlines.prepare).await,
             None => "the guest agent is unreachable: the destination step stops the hook".into(),
         };
         run.record(Phase::HookDisabled, None, detail);
+    }
+    if hook != Hook::Off {
         set_params(src, params).await?;
         run.record(Phase::Released, None, "original max-bandwidth and downtime-limit");
     }
@@ -970,6 +986,14 @@ async fn replug(
         .map_err(|e| e.to_string())
 }
 
+/// Whether the VM's vCPUs run (`query-status`); a VM QEMU paused for a migration's
+/// switch-over, or after it, does not.
+async fn vm_running(qmp: &Qmp) -> bool {
+    qmp.query::<Value>("query-status", None)
+        .await
+        .is_ok_and(|s| s.get("running") == Some(&Value::Bool(true)))
+}
+
 /// Takes up a migration a previous run left half-done, from what QEMU says now and what the
 /// journal adds (see [`super::resume`]).
 async fn resume(
@@ -990,11 +1014,12 @@ async fn resume(
     };
     let facts = Facts { status, vf_present };
     let action = decide(&journal, &facts);
-    let (params, mac, hooked, saved) = (
+    let (params, mac, hooked, saved, journal_phase) = (
         journal.original.clone(),
         journal.vf_mac,
         journal.hooked,
         journal.saved.clone(),
+        journal.phase,
     );
     let detail = format!(
         "{action:?}: an earlier run stopped after {}; QEMU: migration {}, VF {}",
@@ -1005,9 +1030,18 @@ async fn resume(
     run.journal = Some((path.to_owned(), journal));
     run.record(Phase::Resumed, Some(&info), detail);
     // Every way forward but Done talks to the guest; an agent restarted with its guest answers
-    // within the agent deadline.
+    // within the agent deadline. Finishing needs nothing from the guest once its hook is
+    // stopped: the earlier run may have released the migration already, which then pauses the
+    // source for switch-over, and a paused guest would only make this run wait out the agent
+    // deadline with the VF gone. (The destination step stops a hook that is still enabled.)
+    let hook_stopped = matches!(journal_phase, Some(Phase::HookDisabled | Phase::Released));
+    let quiet_source = action == Resume::Finish && (hook_stopped || !vm_running(src).await);
     let mut channel = match action {
         Resume::Done => None,
+        _ if quiet_source => {
+            tracing::info!("finishing without the source's guest agent: its hook is stopped or the VM is paused");
+            None
+        }
         _ => match session(agent, plan.deadlines.agent).await {
             Ok((channel, guest)) => Some((channel, guest)),
             Err(e) => {
@@ -1070,7 +1104,17 @@ async fn resume(
                     let outcome = async {
                         hold(src, plan, &params, run).await?;
                         let saved = save_and_unplug(src, channel, plan, mac, &params, true, run).await?;
-                        finish(src, Some(channel), plan, mac, &params, (true, false), Some(saved), run).await
+                        finish(
+                            src,
+                            Some(channel),
+                            plan,
+                            mac,
+                            &params,
+                            (Hook::Tracking, false),
+                            Some(saved),
+                            run,
+                        )
+                        .await
                     }
                     .await;
                     settle_on_error(channel, true, &outcome, plan, run).await;
@@ -1085,6 +1129,11 @@ async fn resume(
         }
         Resume::AwaitUnplug | Resume::Finish => {
             let channel = channel.as_mut().map(|(c, _)| c);
+            let hook = match (hooked, hook_stopped) {
+                (false, _) => Hook::Off,
+                (true, false) => Hook::Tracking,
+                (true, true) => Hook::Stopped,
+            };
             if action == Resume::AwaitUnplug && !vf_gone(src, &plan.vf_id, plan.deadlines.unplug).await {
                 abort(src, &params).await;
                 let late = vf_gone(src, &plan.vf_id, LATE_UNPLUG_GRACE).await;
@@ -1097,7 +1146,7 @@ async fn resume(
                 plan,
                 mac,
                 &params,
-                (hooked, facts.status.is_none()),
+                (hook, facts.status.is_none()),
                 saved,
                 run,
             )
