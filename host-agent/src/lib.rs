@@ -9,7 +9,9 @@
 //! - [`qmp`]: a thin QMP client and the migration API's types.
 //! - [`channel`]: the host's end of the guest channel.
 //! - [`migration`]: the migration state machine and its timeline.
+//! - [`sriov`]: VFs on the host's PF: reading, provisioning for vfio-pci, releasing.
 
 pub mod channel;
 pub mod migration;
 pub mod qmp;
+pub mod sriov;

@@ -103,7 +103,7 @@ pub struct Offer {
     /// The PF's interface name on the destination, for messages.
     pub pf_name: String,
     pub pf: PfModel,
-    /// Indices of VFs no one uses (no MAC given, not bound to vfio-pci).
+    /// Indices of VFs no one uses (not bound to vfio-pci, no host interface up).
     pub free_vfs: Vec<u32>,
     #[serde(default)]
     pub policy: Policy,

@@ -38,6 +38,7 @@ fn config(side: usize, mac: &str, incoming: bool) -> VmConfig {
         iommu: false,
         standby: false,
         failover: false,
+        pf: false,
     }
 }
 

@@ -91,6 +91,7 @@ impl Bed {
             iommu: false,
             standby,
             failover,
+            pf: false,
         };
         let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).expect("source QEMU");
         // QEMU's failover re-plugs the VF on the destination itself: it starts with it.

@@ -59,6 +59,7 @@ impl HookGuest {
             iommu,
             standby: false,
             failover: false,
+            pf: false,
         };
         let vm = Vm::start(image, &dir.0, &config).map_err(|e| e.to_string())?;
         wait_answering(&fabric.peer, Self::echo(), Duration::from_secs(90))?;

@@ -16,6 +16,7 @@ pub mod netns;
 pub mod probe;
 pub mod proxy;
 pub mod shell;
+pub mod sriov_host;
 pub mod vm;
 
 /// Held while a test runs VMs; see [`exclusive`].

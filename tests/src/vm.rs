@@ -75,6 +75,9 @@ pub struct VmConfig {
     /// the VF is its primary, and the guest's net_failover bonds the two. The destination
     /// starts with the VF too (QEMU keeps it hidden until the guest negotiates failover).
     pub failover: bool,
+    /// Play a *host* instead: an igb, QEMU's SR-IOV NIC, on a root port of its own, a PF to
+    /// the guest's igb driver (no network behind it); the guest waits for no VF at boot.
+    pub pf: bool,
 }
 
 /// The standby virtio-net's MAC (another than the VF's, as vfmig allows).
@@ -144,10 +147,11 @@ impl Vm {
         .arg("-append")
         .arg(format!(
             "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
-             vfmig.agent={} vfmig.hook={} vfmig.failover={}{}",
+             vfmig.agent={} vfmig.hook={} vfmig.failover={} vfmig.role={}{}",
             if config.agent { "on" } else { "off" },
             if config.hook { "on" } else { "absent" },
             if config.failover { "on" } else { "off" },
+            if config.pf { "host" } else { "guest" },
             if config.iommu { " intel_iommu=on" } else { "" }
         ))
         .arg("-serial")
@@ -193,6 +197,14 @@ impl Vm {
                 let pair = if config.failover { "standby" } else { "vfmig" };
                 cmd.arg("-device").arg(vf_device_arg(VF_ID, &config.mac, pair));
             }
+        }
+        if config.pf {
+            cmd.args([
+                "-device",
+                "pcie-root-port,id=rp2,chassis=2,slot=2",
+                "-device",
+                "igb,id=pf,bus=rp2,romfile=",
+            ]);
         }
         if config.incoming {
             cmd.args(["-incoming", "defer"]);

@@ -34,6 +34,7 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
         iommu: false,
         standby: false,
         failover: false,
+        pf: false,
     }
 }
 

@@ -54,6 +54,7 @@ fn demo() -> Result<ExitCode, String> {
         iommu: false,
         standby: true,
         failover: false,
+        pf: false,
     };
     println!("booting the guest on the source QEMU (TCG) ...");
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).map_err(|e| e.to_string())?;

@@ -15,8 +15,11 @@ use vfmig_host::migration::{
 };
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::{Qmp, QmpError};
+use vfmig_protocol::descriptor::check;
 use vfmig_protocol::message::{validate_ifname, InterfaceSelector, StandbyRequest};
 use vfmig_protocol::MacAddr;
+
+mod sriov;
 
 #[derive(Parser)]
 #[command(
@@ -42,11 +45,13 @@ enum Command {
     /// Migrate: the source side, and the destination's plug-and-restore when its sockets are
     /// given. Exits 0 when the VM runs on the destination with its state restored, 1 when the
     /// migration ended in a defined fallback or rollback (the message says which), 2 on error.
-    Migrate(MigrateArgs),
+    Migrate(Box<MigrateArgs>),
     /// The destination step on its own: plug a fresh VF into the migrated VM and have the
     /// guest restore the saved state onto it (after `migrate` without --dest-*, or to finish
     /// by hand after a failed plug).
     Plug(PlugArgs),
+    #[command(flatten)]
+    Sriov(sriov::SriovCommand),
 }
 
 #[derive(Args)]
@@ -95,6 +100,13 @@ struct MigrateArgs {
     /// Also write the timeline as JSON to this file ("-" for standard output).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The source VF's descriptor (from `describe`): with --offer, the destination is checked
+    /// first and an incompatible one refused before anything changes.
+    #[arg(long, requires = "offer")]
+    descriptor: Option<PathBuf>,
+    /// The destination PF's offer (from `offer` on the destination).
+    #[arg(long, requires = "descriptor")]
+    offer: Option<PathBuf>,
     /// The run's journal. Run `migrate` again with the same journal after vfmig-host was
     /// killed, and it takes the migration up where it stands. Default: beside the QMP socket,
     /// named after it with ".vfmig-journal" appended.
@@ -260,6 +272,13 @@ async fn source(
 }
 
 async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
+    if let (Some(d), Some(o)) = (&args.descriptor, &args.offer) {
+        let verdict = check(&sriov::descriptor(d)?, &sriov::offer(o)?);
+        if !verdict.compatible {
+            eprintln!("vfmig-host: the destination cannot take this VF; nothing was changed");
+            return sriov::verdict(&verdict, false);
+        }
+    }
     let plan = Plan {
         vf_id: args.vf.clone(),
         vf_device: args.vf_device.clone(),
@@ -363,8 +382,9 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Migrate(args) => migrate(args).await,
+        Command::Migrate(args) => migrate(*args).await,
         Command::Plug(args) => plug(args).await,
+        Command::Sriov(command) => sriov::run(command).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("vfmig-host: {e:#}");

@@ -1,0 +1,130 @@
+//! A QEMU VM playing a *host* with an SR-IOV NIC: its emulated igb is a real PF to the Linux
+//! igb driver inside it, VFs are created through sysfs, vfio-pci binds behind QEMU's
+//! intel-iommu, and `vfmig-host` runs there as it would on a real host.
+
+use std::time::Duration;
+
+use crate::image::guest_image;
+use crate::shell::GuestShell;
+use crate::vm::{ScratchDir, Vm, VmConfig};
+use crate::{exclusive, Exclusive};
+
+/// VFs the PF is given at boot.
+pub const VFS: u32 = 4;
+
+/// iproute2's `ip` in the guest (busybox's, first on its PATH, does not show VFs).
+pub const IP: &str = "/opt/iproute2/ip";
+
+/// The host VM, booted, with `VFS` VFs on its PF and vfio-pci loaded. Keep it whole while in
+/// use: its guards (the test-bed lock, QEMU's directory) end with it.
+pub struct SriovHost {
+    pub vm: Vm,
+    pub shell: GuestShell,
+    /// The PF's interface name.
+    pub pf: String,
+    _dir: ScratchDir,
+    _one: Exclusive,
+}
+
+impl SriovHost {
+    pub async fn boot() -> Result<Self, String> {
+        let one = exclusive();
+        let image = guest_image()?;
+        let dir = ScratchDir::new("sriov-host").map_err(|e| e.to_string())?;
+        let config = VmConfig {
+            name: "host",
+            tap: None,
+            nic: false,
+            mac: String::new(),
+            agent: false,
+            incoming: false,
+            hook: false,
+            iommu: true,
+            standby: false,
+            failover: false,
+            pf: true,
+        };
+        let vm = Vm::start(image, &dir.0, &config).map_err(|e| e.to_string())?;
+        let mut shell = vm.shell(Duration::from_secs(120)).await?;
+        // The igb interface appears a moment after its driver loads.
+        let find = "for i in $(seq 100); do for n in /sys/class/net/*; do \
+                    [ \"$(basename \"$(readlink $n/device/driver)\")\" = igb ] && basename $n && exit 0; \
+                    done; sleep 0.1; done; exit 1";
+        let pf = shell.ok(find).await?.trim().to_owned();
+        shell.ok(&format!("ip link set {pf} up")).await?;
+        shell
+            .ok(&format!("echo {VFS} > /sys/class/net/{pf}/device/sriov_numvfs"))
+            .await?;
+        shell.ok("modprobe vfio-pci").await?;
+        Ok(Self {
+            vm,
+            shell,
+            pf,
+            _dir: dir,
+            _one: one,
+        })
+    }
+
+    /// Runs `vfmig-host <args>` in the host VM: its exit status and output.
+    pub async fn vfmig(&mut self, args: &str) -> (i32, String) {
+        self.shell
+            .run(&format!("vfmig-host {args}"), Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("vfmig-host {args}: {e}"))
+    }
+
+    /// The `vf N` line `ip -d link show` prints for VF `index` of the PF.
+    pub async fn ip_vf_line(&mut self, index: u32) -> String {
+        let out = self
+            .shell
+            .ok(&format!("{IP} -d link show {}", self.pf))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let prefix = format!("vf {index} ");
+        out.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{out}"))
+            .to_owned()
+    }
+
+    /// The PCI address of VF `index` and the driver it is bound to ("" when none).
+    pub async fn vf_driver(&mut self, index: u32) -> (String, String) {
+        let dev = format!("/sys/class/net/{}/device/virtfn{index}", self.pf);
+        let out = self
+            .shell
+            .ok(&format!(
+                "basename $(readlink {dev}); basename \"$(readlink {dev}/driver)\" 2>/dev/null || true"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut lines = out.lines().map(str::to_owned);
+        (lines.next().unwrap_or_default(), lines.next().unwrap_or_default())
+    }
+
+    /// Everything about the PF's VFs a provisioning may change: `ip`'s VF lines and each
+    /// VF's driver and override.
+    pub async fn vf_snapshot(&mut self) -> String {
+        let mut out = String::new();
+        for index in 0..VFS {
+            let line = self.ip_vf_line(index).await;
+            let (address, driver) = self.vf_driver(index).await;
+            let over = self
+                .shell
+                .ok(&format!("cat /sys/bus/pci/devices/{address}/driver_override"))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            out.push_str(&format!("{line} | {address} {driver} override={}\n", over.trim()));
+        }
+        out
+    }
+
+    /// Writes `text` to `path` in the host VM.
+    pub async fn write(&mut self, path: &str, text: &str) {
+        let text = text.replace('\n', " ").replace('\'', "'\\''");
+        self.shell
+            .ok(&format!("printf '%s' '{text}' > {path}"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}

@@ -1,0 +1,217 @@
+//! vfmig-host's SR-IOV side on a real PF: a QEMU VM plays the host (see
+//! `vfmig_testbed::sriov_host`), VFs are provisioned, read back through `ip` and through
+//! vfmig, bound to vfio-pci and released; failures are injected at each step, and a real one
+//! comes from the kernel; and `check` answers compatible or not, with its reasons.
+
+use serde_json::Value;
+use vfmig_testbed::sriov_host::{SriovHost, VFS};
+
+const MAC: &str = "52:54:00:aa:00:01";
+
+/// A source VF's descriptor for this host's PF model: VLAN 100, trusted, no spoof checking.
+async fn descriptor(host: &mut SriovHost) -> Value {
+    let pf = host.pf.clone();
+    let (rc, out) = host.vfmig(&format!("describe --pf {pf} --vf 0")).await;
+    assert_eq!(rc, 0, "{out}");
+    let mut d: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(d["pf"]["driver"], "igb", "{d}");
+    d["vf"]["mac"] = MAC.into();
+    d["vf"]["vlan"] = 100.into();
+    d["vf"]["trust"] = true.into();
+    d["vf"]["spoof_check"] = false.into();
+    d
+}
+
+fn json(out: &str) -> Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_vf_is_provisioned_read_back_bound_to_vfio_and_released() {
+    let mut host = SriovHost::boot().await.unwrap_or_else(|e| panic!("{e}"));
+    let pf = host.pf.clone();
+    let before = host.vf_snapshot().await;
+    let mut d = descriptor(&mut host).await;
+    // A rate limit too: igb takes one while its link runs at 1 Gb/s, as the emulated one does.
+    d["vf"]["max_tx_rate"] = 100.into();
+    host.write("/tmp/src.json", &d.to_string()).await;
+
+    let (rc, out) = host
+        .vfmig(&format!("provision --pf {pf} --descriptor /tmp/src.json --json"))
+        .await;
+    assert_eq!(rc, 0, "{out}");
+    let got = json(&out);
+    assert_eq!(got["index"], 0, "the first free VF: {out}");
+    let line = host.ip_vf_line(0).await;
+    for want in [
+        &format!("link/ether {MAC}"),
+        "vlan 100",
+        "max_tx_rate 100Mbps",
+        "spoof checking off",
+        "trust on",
+    ] {
+        assert!(
+            line.contains(want),
+            "`ip -d link show {pf}`: {want:?} missing from {line}"
+        );
+    }
+    let (address, driver) = host.vf_driver(0).await;
+    assert_eq!(
+        (address.as_str(), driver.as_str()),
+        (got["address"].as_str().unwrap_or_default(), "vfio-pci")
+    );
+    let (rc, out) = host.vfmig(&format!("describe --pf {pf} --vf 0")).await;
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(json(&out)["vf"], d["vf"], "vfmig reads back what it set");
+    let (rc, out) = host.vfmig(&format!("offer --pf {pf}")).await;
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(json(&out)["free_vfs"], serde_json::json!([1, 2, 3]), "VF 0 is taken");
+
+    let (rc, out) = host.vfmig(&format!("release --pf {pf} --vf 0")).await;
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(host.vf_snapshot().await, before, "released: the VFs as they were");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_failure_at_each_step_leaves_the_vf_as_it_was() {
+    let mut host = SriovHost::boot().await.unwrap_or_else(|e| panic!("{e}"));
+    let pf = host.pf.clone();
+    let before = host.vf_snapshot().await;
+    let mut d = descriptor(&mut host).await;
+    d["vf"]["max_tx_rate"] = 100.into();
+    host.write("/tmp/src.json", &d.to_string()).await;
+    for step in ["pick", "mac", "vlan", "spoof-check", "trust", "rate", "vfio"] {
+        let (rc, out) = host
+            .vfmig(&format!(
+                "provision --pf {pf} --descriptor /tmp/src.json --fail-after {step}"
+            ))
+            .await;
+        assert_eq!(rc, 2, "{step}: {out}");
+        assert!(
+            out.contains(&format!("failure injected after step {step}; every step was undone")),
+            "{step}: {out}"
+        );
+        assert_eq!(host.vf_snapshot().await, before, "after a failure at {step}");
+    }
+    // A real refusal, from the kernel: a rate above the link's speed, after MAC, VLAN, spoof
+    // checking and trust were set.
+    d["vf"]["max_tx_rate"] = 100_000.into();
+    host.write("/tmp/fast.json", &d.to_string()).await;
+    let (rc, out) = host
+        .vfmig(&format!("provision --pf {pf} --descriptor /tmp/fast.json"))
+        .await;
+    assert_eq!(rc, 2, "{out}");
+    assert!(
+        out.contains("setting VF 0's rate") && out.contains("every step was undone"),
+        "{out}"
+    );
+    assert_eq!(host.vf_snapshot().await, before, "after the kernel refused the rate");
+    // Without vfio-pci nothing is touched.
+    host.shell.ok("rmmod vfio-pci").await.unwrap_or_else(|e| panic!("{e}"));
+    let (rc, out) = host
+        .vfmig(&format!("provision --pf {pf} --descriptor /tmp/src.json"))
+        .await;
+    assert_eq!(rc, 2, "{out}");
+    assert!(out.contains("modprobe vfio-pci"), "{out}");
+    assert_eq!(host.vf_snapshot().await, before, "without vfio-pci");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn check_answers_compatible_or_not_with_the_reason() {
+    let mut host = SriovHost::boot().await.unwrap_or_else(|e| panic!("{e}"));
+    let pf = host.pf.clone();
+    let d = descriptor(&mut host).await;
+    host.write("/tmp/src.json", &d.to_string()).await;
+    let policy = "--allow-vlan 0 --allow-vlan 100 --allow-trust";
+    let check = |extra: &str| format!("check --descriptor /tmp/src.json --pf {pf} {extra}");
+
+    let (rc, out) = host.vfmig(&check(policy)).await;
+    assert_eq!((rc, out.trim()), (0, "compatible: VF 0 on the destination can take it"));
+
+    let mut other = d.clone();
+    other["pf"]["device"] = 0x1533.into();
+    host.write("/tmp/i210.json", &other.to_string()).await;
+    let (rc, out) = host
+        .vfmig(&format!("check --descriptor /tmp/i210.json --pf {pf} {policy}"))
+        .await;
+    assert_eq!(rc, 1, "{out}");
+    assert!(
+        out.contains("the destination PF is 8086:10c9") && out.contains("8086:1533"),
+        "{out}"
+    );
+
+    let (rc, out) = host.vfmig(&check("--allow-vlan 200 --allow-trust --json")).await;
+    assert_eq!(rc, 1, "{out}");
+    let verdict = json(&out);
+    assert_eq!(verdict["compatible"], false);
+    assert_eq!(
+        verdict["reasons"],
+        serde_json::json!([{"reason": "vlan-not-allowed", "vlan": 100, "allowed": "200"}])
+    );
+
+    let (rc, out) = host.vfmig(&check("--allow-vlan 100")).await;
+    assert_eq!(rc, 1, "{out}");
+    assert!(
+        out.contains("the source VF is trusted and the destination does not allow trusted VFs"),
+        "{out}"
+    );
+
+    // Every VF taken: no free VF.
+    for _ in 0..VFS {
+        let (rc, out) = host
+            .vfmig(&format!("provision --pf {pf} --descriptor /tmp/src.json"))
+            .await;
+        assert_eq!(rc, 0, "{out}");
+    }
+    let (rc, out) = host.vfmig(&check(policy)).await;
+    assert_eq!(rc, 1, "{out}");
+    assert!(
+        out.contains(&format!("the destination PF {pf} has no free VF")),
+        "{out}"
+    );
+
+    // migrate checks first: an incompatible offer is refused before QEMU is even contacted
+    // (the sockets named here do not exist), a compatible one gets as far as QEMU.
+    let (rc, out) = host.vfmig(&format!("offer --pf {pf} {policy} > /tmp/full.json")).await;
+    assert_eq!(rc, 0, "{out}");
+    let migrate = |offer: &str| {
+        format!(
+            "migrate --qmp /run/none.sock --agent /run/none-agent.sock --vf vf --uri tcp:198.18.0.99:4444 \
+             --descriptor /tmp/src.json --offer {offer} 2>&1"
+        )
+    };
+    let (rc, out) = host.vfmig(&migrate("/tmp/full.json")).await;
+    assert_eq!(rc, 1, "{out}");
+    assert!(
+        out.contains("nothing was changed") && out.contains("no free VF"),
+        "{out}"
+    );
+    for index in 0..VFS {
+        let (rc, out) = host.vfmig(&format!("release --pf {pf} --vf {index}")).await;
+        assert_eq!(rc, 0, "{out}");
+    }
+    let (rc, out) = host.vfmig(&format!("offer --pf {pf} {policy} > /tmp/free.json")).await;
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = host.vfmig(&migrate("/tmp/free.json")).await;
+    assert_eq!(rc, 2, "{out}");
+    assert!(out.contains("source QMP /run/none.sock"), "{out}");
+
+    // Documents that do not validate are refused by name.
+    host.write("/tmp/v2.json", &d.to_string().replacen("\"major\":1", "\"major\":2", 1))
+        .await;
+    let (rc, out) = host
+        .vfmig("check --descriptor /tmp/v2.json --offer /tmp/free.json")
+        .await;
+    assert_eq!(rc, 2, "{out}");
+    assert!(out.contains("has version 2.0"), "{out}");
+    host.write(
+        "/tmp/junk.json",
+        "{\"version\": {\"major\": 1, \"minor\": 0}, \"pf\": 7}",
+    )
+    .await;
+    let (rc, out) = host
+        .vfmig("check --descriptor /tmp/junk.json --offer /tmp/free.json")
+        .await;
+    assert_eq!(rc, 2, "{out}");
+    assert!(out.contains("the VF descriptor is not valid"), "{out}");
+}
