@@ -27,13 +27,20 @@ impl GuestShell {
     /// marker counts, so answers to earlier tries are read past and never taken for the
     /// answer to a later command.
     pub async fn connect(path: &Path, deadline: Duration) -> Result<Self, String> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let until = Instant::now() + deadline;
+        // QEMU binds the socket before it listens: a connect in between is refused.
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(stream) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        };
         let mut shell = Self {
             stream: BufReader::new(stream),
         };
-        let until = Instant::now() + deadline;
         let mut wait = Duration::from_millis(100);
         let mut attempt = 0u32;
         loop {

@@ -51,7 +51,12 @@ impl SriovHost {
                     [ \"$(basename \"$(readlink $n/device/driver)\")\" = igb ] && basename $n && exit 0; \
                     done; sleep 0.1; done; exit 1";
         let pf = shell.ok(find).await?.trim().to_owned();
-        shell.ok(&format!("ip link set {pf} up")).await?;
+        // Wait for the link too: igb refuses a VF rate limit while its link is down.
+        shell
+            .ok(&format!(
+                "ip link set {pf} up; for i in $(seq 100); do [ \"$(cat /sys/class/net/{pf}/carrier)\" = 1 ] && exit 0; sleep 0.1; done; exit 1"
+            ))
+            .await?;
         shell
             .ok(&format!("echo {VFS} > /sys/class/net/{pf}/device/sriov_numvfs"))
             .await?;

@@ -271,9 +271,14 @@ impl Vm {
     /// A shell in the guest, for looking inside it; answers within `deadline` or fails.
     pub async fn shell(&self, deadline: Duration) -> Result<GuestShell, String> {
         let path = self.socket("shell.sock").await.map_err(|e| e.to_string())?;
-        GuestShell::connect(&path, deadline)
-            .await
-            .map_err(|e| format!("{}: {e}; guest console:\n{}", self.name, self.console()))
+        GuestShell::connect(&path, deadline).await.map_err(|e| {
+            format!(
+                "{}: {e}; qemu said: {}; guest console:\n{}",
+                self.name,
+                self.errors(),
+                self.console()
+            )
+        })
     }
 
     /// Connects to the guest agent and opens a session (sync, hello) within `deadline`.
