@@ -156,13 +156,26 @@ async fn check_answers_compatible_or_not_with_the_reason() {
         "{out}"
     );
 
-    // Every VF taken: no free VF.
-    for _ in 0..VFS {
-        let (rc, out) = host
-            .vfmig(&format!("provision --pf {pf} --descriptor /tmp/src.json"))
-            .await;
-        assert_eq!(rc, 0, "{out}");
+    // Every VF taken, by provisionings run at once (as two hooks for two arriving VMs may):
+    // each gets a VF of its own.
+    let all = (0..VFS)
+        .map(|i| format!("vfmig-host provision --pf {pf} --descriptor /tmp/src.json --json > /tmp/p{i}.json &"))
+        .collect::<String>();
+    host.shell
+        .ok(&format!("{all} wait"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut taken = Vec::new();
+    for i in 0..VFS {
+        let out = host
+            .shell
+            .ok(&format!("cat /tmp/p{i}.json"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        taken.push(json(&out)["index"].as_u64().unwrap_or_else(|| panic!("{out}")));
     }
+    taken.sort();
+    assert_eq!(taken, [0, 1, 2, 3], "concurrent provisionings");
     let (rc, out) = host.vfmig(&check(policy)).await;
     assert_eq!(rc, 1, "{out}");
     assert!(

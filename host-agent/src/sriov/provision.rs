@@ -2,6 +2,7 @@
 //! PF, bind it to vfio-pci; and releasing it afterwards. Every step is undone, in reverse, if a
 //! later one fails, so a failed provisioning leaves the VF as it was found.
 
+use nix::fcntl::{Flock, FlockArg};
 use rtnetlink::Handle;
 use vfmig_protocol::descriptor::VfSettings;
 use vfmig_protocol::MacAddr;
@@ -97,6 +98,29 @@ impl Undo {
     }
 }
 
+/// Where the per-PF locks live.
+const LOCKS: &str = "/run/vfmig";
+
+/// Held while a VF of one PF is provisioned or released: two hooks run at once (two VMs
+/// arriving) would otherwise pick the same free VF. A lock on a file, so the kernel drops it
+/// if the holder dies.
+fn lock_pf(pf: &str) -> Result<Flock<std::fs::File>, SriovError> {
+    let dir = std::path::Path::new(LOCKS);
+    let path = dir.join(format!("sriov-{pf}.lock"));
+    let sysfs = |source| SriovError::Sysfs {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(sysfs)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(sysfs)?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| sysfs(e.into()))
+}
+
 /// Provisions a free VF of `pf` with `settings` and binds it to vfio-pci. `fail_after`
 /// injects a failure after that step, for the tests of the undo.
 pub async fn provision(
@@ -116,6 +140,7 @@ pub async fn provision(
         undo: Vec::new(),
     };
     checked(pf).map_err(early)?;
+    let _lock = lock_pf(pf).map_err(early)?;
     if !pci::driver_loaded("vfio-pci") {
         return Err(early(SriovError::NoVfio));
     }
@@ -167,6 +192,7 @@ pub async fn provision(
 /// of an unused VF.
 pub async fn release(handle: &Handle, pf: &str, index: u32) -> Result<(), SriovError> {
     checked(pf)?;
+    let _lock = lock_pf(pf)?;
     let address = pci::vf_address(pf, index)?;
     pci::bind(&address, None).await?;
     let (pf_index, vfs) = netlink::read(handle, pf).await?;
