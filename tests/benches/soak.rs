@@ -103,6 +103,7 @@ async fn hop(
         hold_margin: 64 << 20,
         journal: None,
         standby: vfmig_protocol::message::StandbyRequest::Auto,
+        vf_mac: None,
     };
     let mut timeline = Timeline::new();
     let mut quiet = |_: &vfmig_host::migration::Step, _: Option<&_>| {};
@@ -112,6 +113,7 @@ async fn hop(
         .ok_or_else(|| format!("hop {n}: migrated without the guest agent"))?;
     let spec = PlugSpec {
         device: vf_device_json("e1000e", VF_ID, mac),
+        mac: None,
         saved: saved.interface,
         restore_mac: false,
         attempts: 3,

@@ -40,3 +40,16 @@ pub fn exclusive() -> Exclusive {
         Err((_, e)) => panic!("locking {}: {e}", path.display()),
     }
 }
+
+/// The `vfmig-host` binary cargo built beside the running test (`cargo test --workspace`
+/// builds it; a test of this package alone does not).
+pub fn host_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target directory")
+        .join("vfmig-host");
+    assert!(bin.exists(), "{} is missing: build the workspace first", bin.display());
+    bin
+}

@@ -5,28 +5,17 @@
 //! network it had, the peer's TCP connection must survive, and the journal must be gone.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vfmig_testbed::bed::{agent, echo, vf_mac, Bed, FRESH_MAC, NETWORK, SOURCE_MAC};
+use vfmig_testbed::host_bin;
 use vfmig_testbed::probe::{wait_answering, TcpProbe};
 use vfmig_testbed::proxy::Proxy;
 use vfmig_testbed::vm::{vf_device_json, Vm, HOST_QMP, VF_ID};
-
-/// The `vfmig-host` binary cargo built beside this test.
-fn host_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .join("vfmig-host");
-    assert!(bin.exists(), "{} is missing: build the workspace first", bin.display());
-    bin
-}
 
 /// How the command is run, both times.
 struct Sockets {

@@ -41,6 +41,7 @@ fn plan(uri: &str, fallback: Fallback) -> Plan {
         hold_margin: 64 << 20,
         journal: None,
         standby: vfmig_protocol::message::StandbyRequest::Auto,
+        vf_mac: None,
     }
 }
 
@@ -58,6 +59,7 @@ async fn assert_back_on_source(bed: &Bed, tcp: &mut TcpProbe) {
 fn fresh_vf(device: serde_json::Value, saved: &str) -> PlugSpec {
     PlugSpec {
         device,
+        mac: None,
         saved: saved.into(),
         restore_mac: false,
         attempts: 3,

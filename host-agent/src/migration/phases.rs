@@ -125,13 +125,19 @@ pub struct Plan {
     pub journal: Option<PathBuf>,
     /// Whether the guest moves the VF's addresses to a standby NIC for the VF gap.
     pub standby: StandbyRequest,
+    /// The VF's MAC, for a device that has no `mac` property to ask QEMU for (a vfio-pci VF:
+    /// the PF gave it its MAC).
+    pub vf_mac: Option<MacAddr>,
 }
 
 /// The destination side's instructions.
 #[derive(Clone, Debug)]
 pub struct PlugSpec {
-    /// `device_add` arguments for the fresh VF; must include `mac`.
+    /// `device_add` arguments for the fresh VF.
     pub device: Value,
+    /// The fresh VF's MAC when `device` has no `mac` (a vfio-pci VF, given its MAC through
+    /// the PF).
+    pub mac: Option<MacAddr>,
     /// The interface name the guest saved its state under.
     pub saved: String,
     /// Give the fresh VF the saved MAC too.
@@ -146,6 +152,8 @@ pub enum MigrateError {
     GuestUnavailable(ChannelError),
     #[error("no VF with id {id} in this VM ({error}); nothing was changed")]
     NoSuchVf { id: String, error: QmpError },
+    #[error("the VF {id} has no mac property (a vfio-pci VF): give its MAC (--vf-mac, or --descriptor); nothing was changed")]
+    NoVfMac { id: String },
     #[error("QEMU: {0}")]
     Qmp(#[from] QmpError),
     #[error(transparent)]
@@ -369,6 +377,29 @@ async fn abort(qmp: &Qmp, params: &OriginalParams) {
     }
 }
 
+/// Whether QEMU has a device with id `id` (every QOM object has a `type`).
+async fn device_present(qmp: &Qmp, id: &str) -> bool {
+    qmp.query::<Value>(
+        "qom-get",
+        Some(json!({ "path": format!("/machine/peripheral/{id}"), "property": "type" })),
+    )
+    .await
+    .is_ok()
+}
+
+/// The MAC of the plugged device `id`: its `mac` property, or `known` for a device without
+/// one (vfio-pci).
+async fn vf_mac(qmp: &Qmp, id: &str, known: Option<MacAddr>) -> Result<MacAddr, MigrateError> {
+    match plugged_mac(qmp, id).await {
+        Ok(mac) => Ok(mac),
+        Err(e) => match (device_present(qmp, id).await, known) {
+            (true, Some(mac)) => Ok(mac),
+            (true, None) => Err(MigrateError::NoVfMac { id: id.into() }),
+            (false, _) => Err(e),
+        },
+    }
+}
+
 /// Is the device with QEMU id `id` plugged? Its MAC if so.
 async fn plugged_mac(qmp: &Qmp, id: &str) -> Result<MacAddr, MigrateError> {
     let mac: String = qmp
@@ -471,7 +502,7 @@ pub fn migration_done(plan: &Plan) -> Result<(), MigrateError> {
 }
 
 async fn fresh(src: &Qmp, agent: &Path, plan: &Plan, run: &mut Run<'_>) -> Result<Option<Saved>, MigrateError> {
-    let mac = plugged_mac(src, &plan.vf_id).await?;
+    let mac = vf_mac(src, &plan.vf_id, plan.vf_mac).await?;
     // Read strictly: a missing value restored as 0 would mean "unlimited" to QEMU.
     let params: OriginalParams = src.query("query-migrate-parameters", None).await?;
     if let Some(path) = &plan.journal {
@@ -701,7 +732,7 @@ async fn save_and_unplug(
         Ok(done) => done,
         Err(remaining) => {
             abort(src, params).await;
-            if plugged_mac(src, &plan.vf_id).await.is_ok() {
+            if device_present(src, &plan.vf_id).await {
                 keep_vf(channel, plan, &saved.interface, mac).await;
             }
             return Err(MigrateError::HoldLeaked { remaining });
@@ -1005,7 +1036,7 @@ async fn resume(
     run: &mut Run<'_>,
 ) -> Result<Option<Saved>, MigrateError> {
     let info = query(src).await?;
-    let vf_present = plugged_mac(src, &plan.vf_id).await.is_ok();
+    let vf_present = device_present(src, &plan.vf_id).await;
     // A VM that arrived by migration reports its *incoming* migration as "completed" until it
     // starts one of its own; an outgoing one that completed always carries RAM figures.
     let status = match info.status.as_deref() {
@@ -1164,7 +1195,7 @@ async fn resume(
 async fn vf_gone(src: &Qmp, id: &str, deadline: Duration) -> bool {
     let until = Instant::now() + deadline;
     loop {
-        if plugged_mac(src, id).await.is_err() {
+        if !device_present(src, id).await {
             return true;
         }
         if Instant::now() > until {
@@ -1186,12 +1217,15 @@ pub async fn plug_destination(
         error,
         saved: spec.saved.clone(),
     };
-    let mac: MacAddr = spec.device["mac"]
-        .as_str()
+    let mac: MacAddr = spec
+        .device
+        .get("mac")
+        .and_then(Value::as_str)
         .and_then(|m| m.parse().ok())
+        .or(spec.mac)
         .ok_or_else(|| MigrateError::PlugFailed {
             attempts: 0,
-            error: "device has no mac".into(),
+            error: "the fresh VF's MAC is unknown: give it as the device's \"mac\" or, for vfio-pci, with --mac".into(),
             saved: spec.saved.clone(),
         })?;
     let (mut channel, guest) = session(agent, spec.deadlines.agent).await.map_err(restore_failed)?;
@@ -1213,7 +1247,9 @@ pub async fn plug_destination(
 
     let id = spec.device["id"].as_str().unwrap_or_default();
     // Run again after an interruption, the VF may be plugged already: plugging it twice fails.
-    let present = !id.is_empty() && plugged_mac(dst, id).await.is_ok_and(|m| m == mac);
+    // A device without a mac property (vfio-pci) is taken as the one this step plugged.
+    let present =
+        !id.is_empty() && device_present(dst, id).await && plugged_mac(dst, id).await.map_or(true, |m| m == mac);
     let mut last = String::new();
     let mut plugged = present;
     for attempt in (1..=spec.attempts.max(1)).take_while(|_| !present) {

@@ -195,6 +195,7 @@ async fn vfmig(bed: &Bed, standby: StandbyRequest) -> Result<Driven, String> {
         hold_margin: 64 << 20,
         journal: None,
         standby,
+        vf_mac: None,
     };
     let first = Instant::now();
     let mut timeline = Timeline::new();
@@ -210,6 +211,7 @@ async fn vfmig(bed: &Bed, standby: StandbyRequest) -> Result<Driven, String> {
     }
     let spec = PlugSpec {
         device: vf_device_json("e1000e", VF_ID, FRESH_MAC),
+        mac: None,
         saved: saved.interface,
         restore_mac: false,
         attempts: 3,

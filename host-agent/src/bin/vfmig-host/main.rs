@@ -91,9 +91,18 @@ struct MigrateArgs {
     /// The unix socket behind the destination VM's virtserialport.
     #[arg(long)]
     dest_agent: Option<PathBuf>,
-    /// device_add arguments (JSON) for the fresh VF on the destination; must include "mac".
+    /// device_add arguments (JSON) for the fresh VF on the destination, with its "mac" (for
+    /// vfio-pci, which has none, see --plug-mac).
     #[arg(long, value_parser = json_object)]
     plug_device: Option<Value>,
+    /// The VF's MAC, for a VF device without a mac property (vfio-pci). Default: the
+    /// descriptor's.
+    #[arg(long)]
+    vf_mac: Option<MacAddr>,
+    /// The fresh VF's MAC, for a device without a mac property (vfio-pci). Default: the
+    /// descriptor's (`provision` gives the fresh VF the source VF's MAC).
+    #[arg(long)]
+    plug_mac: Option<MacAddr>,
     /// Give the fresh VF the saved MAC as well.
     #[arg(long)]
     restore_mac: bool,
@@ -122,9 +131,13 @@ struct PlugArgs {
     /// The unix socket behind the VM's virtserialport org.vfmig.agent.0.
     #[arg(long)]
     agent: PathBuf,
-    /// device_add arguments (JSON) for the fresh VF; must include "mac".
+    /// device_add arguments (JSON) for the fresh VF, with its "mac" (for vfio-pci, which has
+    /// none, see --mac).
     #[arg(long, value_parser = json_object)]
     device: Value,
+    /// The fresh VF's MAC, for a device without a mac property (vfio-pci).
+    #[arg(long)]
+    mac: Option<MacAddr>,
     /// The interface name the guest saved its state under (printed by `migrate`).
     #[arg(long)]
     saved: String,
@@ -234,6 +247,7 @@ fn outcome(e: &MigrateError) -> ExitCode {
     match e {
         MigrateError::GuestUnavailable(_)
         | MigrateError::NoSuchVf { .. }
+        | MigrateError::NoVfMac { .. }
         | MigrateError::PrepareFailed(_)
         | MigrateError::HoldLeaked { .. }
         | MigrateError::UnplugTimeout { .. }
@@ -272,13 +286,15 @@ async fn source(
 }
 
 async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
-    if let (Some(d), Some(o)) = (&args.descriptor, &args.offer) {
-        let verdict = check(&sriov::descriptor(d)?, &sriov::offer(o)?);
+    let descriptor = args.descriptor.as_deref().map(sriov::descriptor).transpose()?;
+    if let (Some(d), Some(o)) = (&descriptor, &args.offer) {
+        let verdict = check(d, &sriov::offer(o)?);
         if !verdict.compatible {
             eprintln!("vfmig-host: the destination cannot take this VF; nothing was changed");
             return sriov::verdict(&verdict, false);
         }
     }
+    let described_mac = descriptor.as_ref().map(|d| d.vf.mac);
     let plan = Plan {
         vf_id: args.vf.clone(),
         vf_device: args.vf_device.clone(),
@@ -291,6 +307,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         hold_margin: args.hold_margin_mib << 20,
         journal: Some(args.journal.clone().unwrap_or_else(|| default_journal(&args.qmp))),
         standby: args.standby.clone(),
+        vf_mac: args.vf_mac.or(described_mac),
     };
     let mut timeline = Timeline::new();
     let mut observe = observer();
@@ -328,6 +345,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         .with_context(|| format!("destination QMP {}", dest_qmp.display()))?;
     let spec = PlugSpec {
         device: device.clone(),
+        mac: args.plug_mac.or(described_mac),
         saved: saved.interface,
         restore_mac: args.restore_mac,
         attempts: 3,
@@ -364,6 +382,7 @@ async fn plug(args: PlugArgs) -> Result<ExitCode> {
         .with_context(|| format!("QMP {}", args.qmp.display()))?;
     let spec = PlugSpec {
         device: args.device,
+        mac: args.mac,
         saved: args.saved,
         restore_mac: args.restore_mac,
         attempts: 3,
