@@ -111,8 +111,8 @@ pub struct Offer {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DocumentError {
-    #[error("{what} is {len} bytes, more than the {max} allowed")]
-    TooLarge { what: &'static str, len: usize, max: usize },
+    #[error("{what} is larger than the {max} bytes allowed")]
+    TooLarge { what: &'static str, max: usize },
     #[error("{what} is not valid: {reason}")]
     Malformed { what: &'static str, reason: String },
     #[error("{what} has version {got}, this vfmig reads {ours} and older minors of major {}", ours.major)]
@@ -128,7 +128,6 @@ fn read<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Res
     if bytes.len() > MAX_DOCUMENT {
         return Err(DocumentError::TooLarge {
             what,
-            len: bytes.len(),
             max: MAX_DOCUMENT,
         });
     }

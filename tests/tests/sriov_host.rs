@@ -227,4 +227,13 @@ async fn check_answers_compatible_or_not_with_the_reason() {
         .await;
     assert_eq!(rc, 2, "{out}");
     assert!(out.contains("the VF descriptor is not valid"), "{out}");
+    // An endless one is refused by its size, not read to the end.
+    let (rc, out) = host
+        .vfmig("check --descriptor - --offer /tmp/free.json < /dev/zero")
+        .await;
+    assert_eq!(rc, 2, "{out}");
+    assert!(
+        out.contains("the VF descriptor is larger than the 65536 bytes allowed"),
+        "{out}"
+    );
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use vfmig_host::sriov::{self, Step};
-use vfmig_protocol::descriptor::{check, Offer, Policy, Verdict, VfDescriptor};
+use vfmig_protocol::descriptor::{check, Offer, Policy, Verdict, VfDescriptor, MAX_DOCUMENT};
 
 #[derive(Subcommand)]
 pub enum SriovCommand {
@@ -95,13 +95,23 @@ pub struct CheckArgs {
     json: bool,
 }
 
+/// Reads at most one byte more than a document may have, so an oversize one is refused by
+/// its size without being read whole.
 fn read(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let limit = MAX_DOCUMENT as u64 + 1;
+    let mut buf = Vec::new();
     if path.to_str() == Some("-") {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).context("reading standard input")?;
-        return Ok(buf);
+        std::io::stdin()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit).read_to_end(&mut buf))
+            .with_context(|| format!("reading {}", path.display()))?;
     }
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    Ok(buf)
 }
 
 pub fn descriptor(path: &Path) -> Result<VfDescriptor> {
