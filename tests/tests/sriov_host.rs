@@ -8,17 +8,20 @@ use vfmig_testbed::sriov_host::{SriovHost, VFS};
 
 const MAC: &str = "52:54:00:aa:00:01";
 
-/// A source VF's descriptor for this host's PF model: VLAN 100, trusted, no spoof checking.
-async fn descriptor(host: &mut SriovHost) -> Value {
+/// A source VF's descriptor for this host's PF model: VLAN 100, trusted, no spoof checking,
+/// a rate limit of `max_tx_rate` Mb/s (0: none); written to /tmp/src.json in the host too.
+async fn descriptor(host: &mut SriovHost, max_tx_rate: u32) -> Value {
     let pf = host.pf.clone();
     let (rc, out) = host.vfmig(&format!("describe --pf {pf} --vf 0")).await;
     assert_eq!(rc, 0, "{out}");
-    let mut d: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let mut d = json(&out);
     assert_eq!(d["pf"]["driver"], "igb", "{d}");
     d["vf"]["mac"] = MAC.into();
     d["vf"]["vlan"] = 100.into();
     d["vf"]["trust"] = true.into();
     d["vf"]["spoof_check"] = false.into();
+    d["vf"]["max_tx_rate"] = max_tx_rate.into();
+    host.write("/tmp/src.json", &d.to_string()).await;
     d
 }
 
@@ -31,10 +34,8 @@ async fn a_vf_is_provisioned_read_back_bound_to_vfio_and_released() {
     let mut host = SriovHost::boot().await.unwrap_or_else(|e| panic!("{e}"));
     let pf = host.pf.clone();
     let before = host.vf_snapshot().await;
-    let mut d = descriptor(&mut host).await;
     // A rate limit too: igb takes one while its link runs at 1 Gb/s, as the emulated one does.
-    d["vf"]["max_tx_rate"] = 100.into();
-    host.write("/tmp/src.json", &d.to_string()).await;
+    let d = descriptor(&mut host, 100).await;
 
     let (rc, out) = host
         .vfmig(&format!("provision --pf {pf} --descriptor /tmp/src.json --json"))
@@ -77,9 +78,7 @@ async fn a_failure_at_each_step_leaves_the_vf_as_it_was() {
     let mut host = SriovHost::boot().await.unwrap_or_else(|e| panic!("{e}"));
     let pf = host.pf.clone();
     let before = host.vf_snapshot().await;
-    let mut d = descriptor(&mut host).await;
-    d["vf"]["max_tx_rate"] = 100.into();
-    host.write("/tmp/src.json", &d.to_string()).await;
+    let mut d = descriptor(&mut host, 100).await;
     for step in ["pick", "mac", "vlan", "spoof-check", "trust", "rate", "vfio"] {
         let (rc, out) = host
             .vfmig(&format!(
@@ -120,8 +119,7 @@ async fn a_failure_at_each_step_leaves_the_vf_as_it_was() {
 async fn check_answers_compatible_or_not_with_the_reason() {
     let mut host = SriovHost::boot().await.unwrap_or_else(|e| panic!("{e}"));
     let pf = host.pf.clone();
-    let d = descriptor(&mut host).await;
-    host.write("/tmp/src.json", &d.to_string()).await;
+    let d = descriptor(&mut host, 0).await;
     let policy = "--allow-vlan 0 --allow-vlan 100 --allow-trust";
     let check = |extra: &str| format!("check --descriptor /tmp/src.json --pf {pf} {extra}");
 

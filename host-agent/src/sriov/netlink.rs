@@ -146,18 +146,7 @@ pub async fn apply(handle: &Handle, pf_index: u32, vf: u32, setting: Setting) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unused() -> VfSettings {
-        VfSettings {
-            mac: MacAddr([0; 6]),
-            vlan: 0,
-            qos: 0,
-            spoof_check: true,
-            trust: false,
-            min_tx_rate: 0,
-            max_tx_rate: 0,
-        }
-    }
+    use crate::sriov::provision::unused;
 
     #[test]
     fn only_what_differs_is_set_in_a_fixed_order() {

@@ -58,7 +58,7 @@ pub struct Provisioned {
 
 /// The settings of a VF no one uses: no MAC given, untagged, no rate limit, spoof checking on,
 /// not trusted.
-fn unused() -> VfSettings {
+pub(super) fn unused() -> VfSettings {
     VfSettings {
         mac: MacAddr([0; 6]),
         vlan: 0,
