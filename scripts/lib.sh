@@ -24,6 +24,10 @@ install_deps() {
     command -v cpio >/dev/null || missing+=(cpio)
     # The guest's kernel modules are built with the kernel's own make-based build (images/build).
     command -v make >/dev/null || missing+=(make)
+    # The guest agent's D-Bus tests run a private bus and call it as another user.
+    command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
+    command -v dbus-send >/dev/null || missing+=(dbus-bin)
+    command -v setpriv >/dev/null || missing+=(util-linux)
     if [ ${#missing[@]} -gt 0 ] || ! qemu_is_new_enough; then
         if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
             printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \

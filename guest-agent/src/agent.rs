@@ -14,6 +14,7 @@ use vfmig_protocol::version::{negotiate, SUPPORTED};
 use vfmig_protocol::ErrorCode;
 
 use crate::dma_hook::DmaHook;
+use crate::events::{Event, Events, Trigger};
 use crate::netstate::standby::{self, Standby, StandbyConfig};
 use crate::netstate::{self, RestoreOptions};
 use crate::store;
@@ -28,6 +29,7 @@ pub struct Agent {
     hook: DmaHook,
     standby: StandbyConfig,
     phase: Phase,
+    events: Events,
 }
 
 fn error(code: ErrorCode, message: impl std::fmt::Display) -> GuestMessage {
@@ -68,7 +70,18 @@ impl Agent {
             hook,
             standby,
             phase: Phase::Idle,
+            events: Events::default(),
         }
+    }
+
+    /// What the agent does from now on, as it happens.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.phase = phase;
+        self.events.emit(Event::Phase(phase));
     }
 
     /// The replies to one request, in the order they are to be sent.
@@ -90,7 +103,7 @@ impl Agent {
             HostMessage::Sync { nonce } => vec![GuestMessage::SyncAck { nonce }],
             HostMessage::StatusQuery => vec![GuestMessage::Status(Status {
                 phase: self.phase,
-                saved: self.saved(),
+                saved: store::names(&self.store_dir),
             })],
             HostMessage::PrepareUnplug(p) => self.prepare_unplug(p).await,
             HostMessage::Restore(r) => vec![self.restore(r).await],
@@ -121,18 +134,6 @@ impl Agent {
     async fn standby_now(&self) -> Option<String> {
         let choice = standby::choose(&self.handle, &StandbyRequest::Auto, &self.standby, 0).await;
         choice.ok()?.ok().map(|s| s.name)
-    }
-
-    /// Names of the interfaces with a state on record.
-    fn saved(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.store_dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned))
-            .collect();
-        names.sort();
-        names
     }
 
     async fn prepare_unplug(&mut self, p: PrepareUnplug) -> Vec<GuestMessage> {
@@ -175,17 +176,19 @@ impl Agent {
             },
             None => None,
         };
-        self.phase = Phase::Saved;
+        self.set_phase(Phase::Saved);
         let s = &state.interface;
+        let saved = StateSaved {
+            interface: name.clone(),
+            digest: digest(&state),
+            addresses: count(s.addresses.len()),
+            routes: count(s.routes.len()),
+            neighbours: count(s.neighbours.len()),
+            standby: moved,
+        };
+        self.events.emit(Event::Saved(saved.clone()));
         vec![
-            GuestMessage::StateSaved(StateSaved {
-                interface: name.clone(),
-                digest: digest(&state),
-                addresses: count(s.addresses.len()),
-                routes: count(s.routes.len()),
-                neighbours: count(s.neighbours.len()),
-                standby: moved,
-            }),
+            GuestMessage::StateSaved(saved),
             GuestMessage::UnplugReady(UnplugReady { interface: name }),
         ]
     }
@@ -199,7 +202,7 @@ impl Agent {
             Ok(i) => i,
             Err(e) => return error(ErrorCode::NoSuchInterface, e),
         };
-        match self.restore_onto(saved, index, r.restore_mac).await {
+        match self.restore_onto(saved, index, r.restore_mac, Trigger::Host).await {
             Ok(restored) => GuestMessage::Restored(restored),
             Err(e) => error(ErrorCode::RestoreIncomplete, e),
         }
@@ -243,8 +246,9 @@ impl Agent {
         saved: SavedState,
         index: u32,
         restore_mac: bool,
+        by: Trigger,
     ) -> Result<Restored, netstate::NetstateError> {
-        self.phase = Phase::Restoring;
+        self.set_phase(Phase::Restoring);
         let name = saved.interface.identity.name.clone();
         let standby = store::marked_standby(&self.store_dir, &name);
         let opts = RestoreOptions {
@@ -272,8 +276,8 @@ impl Agent {
             Ok(now) => differences(&saved.interface, &now.state),
             Err(e) => vec![format!("could not re-read the interface to verify: {e}")],
         };
-        self.phase = Phase::Restored;
-        Ok(Restored {
+        self.set_phase(Phase::Restored);
+        let restored = Restored {
             interface: saved.interface.identity.name,
             applied: count(report.applied.len()),
             unchanged: count(report.unchanged.len()),
@@ -281,7 +285,12 @@ impl Agent {
             mismatches: mismatches.into_iter().take(MAX_FAILURES).map(bounded).collect(),
             duration_ms: u32::try_from(report.elapsed.as_millis()).unwrap_or(u32::MAX),
             standby_released: released,
-        })
+        };
+        self.events.emit(Event::Restored {
+            report: restored.clone(),
+            by,
+        });
+        Ok(restored)
     }
 
     /// A link appeared. If it carries the MAC of an interface whose state is saved (the
@@ -289,7 +298,7 @@ impl Agent {
     /// agent restores onto it without waiting for the host, which may be gone; a later
     /// `restore` from the host then finds everything in place.
     pub async fn link_appeared(&mut self, link: netstate::NewLink) {
-        for name in self.saved() {
+        for name in store::names(&self.store_dir) {
             let Ok(saved) = store::load(&store::path_for(&self.store_dir, &name)) else {
                 continue;
             };
@@ -297,7 +306,7 @@ impl Agent {
                 continue;
             }
             tracing::info!(saved = %name, index = link.index, mac = %link.mac, "a link with a saved MAC appeared; restoring");
-            match self.restore_onto(saved, link.index, false).await {
+            match self.restore_onto(saved, link.index, false, Trigger::LinkAppeared).await {
                 Ok(r) => {
                     for line in r.failed.iter().chain(&r.mismatches) {
                         tracing::warn!(line, "not restored");

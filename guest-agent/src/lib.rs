@@ -8,10 +8,13 @@
 //! back from), and never stop a restore at the first item that fails: every
 //! item is attempted and every failure reported, because a half-restored NIC with a silent
 //! error is worse than one with a list of what is missing. It never keeps the hook's state in
-//! memory only: the kernel module holds it, so a restarted agent finds it as it was.
+//! memory only: the kernel module holds it, so a restarted agent finds it as it was. What it
+//! shows on D-Bus (`org.vfmig.Guest1`) is read-only: the bus can never make it change anything.
 
 pub mod agent;
 pub mod channel;
+pub mod dbus;
 pub mod dma_hook;
+pub mod events;
 pub mod netstate;
 pub mod store;

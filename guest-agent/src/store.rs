@@ -62,6 +62,18 @@ pub fn save(path: &Path, state: &SavedState) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Names of the interfaces with a state on record in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
 /// Reads and validates the state at `path`.
 pub fn load(path: &Path) -> Result<SavedState, StoreError> {
     let file = File::open(path).map_err(io(path))?;

@@ -9,6 +9,7 @@
 
 pub mod bed;
 pub mod compare;
+pub mod dbus_daemon;
 pub mod fabric;
 pub mod hook;
 pub mod image;
@@ -52,4 +53,19 @@ pub fn host_bin() -> std::path::PathBuf {
         .join("vfmig-host");
     assert!(bin.exists(), "{} is missing: build the workspace first", bin.display());
     bin
+}
+
+/// Has the kernel kill `cmd`'s process if the thread that starts it (the test) dies without
+/// running its guards.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, as a pre_exec hook must be.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }

@@ -4,7 +4,6 @@
 //! during a migration) and no option ROM (which would be a RAM block the destination lacks).
 
 use std::fs;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,16 +211,7 @@ impl Vm {
         cmd.stdin(Stdio::null())
             .stdout(fs::File::create(dir.join("qemu.log"))?)
             .stderr(fs::File::create(dir.join("qemu.err"))?);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill QEMU if the thread
-        // that started it (the test) dies without running its guards.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::die_with_parent(&mut cmd);
         let started = Instant::now();
         let child = cmd.spawn()?;
         Ok(Self {

@@ -2,7 +2,7 @@
 //!
 //! `capture` and `restore` do by hand what the daemon does when the host asks, so an operator
 //! can save and restore an interface without a host, and so the benchmark and the demo drive
-//! the same code as production.
+//! the same code as production. `status` asks the running daemon, over D-Bus, what it did.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vfmig_guest::agent::Agent;
 use vfmig_guest::channel;
+use vfmig_guest::dbus::{self, Bus, Serve};
 use vfmig_guest::dma_hook::DmaHook;
 use vfmig_guest::netstate::standby::StandbyConfig;
 use vfmig_guest::netstate::{self, RestoreOptions};
@@ -47,6 +48,21 @@ enum Command {
         /// enslaved to nothing), "off", or an interface name.
         #[arg(long, default_value = "auto")]
         standby: StandbyConfig,
+        /// Show what the agent does as org.vfmig.Guest1 on D-Bus: "auto" (the system bus if
+        /// there is one), "off", "system", or a bus address (unix:path=…); with "system" or an
+        /// address the daemon fails if it cannot.
+        #[arg(long, default_value = "auto")]
+        dbus: Serve,
+    },
+    /// Ask the running daemon, over D-Bus, its phase, the states it has on record, and what
+    /// it last saved and restored. Exits 1 if no daemon serves the bus.
+    Status {
+        /// "system", or a bus address (unix:path=…).
+        #[arg(long, default_value = "system")]
+        bus: Bus,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Save an interface's addresses, routes (every table) and neighbours to a sealed document.
     Capture {
@@ -89,10 +105,19 @@ async fn main() -> ExitCode {
     }
 }
 
+fn rtnetlink() -> Result<rtnetlink::Handle> {
+    netstate::connect().context("opening rtnetlink")
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let handle = netstate::connect().context("opening rtnetlink")?;
     match cli.command {
-        Command::Run { port, store, standby } => {
+        Command::Status { bus, json } => status(&bus, json).await,
+        Command::Run {
+            port,
+            store,
+            standby,
+            dbus,
+        } => {
             let port = match port {
                 Some(p) => p,
                 None => channel::port::find(channel::port::PORT_NAME).context("finding the host channel")?,
@@ -100,13 +125,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut stream = channel::port::open(&port).with_context(|| format!("opening {}", port.display()))?;
             tracing::info!(port = %port.display(), "serving the host");
             let links = netstate::new_links().await.context("watching for new links")?;
-            let mut agent = Agent::new(handle, store, Capabilities::default(), DmaHook::default(), standby);
+            let mut agent = Agent::new(
+                rtnetlink()?,
+                store.clone(),
+                Capabilities::default(),
+                DmaHook::default(),
+                standby,
+            );
+            // Kept for as long as the daemon serves: dropping the connection leaves the bus.
+            let _bus = publish(dbus, store, agent.events()).await?;
             channel::session::serve(&mut stream, &mut agent, links)
                 .await
                 .context("host channel failed")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Capture { interface, out } => {
+            let handle = rtnetlink()?;
             let started = Instant::now();
             let captured = netstate::capture(&handle, &interface)
                 .await
@@ -139,6 +173,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             no_announce,
         } => {
             let saved = store::load(&state)?;
+            let handle = rtnetlink()?;
             let index = netstate::link_index(&handle, &onto)
                 .await
                 .with_context(|| format!("restoring onto {onto}"))?;
@@ -167,4 +202,40 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// Serves org.vfmig.Guest1 as `serve` says; `None` when it does not.
+async fn publish(
+    serve: Serve,
+    store: PathBuf,
+    events: tokio::sync::broadcast::Receiver<vfmig_guest::events::Event>,
+) -> Result<Option<zbus::Connection>> {
+    match serve {
+        Serve::Off => Ok(None),
+        Serve::Auto => match dbus::service::serve(&Bus::System, store, events).await {
+            Ok(conn) => Ok(Some(conn)),
+            Err(e) => {
+                tracing::warn!(error = %e, "not on D-Bus (no system bus?); serving the host without it");
+                Ok(None)
+            }
+        },
+        Serve::On(bus) => dbus::service::serve(&bus, store, events)
+            .await
+            .map(Some)
+            .with_context(|| format!("serving {} on {bus:?}", dbus::NAME)),
+    }
+}
+
+async fn status(bus: &Bus, json: bool) -> Result<ExitCode> {
+    match dbus::client::status(bus).await {
+        Ok(s) if json => println!("{}", serde_json::to_string_pretty(&s.to_json())?),
+        Ok(s) => print!("{s}"),
+        Err(e @ dbus::client::StatusError::NotRunning) => {
+            eprintln!("vfmig-guestd: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+        // zbus's errors print their sources already: no chain on top.
+        Err(e) => return Err(anyhow::anyhow!("{e}")),
+    }
+    Ok(ExitCode::SUCCESS)
 }
