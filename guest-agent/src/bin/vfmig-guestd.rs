@@ -227,15 +227,19 @@ async fn publish(
 }
 
 async fn status(bus: &Bus, json: bool) -> Result<ExitCode> {
-    match dbus::client::status(bus).await {
-        Ok(s) if json => println!("{}", serde_json::to_string_pretty(&s.to_json())?),
-        Ok(s) => print!("{s}"),
+    let text = match dbus::client::status(bus).await {
+        Ok(s) if json => format!("{}\n", serde_json::to_string_pretty(&s.to_json())?),
+        Ok(s) => s.to_string(),
         Err(e @ dbus::client::StatusError::NotRunning) => {
             eprintln!("vfmig-guestd: {e}");
             return Ok(ExitCode::FAILURE);
         }
         // zbus's errors print their sources already: no chain on top.
         Err(e) => return Err(anyhow::anyhow!("{e}")),
+    };
+    // `status | head -1` closes the pipe early: not an error, and no panic as println! has.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
-    Ok(ExitCode::SUCCESS)
 }
