@@ -52,3 +52,13 @@ install_deps() {
         exit 1
     fi
 }
+
+# What building and testing the Debian package needs: cargo-deb, and debootstrap for the
+# Debian test guest it is installed into.
+install_packaging_deps() {
+    if ! command -v debootstrap >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    fi
+    command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
+}
