@@ -144,15 +144,23 @@ impl Vm {
         .arg("-initrd")
         .arg(&image.initramfs)
         .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
+        .arg(
+            format!(
+                "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
              vfmig.agent={} vfmig.hook={} vfmig.failover={} vfmig.role={}{}",
-            if config.agent { "on" } else { "off" },
-            if config.hook { "on" } else { "absent" },
-            if config.failover { "on" } else { "off" },
-            if config.pf { "host" } else { "guest" },
-            if config.iommu { " intel_iommu=on" } else { "" }
-        ))
+                if config.agent { "on" } else { "off" },
+                if config.hook { "on" } else { "absent" },
+                if config.failover { "on" } else { "off" },
+                if config.pf { "host" } else { "guest" },
+                if config.iommu { " intel_iommu=on" } else { "" },
+            ) + if image.disk.is_some() { " root=/dev/vda rw" } else { "" },
+        )
+        .args(image.disk.iter().flat_map(|disk| {
+            [
+                "-drive".into(),
+                format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
+            ]
+        }))
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))
         .arg("-qmp")
