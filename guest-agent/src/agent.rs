@@ -2,7 +2,7 @@
 //! validated by the protocol crate; what it finds in the kernel and on disk is checked here.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rtnetlink::Handle;
 use vfmig_protocol::message::{
@@ -51,7 +51,8 @@ fn bounded(mut line: String) -> String {
     line
 }
 
-fn count(n: usize) -> u32 {
+/// A length as the u32 the wire and D-Bus carry.
+pub(crate) fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
@@ -158,11 +159,8 @@ impl Agent {
         for skipped in &captured.skipped {
             tracing::warn!(skipped, "not saved");
         }
-        let captured_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         let state = SavedState {
-            captured_unix_ms,
+            captured_unix_ms: netstate::unix_ms_now(),
             interface: captured.state,
         };
         let name = state.interface.identity.name.clone();

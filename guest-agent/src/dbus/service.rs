@@ -6,7 +6,6 @@
 //! only the host agent's validated requests do.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast::{self, error::RecvError};
 use vfmig_protocol::message::{validate_ifname, Phase, Restored, StateSaved};
@@ -16,7 +15,9 @@ use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::Connection;
 
 use super::{Bus, RestoreRecord, SaveRecord, StateSummary, NAME, PATH};
+use crate::agent::count;
 use crate::events::{Event, Trigger};
+use crate::netstate::unix_ms_now;
 use crate::store::{self, StoreError};
 
 /// The errors a caller can get, named under `org.vfmig.Guest1.Error`.
@@ -49,12 +50,6 @@ pub fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn save_record(s: StateSaved) -> SaveRecord {
     SaveRecord {
         interface: Some(s.interface),
@@ -63,7 +58,7 @@ fn save_record(s: StateSaved) -> SaveRecord {
         routes: Some(s.routes),
         neighbours: Some(s.neighbours),
         standby: s.standby,
-        unix_ms: Some(now_ms()),
+        unix_ms: Some(unix_ms_now()),
     }
 }
 
@@ -77,7 +72,7 @@ fn restore_record(r: Restored, by: Trigger) -> RestoreRecord {
         duration_ms: Some(r.duration_ms),
         standby_released: r.standby_released,
         trigger: Some(by.name().into()),
-        unix_ms: Some(now_ms()),
+        unix_ms: Some(unix_ms_now()),
     }
 }
 
@@ -141,10 +136,6 @@ impl Guest1 {
 
     #[zbus(signal)]
     async fn state_restored(emitter: &SignalEmitter<'_>, record: RestoreRecord) -> zbus::Result<()>;
-}
-
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Owns `org.vfmig.Guest1` on `bus` and serves the agent's `events` there until the agent

@@ -19,6 +19,13 @@ use rtnetlink::Handle;
 
 /// Opens an rtnetlink connection in the calling thread's network namespace and drives it on
 /// the current tokio runtime.
+/// Now, in milliseconds since the epoch (0 on a clock set before it): the agent's time stamps.
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 pub fn connect() -> std::io::Result<Handle> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo};
@@ -327,10 +327,7 @@ async fn restore_link(
 }
 
 fn elapsed_since(captured_unix_ms: u64) -> u32 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    u32::try_from(now.saturating_sub(captured_unix_ms) / 1000).unwrap_or(u32::MAX)
+    u32::try_from(super::unix_ms_now().saturating_sub(captured_unix_ms) / 1000).unwrap_or(u32::MAX)
 }
 
 fn address_message(onto: u32, a: &Address, elapsed_secs: u32) -> Result<RouteNetlinkMessage, &'static str> {
