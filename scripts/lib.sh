@@ -7,6 +7,11 @@ require_root() {
     fi
 }
 
+# How the guest's binaries are built (images/build, scripts/package): static, so they run in
+# the busybox guest and on any glibc, and one build serves both as long as these are the same.
+guest_target=x86_64-unknown-linux-gnu
+guest_rustflags="-C target-feature=+crt-static -C strip=debuginfo"
+
 # QEMU 10 (with the SR-IOV igb NIC) is in bookworm-backports; bookworm's own 7.2 has no igb.
 qemu_is_new_enough() {
     command -v qemu-system-x86_64 >/dev/null &&
