@@ -173,6 +173,52 @@ async fn restore_onto_a_new_link_reproduces_the_captured_state_and_is_idempotent
     assert_eq!(comparable(&after_again.state), comparable(&restored.state));
 }
 
+/// NetworkManager's way of configuring a link: addresses with `noprefixroute`, their prefix
+/// routes added by itself as protocol `kernel` (metric 100), and a gateway behind them. The
+/// kernel will not make those prefix routes on the fresh link, so they are saved — and the
+/// gateway routes, which need them, restore.
+#[tokio::test(flavor = "current_thread")]
+async fn networkmanagers_prefix_routes_are_saved_and_the_gateway_behind_them_restores() {
+    enter_fresh().unwrap();
+    ip_batch(&format!(
+        "link add vfa0 type veth peer name vfa0p
+link set vfa0p up
+link set vfa0 address {MAC_A} up
+addr add 198.18.30.2/24 dev vfa0 noprefixroute
+addr add 2001:db8:30::2/64 dev vfa0 nodad noprefixroute
+addr add 198.18.31.2/24 dev vfa0
+route add 198.18.30.0/24 dev vfa0 proto kernel scope link src 198.18.30.2 metric 100
+route add 2001:db8:30::/64 dev vfa0 proto kernel metric 100
+route add default via 198.18.30.1 dev vfa0 proto static metric 100
+route add default via 2001:db8:30::1 dev vfa0 proto static metric 100
+"
+    ))
+    .unwrap();
+    let handle = connect().unwrap();
+    let captured = capture(&handle, "vfa0").await.unwrap();
+    let kernel: Vec<String> = captured
+        .state
+        .routes
+        .iter()
+        .filter(|r| r.protocol == RTPROT_KERNEL)
+        .map(|r| format!("{}/{} metric {:?}", r.destination, r.prefix_len, r.metric))
+        .collect();
+    // The kernel's own prefix route for 198.18.31.2/24 is not state; NM's two are.
+    assert_eq!(
+        kernel,
+        ["198.18.30.0/24 metric Some(100)", "2001:db8:30::/64 metric Some(100)"],
+        "{:#?}",
+        captured.state.routes
+    );
+    let saved = seal_and_open(captured.state);
+
+    ip_batch("link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink set vfb0p up\n").unwrap();
+    let report = restore(&handle, &saved, index_of("vfb0"), ANNOUNCE).await.unwrap();
+    assert_clean(&report);
+    let restored = capture(&handle, "vfa0").await.unwrap();
+    assert_eq!(comparable(&restored.state), comparable(&saved.interface));
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn restore_mac_gives_the_new_link_the_saved_address() {
     enter_fresh().unwrap();

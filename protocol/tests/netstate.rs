@@ -206,3 +206,43 @@ fn an_inconsistent_state_says_where() {
         );
     }
 }
+
+/// NetworkManager adds its addresses with IFA_F_NOPREFIXROUTE and their prefix routes itself,
+/// as protocol `kernel`: those routes are state (the kernel will not make them again); any
+/// other `kernel` route is still refused.
+#[test]
+fn a_kernel_route_is_saved_only_as_the_prefix_route_of_a_noprefixroute_address() {
+    let prefix_route = |destination: &str, prefix_len, table| Route {
+        table,
+        destination: ip(destination),
+        prefix_len,
+        metric: Some(100),
+        tos: 0,
+        gateway: None,
+        onlink: false,
+        protocol: RTPROT_KERNEL,
+        scope: 0,
+        kind: RTN_UNICAST,
+        source: None,
+    };
+    // 2001:db8::10/64 carries NOPREFIXROUTE in the sample; 198.18.0.10/24 does not.
+    let mut ok = sample();
+    ok.interface.routes.push(prefix_route("2001:db8::", 64, 254));
+    ok.interface.sort();
+    assert_eq!(open(seal(&ok).as_bytes()).unwrap(), ok);
+    assert_eq!(network_of(ip("2001:db8::10"), 64), ip("2001:db8::"));
+    assert_eq!(network_of(ip("198.18.12.130"), 25), ip("198.18.12.128"));
+    assert_eq!(network_of(ip("198.18.0.10"), 0), ip("0.0.0.0"));
+
+    for route in [
+        prefix_route("198.18.0.0", 24, 254),
+        prefix_route("2001:db8::", 64, 100),
+        prefix_route("2001:db8::", 48, 254),
+    ] {
+        let mut bad = sample();
+        bad.interface.routes.push(route.clone());
+        bad.interface.sort();
+        let err = open(seal(&bad).as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("never saved"), "{route:?}: {err}");
+    }
+}

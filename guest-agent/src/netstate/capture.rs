@@ -12,7 +12,9 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteFlags, R
 use rtnetlink::{Handle, LinkGetRequest, RouteMessageBuilder};
 use vfmig_protocol::message::InterfaceSelector;
 use vfmig_protocol::netstate::consts::*;
-use vfmig_protocol::netstate::{is_link_local_v6, Address, Identity, InterfaceState, Neighbour, Route};
+use vfmig_protocol::netstate::{
+    handmade_prefix_route, is_link_local_v6, Address, Identity, InterfaceState, Neighbour, Route,
+};
 use vfmig_protocol::MacAddr;
 
 use super::{errno, sysfs, NetstateError};
@@ -143,7 +145,7 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
     let mut skipped = Vec::new();
 
     let addresses = dump_addresses(handle, index).await?;
-    let routes = dump_routes(handle, index, &mut skipped).await?;
+    let routes = dump_routes(handle, index, &addresses, &mut skipped).await?;
     let neighbours = dump_neighbours(handle, index).await?;
 
     let mut state = InterfaceState {
@@ -220,7 +222,12 @@ fn address_from(m: &AddressMessage) -> Option<Address> {
     })
 }
 
-async fn dump_routes(handle: &Handle, index: u32, skipped: &mut Vec<String>) -> Result<Vec<Route>, NetstateError> {
+async fn dump_routes(
+    handle: &Handle,
+    index: u32,
+    addresses: &[Address],
+    skipped: &mut Vec<String>,
+) -> Result<Vec<Route>, NetstateError> {
     let mut routes = Vec::new();
     // Table 0 asks for every table; a non-strict dump returns them all anyway.
     for request in [
@@ -235,7 +242,7 @@ async fn dump_routes(handle: &Handle, index: u32, skipped: &mut Vec<String>) -> 
             .await
             .map_err(netlink("dumping routes"))?;
         for m in &messages {
-            if let Some(route) = route_from(m, index, skipped) {
+            if let Some(route) = route_from(m, index, addresses, skipped) {
                 routes.push(route);
             }
         }
@@ -251,7 +258,7 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn route_from(m: &RouteMessage, index: u32, skipped: &mut Vec<String>) -> Option<Route> {
+fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], skipped: &mut Vec<String>) -> Option<Route> {
     let h = &m.header;
     let mut table = u32::from(h.table);
     let (mut oif, mut destination, mut gateway, mut metric, mut source) = (None, None, None, None, None);
@@ -286,7 +293,23 @@ fn route_from(m: &RouteMessage, index: u32, skipped: &mut Vec<String>) -> Option
     if oif != Some(index) || table == RT_TABLE_LOCAL || kind != RTN_UNICAST {
         return None;
     }
-    if protocol == RTPROT_KERNEL || protocol == RTPROT_RA {
+    if protocol == RTPROT_RA {
+        return None;
+    }
+    let route = Route {
+        table,
+        destination,
+        prefix_len: h.destination_prefix_length,
+        metric,
+        tos: h.tos,
+        gateway,
+        onlink: h.flags.contains(RouteFlags::Onlink),
+        protocol,
+        scope: h.scope.into(),
+        kind,
+        source,
+    };
+    if protocol == RTPROT_KERNEL && !handmade_prefix_route(&route, addresses) {
         return None;
     }
     if via {
@@ -302,19 +325,7 @@ fn route_from(m: &RouteMessage, index: u32, skipped: &mut Vec<String>) -> Option
             describe()
         ));
     }
-    Some(Route {
-        table,
-        destination,
-        prefix_len: h.destination_prefix_length,
-        metric,
-        tos: h.tos,
-        gateway,
-        onlink: h.flags.contains(RouteFlags::Onlink),
-        protocol,
-        scope: h.scope.into(),
-        kind,
-        source,
-    })
+    Some(route)
 }
 
 async fn dump_neighbours(handle: &Handle, index: u32) -> Result<Vec<Neighbour>, NetstateError> {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::consts::*;
-use super::{is_link_local_v6, InterfaceState, Neighbour};
+use super::{handmade_prefix_route, is_link_local_v6, InterfaceState, Neighbour};
 use crate::message::{validate_ifname, validate_pci_address};
 
 /// The first problem found, with the item it is in.
@@ -120,7 +120,7 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
         if r.kind != RTN_UNICAST {
             return Err(bad(at(), format!("route type {} does not use an interface", r.kind)));
         }
-        if r.protocol == RTPROT_KERNEL || r.protocol == RTPROT_RA {
+        if r.protocol == RTPROT_RA || (r.protocol == RTPROT_KERNEL && !handmade_prefix_route(r, &s.addresses)) {
             return Err(bad(
                 at(),
                 "routes the kernel makes (protocol kernel or ra) are never saved",

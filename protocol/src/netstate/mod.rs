@@ -8,7 +8,9 @@
 //! in translation.
 //!
 //! What the kernel makes by itself is never part of a state: IPv6 link-local addresses, routes
-//! of protocol `kernel` or `ra`, the local table, NOARP and FAILED neighbours.
+//! of protocol `kernel` or `ra`, the local table, NOARP and FAILED neighbours. One kind of
+//! `kernel` route is the exception, because the kernel does not make it: the prefix route of an
+//! address added with IFA_F_NOPREFIXROUTE, which NetworkManager adds itself ([`handmade_prefix_route`]).
 
 mod check;
 mod compare;
@@ -87,7 +89,9 @@ pub struct Address {
 
 impl Address {
     /// Flags a user can set; everything else in IFA_FLAGS is the kernel's bookkeeping.
-    pub const CONFIG_FLAGS: u32 = 0x02 | 0x10 | 0x100 | 0x200; // NODAD | HOMEADDRESS | MANAGETEMPADDR | NOPREFIXROUTE
+    pub const CONFIG_FLAGS: u32 = 0x02 | 0x10 | 0x100 | Self::NOPREFIXROUTE; // NODAD | HOMEADDRESS | MANAGETEMPADDR
+    /// IFA_F_NOPREFIXROUTE: the kernel makes no prefix route for this address.
+    pub const NOPREFIXROUTE: u32 = 0x200;
 
     /// What restore sets besides the address itself. Two entries for one address with equal
     /// configuration are the same to restore, whatever their lifetimes, which count down.
@@ -102,6 +106,30 @@ impl Address {
             self.route_metric,
         )
     }
+}
+
+/// `address` with the bits past its first `len` cleared: the network it is in.
+pub fn network_of(address: IpAddr, len: u8) -> IpAddr {
+    let keep = |width: u32| u128::MAX.checked_shl(width.saturating_sub(u32::from(len))).unwrap_or(0);
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & keep(32) as u32)),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & keep(128)).into()),
+    }
+}
+
+/// Whether `route` (of protocol `kernel`) is the prefix route of one of `addresses` that
+/// carries IFA_F_NOPREFIXROUTE, in the main table: the kernel will not make it again, whoever
+/// added it (NetworkManager adds its addresses so, and their prefix routes itself, as
+/// protocol `kernel` with its own metric), so it is part of the state.
+pub fn handmade_prefix_route(route: &Route, addresses: &[Address]) -> bool {
+    route.table == consts::RT_TABLE_MAIN
+        && route.gateway.is_none()
+        && !is_link_local_v6(route.destination)
+        && addresses.iter().any(|a| {
+            a.flags & Address::NOPREFIXROUTE != 0
+                && a.prefix_len == route.prefix_len
+                && network_of(a.address, a.prefix_len) == route.destination
+        })
 }
 
 /// An IPv6 link-local address (fe80::/10): the kernel makes one per link, so it is never saved.
@@ -169,6 +197,7 @@ impl Neighbour {
 /// Kernel constants the model refers to, named once.
 pub mod consts {
     pub const RT_TABLE_UNSPEC: u32 = 0;
+    pub const RT_TABLE_MAIN: u32 = 254;
     pub const RT_TABLE_LOCAL: u32 = 255;
     pub const RTN_UNICAST: u8 = 1;
     pub const RTPROT_KERNEL: u8 = 2;
