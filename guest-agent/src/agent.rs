@@ -17,10 +17,18 @@ use crate::dma_hook::DmaHook;
 use crate::events::{Event, Events, Trigger};
 use crate::netstate::standby::{self, Standby, StandbyConfig};
 use crate::netstate::{self, RestoreOptions};
+use crate::nm::{self, Snapshot};
+use crate::pending::{self, Pending};
 use crate::store;
 
 /// How long a restore waits for the VF's link to appear (measured: 0.4–0.7 s after hot-add).
 const LINK_WAIT: Duration = Duration::from_secs(10);
+/// How long a new link is left to udev before the agent touches it anyway (measured under
+/// TCG on the Debian guest: well under a second).
+const UDEV_WAIT: Duration = Duration::from_secs(5);
+/// Asking NetworkManager what it does with the VF must not hold up an unplug: past this, the
+/// state is saved without it (and NM's profile is not activated again after the restore).
+const NM_SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Agent {
     handle: Handle,
@@ -30,6 +38,7 @@ pub struct Agent {
     standby: StandbyConfig,
     phase: Phase,
     events: Events,
+    network_manager: nm::Use,
 }
 
 fn error(code: ErrorCode, message: impl std::fmt::Display) -> GuestMessage {
@@ -72,7 +81,15 @@ impl Agent {
             standby,
             phase: Phase::Idle,
             events: Events::default(),
+            network_manager: nm::Use::Off,
         }
+    }
+
+    /// Works with NetworkManager on that bus (off by default: a test agent in a network
+    /// namespace must not touch the NM of the machine it runs on).
+    pub fn with_network_manager(mut self, network_manager: nm::Use) -> Self {
+        self.network_manager = network_manager;
+        self
     }
 
     /// What the agent does from now on, as it happens.
@@ -165,6 +182,13 @@ impl Agent {
         };
         let name = state.interface.identity.name.clone();
         if let Err(e) = store::save(&store::path_for(&self.store_dir, &name), &state) {
+            return vec![error(ErrorCode::StorageFailed, e)];
+        }
+        let record = Pending {
+            mac: state.interface.identity.mac,
+            network_manager: self.nm_snapshot(&name, &state.interface.identity.mac.to_string()).await,
+        };
+        if let Err(e) = pending::write(&self.store_dir, &name, &record) {
             return vec![error(ErrorCode::StorageFailed, e)];
         }
         let moved = match standby {
@@ -270,10 +294,24 @@ impl Agent {
             store::unmark_standby(&self.store_dir, &name)
                 .map_err(|e| netstate::NetstateError::StandbyUnusable(e.to_string()))?;
         }
-        let mismatches = match netstate::capture_index(&self.handle, index).await {
-            Ok(now) => differences(&saved.interface, &now.state),
-            Err(e) => vec![format!("could not re-read the interface to verify: {e}")],
+        let before = match pending::take(&self.store_dir, &name) {
+            Ok(pending) => pending.and_then(|p| p.network_manager),
+            Err(e) => {
+                report.failed.push(e.to_string());
+                None
+            }
         };
+        let (mismatches, now) = match netstate::capture_index(&self.handle, index).await {
+            Ok(now) => (differences(&saved.interface, &now.state), Some(now.state.identity)),
+            Err(e) => (vec![format!("could not re-read the interface to verify: {e}")], None),
+        };
+        match (before, now) {
+            (Some(before), Some(now)) => self.hand_back(name.clone(), now.name, now.mac.to_string(), before),
+            (Some(_), None) => report
+                .failed
+                .push("not handed back to NetworkManager: the interface could not be re-read".into()),
+            (None, _) => {}
+        }
         self.set_phase(Phase::Restored);
         let restored = Restored {
             interface: saved.interface.identity.name,
@@ -291,6 +329,59 @@ impl Agent {
         Ok(restored)
     }
 
+    /// What NetworkManager does with the VF, if it runs and shows it; any failure to ask is
+    /// logged and taken as "no NM", never a reason to refuse the unplug.
+    async fn nm_snapshot(&self, name: &str, mac: &str) -> Option<Snapshot> {
+        let nm::Use::On(bus) = &self.network_manager else {
+            return None;
+        };
+        let ask = async {
+            match nm::connect(bus).await? {
+                Some(conn) => nm::snapshot(&conn, name, mac).await,
+                None => Ok(None),
+            }
+        };
+        match tokio::time::timeout(NM_SNAPSHOT_WAIT, ask).await {
+            Ok(Ok(snapshot)) => {
+                tracing::info!(?snapshot, "NetworkManager's view of the VF");
+                snapshot
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not ask NetworkManager about the VF");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(wait = ?NM_SNAPSHOT_WAIT, "NetworkManager did not answer about the VF");
+                None
+            }
+        }
+    }
+
+    /// Gives the restored link (`link`, with `mac`) back to NetworkManager as it was before the
+    /// unplug, in the background: the host has its reply already, and NM's DHCP can take
+    /// seconds. What was done is recorded against the saved `interface`.
+    fn hand_back(&self, interface: String, link: String, mac: String, before: Snapshot) {
+        let nm::Use::On(bus) = self.network_manager.clone() else {
+            return;
+        };
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let outcome = match nm::connect(&bus).await {
+                Ok(Some(conn)) => nm::hand_back(&conn, &link, &mac, &before).await,
+                Ok(None) => Ok("NetworkManager is not running; nothing to hand back".into()),
+                Err(e) => Err(e),
+            };
+            match &outcome {
+                Ok(done) => tracing::info!(done, "handed the VF back to NetworkManager"),
+                Err(e) => tracing::error!(error = %e, "could not hand the VF back to NetworkManager"),
+            }
+            events.emit(Event::HandedBack {
+                interface,
+                outcome: outcome.map_err(|e| e.to_string()),
+            });
+        });
+    }
+
     /// A link appeared. If it carries the MAC of an interface whose state is saved (the
     /// destination's VF provisioned with the old MAC, or the VF plugged back on the source), the
     /// agent restores onto it without waiting for the host, which may be gone; a later
@@ -304,6 +395,7 @@ impl Agent {
                 continue;
             }
             tracing::info!(saved = %name, index = link.index, mac = %link.mac, "a link with a saved MAC appeared; restoring");
+            self.udev_settled(link.index).await;
             match self.restore_onto(saved, link.index, false, Trigger::LinkAppeared).await {
                 Ok(r) => {
                     for line in r.failed.iter().chain(&r.mismatches) {
@@ -326,8 +418,20 @@ impl Agent {
                 Err(netstate::NetstateError::NoSuchInterface(_)) if Instant::now() < until => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                other => return other,
+                Ok(index) => {
+                    self.udev_settled(index).await;
+                    return Ok(index);
+                }
+                Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Leaves a new link to udev until it is done with it: its name and NetworkManager's
+    /// hands-off mark come from there.
+    async fn udev_settled(&self, index: u32) {
+        if !netstate::settled(index, UDEV_WAIT).await {
+            tracing::warn!(index, wait = ?UDEV_WAIT, "udev did not finish with the new link; restoring anyway");
         }
     }
 }

@@ -26,13 +26,23 @@ impl Trigger {
 pub enum Event {
     Phase(Phase),
     Saved(StateSaved),
-    Restored { report: Restored, by: Trigger },
+    Restored {
+        report: Restored,
+        by: Trigger,
+    },
+    /// After a restore, what the agent did to give the VF back to NetworkManager (or why it
+    /// could not): it runs after the host has its reply, as a DHCP profile can take seconds.
+    HandedBack {
+        interface: String,
+        outcome: Result<String, String>,
+    },
 }
 
 /// A watcher that falls this far behind is told it lagged: the agent never waits for one.
 const BACKLOG: usize = 32;
 
 /// The agent's side of the event stream; events nobody listens to are dropped.
+#[derive(Clone)]
 pub struct Events(broadcast::Sender<Event>);
 
 impl Default for Events {

@@ -16,7 +16,8 @@ use vfmig_guest::dbus::{self, Bus, Serve};
 use vfmig_guest::dma_hook::DmaHook;
 use vfmig_guest::netstate::standby::StandbyConfig;
 use vfmig_guest::netstate::{self, RestoreOptions};
-use vfmig_guest::store;
+use vfmig_guest::{nm, pending, store};
+use vfmig_protocol::mac::MacAddr;
 use vfmig_protocol::message::Capabilities;
 use vfmig_protocol::netstate::SavedState;
 
@@ -53,6 +54,21 @@ enum Command {
         /// address the daemon fails if it cannot.
         #[arg(long, default_value = "auto")]
         dbus: Serve,
+        /// Work with NetworkManager when it manages the VF: record its profile at save, and
+        /// after the restore make the fresh VF managed again with that profile active.
+        /// "auto" (NetworkManager on the system bus, whenever it runs), "off", or a bus
+        /// address.
+        #[arg(long, default_value = "auto")]
+        network_manager: nm::Use,
+    },
+    /// For udev's VF-arrival rule (IMPORT{program}): if restores are pending, print
+    /// NM_UNMANAGED=1 and the saved name the arriving link is to get; print nothing if none are.
+    UdevArrival {
+        /// The arriving link's MAC address.
+        #[arg(long)]
+        mac: MacAddr,
+        #[arg(long, default_value = store::DEFAULT_DIR)]
+        store: PathBuf,
     },
     /// Ask the running daemon, over D-Bus, its phase, the states it has on record, and what
     /// it last saved and restored. Exits 1 if no daemon serves the bus.
@@ -112,11 +128,18 @@ fn rtnetlink() -> Result<rtnetlink::Handle> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Status { bus, json } => status(&bus, json).await,
+        Command::UdevArrival { mac, store } => {
+            if let Some(arrival) = pending::arrival(&store, &mac) {
+                print!("{}", arrival.udev_properties());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             port,
             store,
             standby,
             dbus,
+            network_manager,
         } => {
             let port = match port {
                 Some(p) => p,
@@ -131,7 +154,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Capabilities::default(),
                 DmaHook::default(),
                 standby,
-            );
+            )
+            .with_network_manager(network_manager);
             // Kept for as long as the daemon serves: dropping the connection leaves the bus.
             let _bus = publish(dbus, store, agent.events()).await?;
             channel::session::serve(&mut stream, &mut agent, links)

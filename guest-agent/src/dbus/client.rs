@@ -149,6 +149,9 @@ impl std::fmt::Display for Status {
                 for line in mismatches {
                     writeln!(f, "  differs: {line}")?;
                 }
+                if let Some(nm) = &r.network_manager {
+                    writeln!(f, "  NetworkManager: {nm}")?;
+                }
             }
         }
         Ok(())
@@ -180,6 +183,7 @@ impl Status {
                 "interface": r.interface, "applied": r.applied, "unchanged": r.unchanged,
                 "failed": r.failed, "mismatches": r.mismatches, "duration_ms": r.duration_ms,
                 "standby_released": r.standby_released, "trigger": r.trigger, "unix_ms": r.unix_ms,
+                "network_manager": r.network_manager,
             })),
         })
     }

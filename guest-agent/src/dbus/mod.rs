@@ -102,6 +102,9 @@ pub struct RestoreRecord {
     /// "host" (asked by the host agent) or "link-appeared" (the agent saw the VF come back).
     pub trigger: Option<String>,
     pub unix_ms: Option<u64>,
+    /// What the agent did to give the VF back to NetworkManager, once done; "failed: …" if
+    /// it could not.
+    pub network_manager: Option<String>,
 }
 
 /// A state on record in the agent's store.

@@ -73,6 +73,7 @@ fn restore_record(r: Restored, by: Trigger) -> RestoreRecord {
         standby_released: r.standby_released,
         trigger: Some(by.name().into()),
         unix_ms: Some(unix_ms_now()),
+        network_manager: None,
     }
 }
 
@@ -189,6 +190,13 @@ async fn publish(iface: &InterfaceRef<Guest1>, event: Event) -> zbus::Result<()>
             guest.last_restore = restore_record(report, by);
             guest.last_restore_changed(emitter).await?;
             Guest1::state_restored(emitter, guest.last_restore.clone()).await
+        }
+        Event::HandedBack { interface, outcome } => {
+            if guest.last_restore.interface.as_deref() != Some(interface.as_str()) {
+                return Ok(());
+            }
+            guest.last_restore.network_manager = Some(outcome.unwrap_or_else(|e| format!("failed: {e}")));
+            guest.last_restore_changed(emitter).await
         }
     }
 }

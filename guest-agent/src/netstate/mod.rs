@@ -8,17 +8,17 @@ mod errno;
 mod restore;
 pub mod standby;
 mod sysfs;
+mod udev;
 mod watch;
 
 pub use announce::announce;
 pub use capture::{capture, capture_index, find_link, link_index, pci_address, Captured};
 pub use restore::{restore, RestoreOptions, RestoreReport};
+pub use udev::settled;
 pub use watch::{new_links, NewLink};
 
 use rtnetlink::Handle;
 
-/// Opens an rtnetlink connection in the calling thread's network namespace and drives it on
-/// the current tokio runtime.
 /// Now, in milliseconds since the epoch (0 on a clock set before it): the agent's time stamps.
 pub fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
@@ -26,6 +26,8 @@ pub fn unix_ms_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Opens an rtnetlink connection in the calling thread's network namespace and drives it on
+/// the current tokio runtime.
 pub fn connect() -> std::io::Result<Handle> {
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);

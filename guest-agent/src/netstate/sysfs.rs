@@ -5,15 +5,25 @@ use std::path::Path;
 
 use vfmig_protocol::netstate::PciIdentity;
 
+fn index_of(dir: &Path) -> Option<u32> {
+    fs::read_to_string(dir.join("ifindex")).ok()?.trim().parse().ok()
+}
+
+/// Whether sysfs shows link `ifindex`: the link is in the network namespace sysfs was
+/// mounted in (under another name, a moment after a rename, all the same).
+pub(crate) fn shows(ifindex: u32) -> bool {
+    fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| index_of(&e.path()) == Some(ifindex))
+}
+
 /// Driver name and PCI identity, or `None` for a virtual link. sysfs shows the namespace it
 /// was mounted in, so the entry is used only when its ifindex is the link's own.
 pub(crate) fn identity(name: &str, ifindex: u32) -> (Option<String>, Option<PciIdentity>) {
     let dir = Path::new("/sys/class/net").join(name);
-    let same_link = fs::read_to_string(dir.join("ifindex"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        == Some(ifindex);
-    if !same_link {
+    if index_of(&dir) != Some(ifindex) {
         return (None, None);
     }
     let device = dir.join("device");
