@@ -33,19 +33,22 @@ install_deps() {
     command -v dbus-daemon >/dev/null || missing+=(dbus-daemon)
     command -v dbus-send >/dev/null || missing+=(dbus-bin)
     command -v setpriv >/dev/null || missing+=(util-linux)
-    if [ ${#missing[@]} -gt 0 ] || ! qemu_is_new_enough; then
+    # The Debian guest's DHCP test serves leases from the peer namespace.
+    command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+    if [ ${#missing[@]} -gt 0 ] || ! qemu_is_new_enough || ! command -v qemu-img >/dev/null; then
         if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
             printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
                 > /etc/apt/sources.list.d/vfmig-backports.sources
         fi
-        qemu_is_new_enough || missing_qemu=1
-        echo "installing: ${missing[*]}${missing_qemu:+ qemu-system-x86 (bookworm-backports)}"
+        # qemu-img makes the disk overlay a migrating Debian guest's two QEMUs share.
+        qemu_is_new_enough && command -v qemu-img >/dev/null || missing_qemu=1
+        echo "installing: ${missing[*]}${missing_qemu:+ qemu-system-x86 qemu-utils (bookworm-backports)}"
         apt-get update -qq
         if [ ${#missing[@]} -gt 0 ]; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
         fi
         if [ -n "${missing_qemu:-}" ]; then
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
         fi
     fi
     # Debian bookworm's rustc (1.63) is too old for the dependencies; a rustup toolchain is needed.

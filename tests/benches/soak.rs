@@ -39,6 +39,7 @@ fn config(side: usize, mac: &str, incoming: bool) -> VmConfig {
         standby: false,
         failover: false,
         pf: false,
+        spare_port: false,
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use vfmig_host::qmp::Qmp;
 
 use crate::fabric::{Fabric, GUEST_V4};
-use crate::image::guest_image;
+use crate::image::{debian_image, guest_image};
 use crate::probe::wait_answering;
 use crate::vm::{ScratchDir, Vm, VmConfig, VF_ID};
 use crate::{exclusive, Exclusive};
@@ -39,6 +39,13 @@ pub fn echo() -> SocketAddr {
     SocketAddr::new(GUEST_V4.parse().expect("a constant address"), 7)
 }
 
+enum Guest {
+    /// images/build: busybox, the agent, the DMA hook; network set up at boot.
+    Busybox,
+    /// images/build-debian.
+    Debian,
+}
+
 /// Source with the VF, destination waiting for the migration with an empty root port.
 pub struct Bed {
     pub source: Vm,
@@ -56,22 +63,34 @@ impl Bed {
     /// `agent: false` boots guests whose agent never answers; `hook: false` guests without
     /// the DMA hook's module.
     pub async fn start(agent: bool, hook: bool) -> Self {
-        Self::build(agent, hook, false, false).await
+        Self::build(Guest::Busybox, agent, hook, false, false).await
     }
 
     /// A bed whose guest also has a standby NIC (a virtio-net on the same bridge).
     pub async fn with_standby() -> Self {
-        Self::build(true, true, true, false).await
+        Self::build(Guest::Busybox, true, true, true, false).await
     }
 
     /// A bed set up for QEMU's own virtio-net failover (the anchor vfmig must not fight).
     pub async fn with_qemu_failover() -> Self {
-        Self::build(true, true, false, true).await
+        Self::build(Guest::Busybox, true, true, false, true).await
     }
 
-    async fn build(agent: bool, hook: bool, standby: bool, failover: bool) -> Self {
+    /// A bed whose guest is the Debian system (systemd, udev, NetworkManager, the package),
+    /// its disk an overlay both QEMUs share. Its network is the test's to set up, in the guest.
+    pub async fn debian() -> Self {
+        Self::build(Guest::Debian, true, false, false, false).await
+    }
+
+    async fn build(guest: Guest, agent: bool, hook: bool, standby: bool, failover: bool) -> Self {
         let one = exclusive();
-        let image = guest_image().expect("the guest image builds");
+        let dir = ScratchDir::new("vfmig").expect("scratch directory");
+        let debian = matches!(guest, Guest::Debian);
+        let image = match guest {
+            Guest::Busybox => guest_image().cloned(),
+            Guest::Debian => debian_image().and_then(|i| i.with_shared_overlay(&dir.0)),
+        }
+        .unwrap_or_else(|e| panic!("the guest image: {e}"));
         let fabric = Fabric::new().expect("the fabric comes up");
         for tap in ["tap-src", "tap-dst"] {
             fabric.add_tap(tap).expect("tap");
@@ -79,7 +98,6 @@ impl Bed {
                 fabric.add_tap(&format!("{tap}-sb")).expect("tap");
             }
         }
-        let dir = ScratchDir::new("vfmig").expect("scratch directory");
         let vm = |name, tap: &str, nic, incoming| VmConfig {
             name,
             tap: Some(tap.into()),
@@ -92,11 +110,12 @@ impl Bed {
             standby,
             failover,
             pf: false,
+            spare_port: debian,
         };
-        let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).expect("source QEMU");
+        let source = Vm::start(&image, &dir.0, &vm("source", "tap-src", true, false)).expect("source QEMU");
         // QEMU's failover re-plugs the VF on the destination itself: it starts with it.
         let destination =
-            Vm::start(image, &dir.0, &vm("destination", "tap-dst", failover, true)).expect("destination QEMU");
+            Vm::start(&image, &dir.0, &vm("destination", "tap-dst", failover, true)).expect("destination QEMU");
         let src = source.qmp().await.unwrap_or_else(|e| panic!("{e}"));
         let dst = destination.qmp().await.unwrap_or_else(|e| panic!("{e}"));
         let uri = format!("unix:{}", dir.0.join("migration.sock").display());

@@ -60,6 +60,7 @@ impl HookGuest {
             standby: false,
             failover: false,
             pf: false,
+            spare_port: false,
         };
         let vm = Vm::start(image, &dir.0, &config).map_err(|e| e.to_string())?;
         wait_answering(&fabric.peer, Self::echo(), Duration::from_secs(90))?;

@@ -8,9 +8,41 @@ use std::sync::OnceLock;
 pub struct GuestImage {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
-    /// A root file system to boot from (the Debian guest), opened with snapshot=on; none for
-    /// the busybox guest, which lives in its initramfs.
-    pub disk: Option<PathBuf>,
+    /// A root file system to boot from (the Debian guest); none for the busybox guest, which
+    /// lives in its initramfs.
+    pub disk: Option<Disk>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Disk {
+    /// The built image, opened with snapshot=on: a guest's writes go to a throw-away file.
+    Pristine(PathBuf),
+    /// A qcow2 overlay on it that a migration's source and destination open both, as shared
+    /// storage: what the guest wrote on the source it reads on the destination.
+    Shared(PathBuf),
+}
+
+impl GuestImage {
+    /// The same image with a fresh overlay in `dir` as its disk, for a migration.
+    pub fn with_shared_overlay(&self, dir: &Path) -> Result<GuestImage, String> {
+        let Some(Disk::Pristine(base)) = &self.disk else {
+            return Err("only a built disk image takes an overlay".into());
+        };
+        let overlay = dir.join("overlay.qcow2");
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(base)
+            .arg(&overlay)
+            .output()
+            .map_err(|e| format!("running qemu-img: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("qemu-img create: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(GuestImage {
+            disk: Some(Disk::Shared(overlay)),
+            ..self.clone()
+        })
+    }
 }
 
 /// Builds the image once per test process; later calls return the same one.
@@ -29,7 +61,7 @@ pub fn debian_image() -> Result<&'static GuestImage, String> {
             Ok(GuestImage {
                 kernel: dir.join("vmlinuz"),
                 initramfs: dir.join("initrd.img"),
-                disk: Some(dir.join("disk.img")),
+                disk: Some(Disk::Pristine(dir.join("disk.img"))),
             })
         })
         .as_ref()

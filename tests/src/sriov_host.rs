@@ -43,6 +43,7 @@ impl SriovHost {
             standby: false,
             failover: false,
             pf: true,
+            spare_port: false,
         };
         let vm = Vm::start(image, &dir.0, &config).map_err(|e| e.to_string())?;
         let mut shell = vm.shell(Duration::from_secs(120)).await?;

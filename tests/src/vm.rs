@@ -15,7 +15,7 @@ use vfmig_host::channel::{ChannelError, GuestChannel, Session};
 use vfmig_host::qmp::Qmp;
 
 use crate::fabric::{GUEST_V4, GUEST_V6, PREFIX_V4, PREFIX_V6};
-use crate::image::GuestImage;
+use crate::image::{Disk, GuestImage};
 use crate::shell::{GuestShell, SHELL_PORT};
 
 /// The virtio port's name, as the guest agent looks for it.
@@ -77,6 +77,9 @@ pub struct VmConfig {
     /// Play a *host* instead: an igb, QEMU's SR-IOV NIC, on a root port of its own, a PF to
     /// the guest's igb driver (no network behind it); the guest waits for no VF at boot.
     pub pf: bool,
+    /// A second empty root port (`rp3`), for a fresh VF plugged into another slot than the
+    /// one it replaces (which gives it another predictable name).
+    pub spare_port: bool,
 }
 
 /// The standby virtio-net's MAC (another than the VF's, as vfmig allows).
@@ -156,10 +159,11 @@ impl Vm {
             ) + if image.disk.is_some() { " root=/dev/vda rw" } else { "" },
         )
         .args(image.disk.iter().flat_map(|disk| {
-            [
-                "-drive".into(),
-                format!("file={},if=virtio,format=raw,snapshot=on", disk.display()),
-            ]
+            let drive = match disk {
+                Disk::Pristine(path) => format!("file={},if=virtio,format=raw,snapshot=on", path.display()),
+                Disk::Shared(path) => format!("file={},if=virtio,format=qcow2", path.display()),
+            };
+            ["-drive".to_owned(), drive]
         }))
         .arg("-serial")
         .arg(format!("file:{}", dir.join("console.log").display()))
@@ -212,6 +216,9 @@ impl Vm {
                 "-device",
                 "igb,id=pf,bus=rp2,romfile=",
             ]);
+        }
+        if config.spare_port {
+            cmd.args(["-device", "pcie-root-port,id=rp3,chassis=3,slot=3"]);
         }
         if config.incoming {
             cmd.args(["-incoming", "defer"]);

@@ -35,6 +35,7 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
         standby: false,
         failover: false,
         pf: false,
+        spare_port: false,
     }
 }
 

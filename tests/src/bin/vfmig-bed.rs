@@ -55,6 +55,7 @@ fn demo() -> Result<ExitCode, String> {
         standby: true,
         failover: false,
         pf: false,
+        spare_port: false,
     };
     println!("booting the guest on the source QEMU (TCG) ...");
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).map_err(|e| e.to_string())?;
