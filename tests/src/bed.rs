@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
+use vfmig_host::migration::{migrate_source, Deadlines, Fallback, MigrateError, Plan, PlugSpec, Saved, Step, Timeline};
+use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::Qmp;
 
 use crate::fabric::{Fabric, GUEST_V4};
 use crate::image::{debian_image, guest_image};
 use crate::probe::wait_answering;
-use crate::vm::{ScratchDir, Vm, VmConfig, VF_ID};
+use crate::vm::{vf_device_json, ScratchDir, Vm, VmConfig, VF_ID};
 use crate::{exclusive, Exclusive};
 
 pub const SOURCE_MAC: &str = "52:54:00:10:00:01";
@@ -151,4 +153,51 @@ pub async fn vf_mac(qmp: &Qmp) -> String {
     qmp.query("qom-get", Some(json!({ "path": path, "property": "mac" })))
         .await
         .unwrap_or_else(|e| panic!("no VF plugged: {e}"))
+}
+
+/// vfmig's plan for a bed's VF: the device to put back should the migration be undone, and an
+/// agent deadline that a loaded machine's TCG guest keeps.
+pub fn plan(uri: &str, fallback: Fallback) -> Plan {
+    Plan {
+        vf_id: VF_ID.into(),
+        vf_device: Some(vf_device_json("e1000e", VF_ID, SOURCE_MAC)),
+        uri: uri.into(),
+        fallback,
+        deadlines: Deadlines {
+            agent: Duration::from_secs(5),
+            ..Deadlines::default()
+        },
+        hold_margin: 64 << 20,
+        journal: None,
+        standby: vfmig_protocol::message::StandbyRequest::Auto,
+        vf_mac: None,
+    }
+}
+
+/// The destination step: plug `device` and restore the state saved under `saved`.
+pub fn fresh_vf(device: serde_json::Value, saved: &str) -> PlugSpec {
+    PlugSpec {
+        device,
+        mac: None,
+        saved: saved.into(),
+        restore_mac: false,
+        attempts: 3,
+        deadlines: Deadlines::default(),
+    }
+}
+
+/// Prints a timeline step as it happens.
+pub fn show(step: &Step, _: Option<&MigrationInfo>) {
+    println!("  {:>6} ms  {:?}  {}", step.at_ms, step.phase, step.detail);
+}
+
+/// Runs vfmig's source side against a bed; returns the timeline with the outcome.
+pub async fn migrate(
+    bed: &Bed,
+    plan: &Plan,
+    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+) -> (Timeline, Result<Option<Saved>, MigrateError>) {
+    let mut timeline = Timeline::new();
+    let outcome = migrate_source(&bed.src, &agent(&bed.source), plan, &mut timeline, observe).await;
+    (timeline, outcome)
 }

@@ -12,9 +12,8 @@ use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vfmig_host::migration::{migrate_source, plug_destination, Deadlines, Fallback, Plan, PlugSpec, Timeline};
-use vfmig_host::qmp::migration::MigrationInfo;
-use vfmig_testbed::bed::{agent, Bed, FRESH_MAC, SOURCE_MAC, STATE};
+use vfmig_host::migration::{plug_destination, Fallback};
+use vfmig_testbed::bed::{agent, fresh_vf, migrate, plan, show, Bed, FRESH_MAC, SOURCE_MAC, STATE};
 use vfmig_testbed::fabric::{GUEST_V4, PEER_V4};
 use vfmig_testbed::probe::{wait_answering, TcpProbe};
 use vfmig_testbed::shell::GuestShell;
@@ -189,10 +188,6 @@ async fn configure(shell: &mut GuestShell, network: Network) -> IpAddr {
         .unwrap_or_else(|| panic!("not an address: {v4}"))
 }
 
-fn show(step: &vfmig_host::migration::Step, _: Option<&MigrationInfo>) {
-    println!("  {:>6} ms  {:?}  {}", step.at_ms, step.phase, step.detail);
-}
-
 async fn shell(vm: &Vm) -> GuestShell {
     vm.shell(BOOT).await.unwrap_or_else(|e| panic!("{e}"))
 }
@@ -213,23 +208,8 @@ async fn migrate_with(network: Network) {
     };
     let leases = dhcp.as_ref().map(Dnsmasq::leases);
 
-    let plan = Plan {
-        vf_id: VF_ID.into(),
-        vf_device: Some(vf_device_json("e1000e", VF_ID, SOURCE_MAC)),
-        uri: bed.uri.clone(),
-        fallback: Fallback::Refuse,
-        deadlines: Deadlines {
-            agent: Duration::from_secs(10),
-            ..Deadlines::default()
-        },
-        hold_margin: 64 << 20,
-        journal: None,
-        standby: vfmig_protocol::message::StandbyRequest::Auto,
-        vf_mac: None,
-    };
-    let mut timeline = Timeline::new();
-    let saved = migrate_source(&bed.src, &agent(&bed.source), &plan, &mut timeline, &mut show)
-        .await
+    let (mut timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
+    let saved = saved
         .unwrap_or_else(|e| {
             panic!(
                 "{e}\n{}destination qemu: {}",
@@ -251,14 +231,7 @@ async fn migrate_with(network: Network) {
         // Another slot, where udev would name it enp2s0: the saved name must win.
         device["bus"] = "rp3".into();
     }
-    let spec = PlugSpec {
-        device,
-        mac: None,
-        saved: saved.interface.clone(),
-        restore_mac: false,
-        attempts: 3,
-        deadlines: Deadlines::default(),
-    };
+    let spec = fresh_vf(device, &saved.interface);
     let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));

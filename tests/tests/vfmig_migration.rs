@@ -7,43 +7,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use vfmig_host::channel::GuestChannel;
-use vfmig_host::migration::{
-    migrate_source, plug_destination, Deadlines, Fallback, MigrateError, Phase, Plan, PlugSpec, Timeline,
-};
+use vfmig_host::migration::{plug_destination, Fallback, MigrateError, Phase, PlugSpec, Timeline};
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::Event;
 use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug, StandbyRequest};
-use vfmig_testbed::bed::{agent, echo, vf_mac, Bed, FRESH_MAC, NETWORK, SOURCE_MAC};
+use vfmig_testbed::bed::{agent, echo, fresh_vf, migrate, plan, show, vf_mac, Bed, FRESH_MAC, NETWORK, SOURCE_MAC};
 use vfmig_testbed::probe::{wait_answering, Probe, TcpProbe};
 use vfmig_testbed::vm::{vf_device_json, VF_ID};
-
-/// Runs vfmig's source side against a bed; returns the timeline with the outcome.
-async fn migrate(
-    bed: &Bed,
-    plan: &Plan,
-    observe: &mut dyn FnMut(&vfmig_host::migration::Step, Option<&MigrationInfo>),
-) -> (Timeline, Result<Option<vfmig_host::migration::Saved>, MigrateError>) {
-    let mut timeline = Timeline::new();
-    let outcome = migrate_source(&bed.src, &agent(&bed.source), plan, &mut timeline, observe).await;
-    (timeline, outcome)
-}
-
-fn plan(uri: &str, fallback: Fallback) -> Plan {
-    Plan {
-        vf_id: VF_ID.into(),
-        vf_device: Some(vf_device_json("e1000e", VF_ID, SOURCE_MAC)),
-        uri: uri.into(),
-        fallback,
-        deadlines: Deadlines {
-            agent: Duration::from_secs(5),
-            ..Deadlines::default()
-        },
-        hold_margin: 64 << 20,
-        journal: None,
-        standby: vfmig_protocol::message::StandbyRequest::Auto,
-        vf_mac: None,
-    }
-}
 
 /// What an operator checks after a migration was undone: the VF is plugged on the source, the
 /// guest runs there and answers the peer, and the peer's connection passes data both ways.
@@ -53,22 +23,6 @@ async fn assert_back_on_source(bed: &Bed, tcp: &mut TcpProbe) {
     assert_eq!(status["status"], "running");
     wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
     tcp.round_trip("still here\n").unwrap();
-}
-
-/// The destination step: plug `device` and restore the state saved under `saved`.
-fn fresh_vf(device: serde_json::Value, saved: &str) -> PlugSpec {
-    PlugSpec {
-        device,
-        mac: None,
-        saved: saved.into(),
-        restore_mac: false,
-        attempts: 3,
-        deadlines: Deadlines::default(),
-    }
-}
-
-fn show(step: &vfmig_host::migration::Step, _: Option<&MigrationInfo>) {
-    println!("  {:>6} ms  {:?}  {}", step.at_ms, step.phase, step.detail);
 }
 
 #[tokio::test(flavor = "current_thread")]
