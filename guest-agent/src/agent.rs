@@ -23,8 +23,8 @@ use crate::store;
 
 /// How long a restore waits for the VF's link to appear (measured: 0.4–0.7 s after hot-add).
 const LINK_WAIT: Duration = Duration::from_secs(10);
-/// How long a new link is left to udev before the agent touches it anyway (measured under
-/// TCG on the Debian guest: well under a second).
+/// How long a new link is left to udev before the agent touches it anyway: its rename and
+/// rules take a fraction of that, even under TCG.
 const UDEV_WAIT: Duration = Duration::from_secs(5);
 /// Asking NetworkManager what it does with the VF must not hold up an unplug: past this, the
 /// state is saved without it (and NM's profile is not activated again after the restore).

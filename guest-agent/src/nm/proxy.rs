@@ -19,8 +19,6 @@ pub trait NetworkManager {
         device: &zbus::zvariant::ObjectPath<'_>,
         specific_object: &zbus::zvariant::ObjectPath<'_>,
     ) -> zbus::Result<OwnedObjectPath>;
-    #[zbus(property)]
-    fn version(&self) -> zbus::Result<String>;
 }
 
 #[zbus::proxy(
@@ -35,9 +33,6 @@ pub trait Device {
     fn managed(&self) -> zbus::Result<bool>;
     #[zbus(property)]
     fn set_managed(&self, managed: bool) -> zbus::Result<()>;
-    /// NMDeviceState: 10 unmanaged … 100 activated, 110 deactivating, 120 failed.
-    #[zbus(property)]
-    fn state(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn active_connection(&self) -> zbus::Result<OwnedObjectPath>;
 }
@@ -54,6 +49,9 @@ pub trait Active {
     fn uuid(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn id(&self) -> zbus::Result<String>;
+    /// NMActiveConnectionState: 1 activating, 2 activated, 3 deactivating, 4 deactivated.
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<u32>;
 }
 
 #[zbus::proxy(
