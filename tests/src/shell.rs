@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use crate::vm::when_listening;
+
 /// The shell port's name in the guest.
 pub const SHELL_PORT: &str = "org.vfmig.test.shell";
 
@@ -28,16 +30,10 @@ impl GuestShell {
     /// answer to a later command.
     pub async fn connect(path: &Path, deadline: Duration) -> Result<Self, String> {
         let until = Instant::now() + deadline;
-        // QEMU binds the socket before it listens: a connect in between is refused.
-        let stream = loop {
-            match UnixStream::connect(path).await {
-                Ok(stream) => break stream,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            }
-        };
+        let refused = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
+        let stream = when_listening(refused, || UnixStream::connect(path))
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let mut shell = Self {
             stream: BufReader::new(stream),
         };

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use vfmig_host::channel::{ChannelError, GuestChannel, Session};
-use vfmig_host::qmp::Qmp;
+use vfmig_host::qmp::{Qmp, QmpError};
 
 use crate::fabric::{GUEST_V4, GUEST_V6, PREFIX_V4, PREFIX_V6};
 use crate::image::{Disk, GuestImage};
@@ -268,7 +268,8 @@ impl Vm {
 
     pub async fn qmp(&self) -> Result<Qmp, String> {
         let path = self.socket("qmp.sock").await.map_err(|e| e.to_string())?;
-        Qmp::connect(&path)
+        let refused = |e: &QmpError| matches!(e, QmpError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+        when_listening(refused, || Qmp::connect(&path))
             .await
             .map_err(|e| format!("{}: {e}; qemu said: {}", self.name, self.errors()))
     }
@@ -290,7 +291,8 @@ impl Vm {
     pub async fn agent(&self, deadline: Duration) -> Result<(GuestChannel, Session), String> {
         let path = self.socket("agent.sock").await.map_err(|e| e.to_string())?;
         let attempt = async {
-            let mut channel = GuestChannel::connect(&path).await?;
+            let refused = |e: &ChannelError| matches!(e, ChannelError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused);
+            let mut channel = when_listening(refused, || GuestChannel::connect(&path)).await?;
             let session = channel.open_session("vfmig-testbed", deadline).await?;
             Ok::<_, ChannelError>((channel, session))
         };
@@ -300,9 +302,62 @@ impl Vm {
     }
 }
 
+/// How long QEMU may take from creating a socket to listening on it.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Connects to a socket QEMU has just created. QEMU binds a socket before it listens on it,
+/// and a connect in between is refused (seen failing a suite run): that one error is retried
+/// for a few seconds, any other is returned at once.
+pub(crate) async fn when_listening<T, E, F, Fut>(refused: impl Fn(&E) -> bool, mut connect: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let until = Instant::now() + LISTEN_DEADLINE;
+    loop {
+        match connect().await {
+            Err(e) if refused(&e) && Instant::now() < until => tokio::time::sleep(Duration::from_millis(20)).await,
+            done => return done,
+        }
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    /// QEMU's window between bind and listen, reproduced: the connect waits it out.
+    #[tokio::test]
+    async fn a_socket_bound_but_not_yet_listening_is_waited_for() {
+        let dir = std::env::temp_dir().join(format!("vfmig-listen-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None).unwrap();
+        bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        let refused = |e: &std::io::Error| e.kind() == std::io::ErrorKind::ConnectionRefused;
+        let early = UnixStream::connect(&path).await.map(|_| ());
+        assert!(early.as_ref().is_err_and(refused), "a connect before listen: {early:?}");
+
+        let listener = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            listen(&fd, Backlog::new(1).unwrap()).unwrap();
+            fd
+        });
+        let connected = when_listening(refused, || UnixStream::connect(&path)).await;
+        let _fd = listener.join().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(connected.is_ok(), "after listen: {connected:?}");
     }
 }
