@@ -7,6 +7,11 @@
 //! variant's median-blackout run to `probe-series.svg`, in VFMIG_BENCH_OUT (default
 //! `target/vfmig-compare`), and prints the table with ratios and the targets.
 //! Rounds: VFMIG_BENCH_ROUNDS (default 3); VFMIG_BENCH_VARIANTS=A,B picks variants.
+//!
+//! VFMIG_BENCH_LINK=MBIT/S migrates over a link of that speed (QEMU's `max-bandwidth`) with
+//! VFMIG_BENCH_FILL_MIB (default 256) of data in the guest's memory: without it the bed
+//! migrates its mostly empty guest at memory speed and pre-copy is over in about a second,
+//! which hides how each variant's VF gap depends on pre-copy's length.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -47,19 +52,35 @@ fn machine() -> serde_json::Value {
     })
 }
 
+/// The link from VFMIG_BENCH_LINK (Mbit/s) and VFMIG_BENCH_FILL_MIB.
+fn link() -> Result<Option<runner::Link>, String> {
+    let Ok(mbit) = std::env::var("VFMIG_BENCH_LINK") else {
+        return Ok(None);
+    };
+    let mbit: f64 = mbit
+        .parse()
+        .ok()
+        .filter(|m: &f64| m.is_finite() && *m >= 1.0)
+        .ok_or_else(|| format!("VFMIG_BENCH_LINK={mbit:?}: give the link's speed in Mbit/s, at least 1"))?;
+    let fill_mib =
+        match std::env::var("VFMIG_BENCH_FILL_MIB") {
+            Ok(fill) => fill.parse().ok().filter(|f| *f <= 320).ok_or_else(|| {
+                format!("VFMIG_BENCH_FILL_MIB={fill:?}: MiB of the 512 MiB guest's memory, at most 320")
+            })?,
+            Err(_) => 256,
+        };
+    Ok(Some(runner::Link {
+        bytes_per_s: (mbit * 1e6 / 8.0) as u64,
+        fill_mib,
+    }))
+}
+
 fn main() -> ExitCode {
     let rounds: usize = std::env::var("VFMIG_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3)
         .max(1);
-    let out = std::env::var_os("VFMIG_BENCH_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/vfmig-compare"));
-    if let Err(e) = std::fs::create_dir_all(&out) {
-        eprintln!("{}: {e}", out.display());
-        return ExitCode::from(2);
-    }
     // VFMIG_BENCH_VARIANTS=A+,B runs only those (for looking into one; the targets need all).
     let variants: Vec<Variant> = match std::env::var("VFMIG_BENCH_VARIANTS") {
         Ok(only) => Variant::ALL
@@ -68,7 +89,37 @@ fn main() -> ExitCode {
             .collect(),
         Err(_) => Variant::ALL.to_vec(),
     };
-    let machine = machine();
+    let link = match link() {
+        Ok(link) => link,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = std::env::var_os("VFMIG_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let name = if link.is_some() {
+                "vfmig-compare-link"
+            } else {
+                "vfmig-compare"
+            };
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target").join(name)
+        });
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        eprintln!("{}: {e}", out.display());
+        return ExitCode::from(2);
+    }
+    let mut machine = machine();
+    machine["link"] = json!(link);
+    let conditions = match link {
+        Some(l) => format!(
+            "a {:.1} Mbit/s migration link, {} MiB of data in the guest",
+            l.bytes_per_s as f64 * 8.0 / 1e6,
+            l.fill_mib
+        ),
+        None => "the bed's local migration socket, an idle guest".into(),
+    };
     let mut runs: Vec<Run> = Vec::new();
     let total = rounds * variants.len();
     for round in 1..=rounds {
@@ -79,7 +130,7 @@ fn main() -> ExitCode {
                 variant.key(),
                 variant.label()
             );
-            let run = match runner::run(variant, round) {
+            let run = match runner::run(variant, round, link) {
                 Ok(run) => run,
                 Err(e) => {
                     eprintln!("{} round {round} failed: {e}", variant.key());
@@ -112,7 +163,7 @@ fn main() -> ExitCode {
 
     let table = summary::table(&runs);
     let mut report = format!(
-        "medians of {rounds} rounds; {} {}, {} cores, host kernel {}, {} ({})\n\n{table}\ntargets:\n",
+        "medians of {rounds} rounds over {conditions}; {} {}, {} cores, host kernel {}, {} ({})\n\n{table}\ntargets:\n",
         machine["date"].as_str().unwrap_or_default(),
         machine["cpu"].as_str().unwrap_or_default(),
         machine["cores"],
@@ -135,7 +186,7 @@ fn main() -> ExitCode {
         .collect();
     let svg = out.join("probe-series.svg");
     let title = format!(
-        "The peer's 1 kHz echo probe through a live migration (median-blackout run of each; {} {})",
+        "The peer's 1 kHz echo probe through a live migration (median-blackout run of each; {conditions}; {} {})",
         machine["date"].as_str().unwrap_or_default(),
         machine["accel"].as_str().unwrap_or_default()
     );

@@ -18,6 +18,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use vfmig_host::migration::{migrate_source, plug_destination, Deadlines, Fallback, Phase, Plan, PlugSpec, Timeline};
 use vfmig_host::qmp::migration::MigrationInfo;
@@ -45,8 +46,19 @@ const AFTER: Duration = Duration::from_secs(1);
 /// No variant takes nearly this long on the bed.
 const DEADLINE: Duration = Duration::from_secs(120);
 
+/// A migration link slower than the bed's local socket, and a guest whose memory holds data,
+/// so that pre-copy takes as long, relative to the guest's size, as it does on a real link.
+/// Without one, the bed migrates its mostly empty 512 MiB guest at memory speed, in about 1 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// QEMU's `max-bandwidth` on the source, in bytes per second, for every variant.
+    pub bytes_per_s: u64,
+    /// Data the guest writes into its memory before the migration, in MiB.
+    pub fill_mib: u64,
+}
+
 /// Runs `variant` once on a bed of its own.
-pub fn run(variant: Variant, round: usize) -> Result<Run, String> {
+pub fn run(variant: Variant, round: usize, link: Option<Link>) -> Result<Run, String> {
     // A thread of its own: the bed's namespaces and its QEMUs' parent-death signal belong to
     // the thread that made them, so they go when it ends, whatever happened.
     std::thread::spawn(move || {
@@ -54,13 +66,13 @@ pub fn run(variant: Variant, round: usize) -> Result<Run, String> {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?
-            .block_on(measure(variant, round))
+            .block_on(measure(variant, round, link))
     })
     .join()
     .map_err(|_| format!("the {} run panicked", variant.key()))?
 }
 
-async fn measure(variant: Variant, round: usize) -> Result<Run, String> {
+async fn measure(variant: Variant, round: usize, link: Option<Link>) -> Result<Run, String> {
     let bed = match variant {
         Variant::Vfmig => Bed::start(true, true).await,
         Variant::VfmigStandby => Bed::with_standby().await,
@@ -68,6 +80,22 @@ async fn measure(variant: Variant, round: usize) -> Result<Run, String> {
         Variant::UnplugReplug => Bed::start(false, false).await,
     };
     bed.wait_booted();
+    if let Some(link) = link {
+        // Not zeros: QEMU sends a zero page as a few bytes. A tmpfs of its own: the guest's
+        // root is an initramfs, which holds at most half of RAM all told.
+        let fill = format!(
+            "mkdir -p /fill && mount -t tmpfs -o size={}m fill /fill && yes vfmig-fill | head -c {} > /fill/data",
+            link.fill_mib + 1,
+            link.fill_mib << 20
+        );
+        bed.source.shell(Duration::from_secs(30)).await?.ok(&fill).await?;
+        qmp(
+            &bed.src,
+            "migrate-set-parameters",
+            json!({ "max-bandwidth": link.bytes_per_s }),
+        )
+        .await?;
+    }
     let peer = &bed.fabric.peer;
     let before = {
         let mut shell = bed.source.shell(Duration::from_secs(30)).await?;
