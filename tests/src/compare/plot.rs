@@ -41,7 +41,7 @@ fn draw(runs: &[&Run], title: &str, path: &Path) -> Result<(), Box<dyn std::erro
             .caption(caption, ("sans-serif", 14))
             .margin_left(10)
             .margin_right(20)
-            .x_label_area_size(22)
+            .x_label_area_size(38)
             .build_cartesian_2d(-BEFORE_MS / 1000.0..end, 0.0..1.0)?;
         chart
             .configure_mesh()
