@@ -95,9 +95,21 @@ impl Bed {
         .unwrap_or_else(|e| panic!("the guest image: {e}"));
         let fabric = Fabric::new().expect("the fabric comes up");
         for tap in ["tap-src", "tap-dst"] {
+            let sb = format!("{tap}-sb");
             fabric.add_tap(tap).expect("tap");
             if standby || failover {
-                fabric.add_tap(&format!("{tap}-sb")).expect("tap");
+                fabric.add_tap(&sb).expect("tap");
+            }
+            // QEMU's failover gives the VF and the standby one MAC, and net_failover drops what
+            // arrives on the standby while a VF is registered. A bridge that learns would follow
+            // whichever sent last — the standby's own IPv6 chatter, or a VF already gone — and
+            // cut the guest off until it sent through the other (seen: 10 s without an answer).
+            // Unlearned, the guest's frames reach all its NICs and net_failover takes the one it
+            // uses, as on a host whose switch sends a VF's MAC to the VF while there is one.
+            if failover {
+                for tap in [tap, sb.as_str()] {
+                    fabric.unlearned(tap).expect("tap without learning");
+                }
             }
         }
         let vm = |name, tap: &str, nic, incoming| VmConfig {

@@ -45,4 +45,10 @@ addr add {PEER_V6}/{PREFIX_V6} dev peer0 nodad\n"
     pub fn add_tap(&self, name: &str) -> Result<(), NetnsError> {
         ip_batch(&format!("tuntap add {name} mode tap\nlink set {name} master br0 up\n"))
     }
+
+    /// Stops the bridge learning MACs from `tap`, so frames for what is behind it are flooded
+    /// to every such tap instead of following whichever of them sent last.
+    pub fn unlearned(&self, tap: &str) -> Result<(), NetnsError> {
+        ip_batch(&format!("link set {tap} type bridge_slave learning off\n"))
+    }
 }
