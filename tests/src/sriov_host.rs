@@ -52,14 +52,14 @@ impl SriovHost {
                     [ \"$(basename \"$(readlink $n/device/driver)\")\" = igb ] && basename $n && exit 0; \
                     done; sleep 0.1; done; exit 1";
         let pf = shell.ok(find).await?.trim().to_owned();
-        // Wait for the link too: igb refuses a VF rate limit while its link is down.
+        // Wait for the link too, after enabling the VFs: igb refuses a VF rate limit while its
+        // link is down, and enabling SR-IOV closes and reopens the PF, which takes the link down
+        // (waiting before it let a rate be refused, once in a fresh-clone run).
         shell
             .ok(&format!(
-                "ip link set {pf} up; for i in $(seq 100); do [ \"$(cat /sys/class/net/{pf}/carrier)\" = 1 ] && exit 0; sleep 0.1; done; exit 1"
+                "ip link set {pf} up; echo {VFS} > /sys/class/net/{pf}/device/sriov_numvfs; \
+                 for i in $(seq 100); do [ \"$(cat /sys/class/net/{pf}/carrier)\" = 1 ] && exit 0; sleep 0.1; done; exit 1"
             ))
-            .await?;
-        shell
-            .ok(&format!("echo {VFS} > /sys/class/net/{pf}/device/sriov_numvfs"))
             .await?;
         shell.ok("modprobe vfio-pci").await?;
         Ok(Self {
