@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use rtnetlink::Handle;
 use vfmig_protocol::message::{
-    Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, InterfaceSelector, Phase, PrepareUnplug, Restore,
-    Restored, StandbyRequest, StateSaved, Status, TrackDma, UnplugReady, MAX_FAILURES, MAX_TEXT,
+    Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, InterfaceSelector, Keep, Kept, Phase, PrepareUnplug,
+    Restore, Restored, StandbyRequest, StateSaved, Status, TrackDma, UnplugReady, MAX_FAILURES, MAX_TEXT,
 };
 use vfmig_protocol::netstate::{differences, digest, SavedState};
 use vfmig_protocol::version::{negotiate, SUPPORTED};
@@ -125,6 +125,7 @@ impl Agent {
             })],
             HostMessage::PrepareUnplug(p) => self.prepare_unplug(p).await,
             HostMessage::Restore(r) => vec![self.restore(r).await],
+            HostMessage::Keep(k) => vec![self.keep(k).await],
             HostMessage::TrackDma(t) => vec![self.track_dma(t).await],
             HostMessage::StopDmaTracking => vec![match self.hook.stop() {
                 Ok(t) => GuestMessage::DmaTracking(t),
@@ -159,6 +160,23 @@ impl Agent {
             Ok(i) => i,
             Err(e) => return vec![error(ErrorCode::NoSuchInterface, e)],
         };
+        // Asked again (a host that was restarted, or a request repeated over a new
+        // connection) after the state moved to a standby: the VF holds nothing now, so the
+        // state on record is the one to report, not a fresh capture of the emptied VF.
+        if let Some((name, state)) = self.saved_for(&p.interface) {
+            if let Some(standby) = store::marked_standby(&self.store_dir, &name) {
+                tracing::info!(
+                    name,
+                    standby,
+                    "already saved and moved to the standby; reporting the saved state"
+                );
+                let saved = self.state_saved(&name, &state, Some(standby));
+                return vec![
+                    GuestMessage::StateSaved(saved),
+                    GuestMessage::UnplugReady(UnplugReady { interface: name }),
+                ];
+            }
+        }
         // Chosen before anything is saved: a standby the host named and cannot have is
         // refused with nothing changed.
         let standby = match standby::choose(&self.handle, &p.standby, &self.standby, index).await {
@@ -199,15 +217,7 @@ impl Agent {
             None => None,
         };
         self.set_phase(Phase::Saved);
-        let s = &state.interface;
-        let saved = StateSaved {
-            interface: name.clone(),
-            digest: digest(&state),
-            addresses: count(s.addresses.len()),
-            routes: count(s.routes.len()),
-            neighbours: count(s.neighbours.len()),
-            standby: moved,
-        };
+        let saved = self.state_saved(&name, &state, moved);
         self.events.emit(Event::Saved(saved.clone()));
         vec![
             GuestMessage::StateSaved(saved),
@@ -215,10 +225,51 @@ impl Agent {
         ]
     }
 
+    /// What the host is told of a state saved under `name`.
+    fn state_saved(&self, name: &str, state: &SavedState, standby: Option<String>) -> StateSaved {
+        let s = &state.interface;
+        StateSaved {
+            interface: name.to_owned(),
+            digest: digest(state),
+            addresses: count(s.addresses.len()),
+            routes: count(s.routes.len()),
+            neighbours: count(s.neighbours.len()),
+            standby,
+            location: Some(store::path_for(&self.store_dir, name).display().to_string()),
+        }
+    }
+
+    /// The saved state on record for the interface `selector` names (by the saved MAC and
+    /// name), with the name it is saved under.
+    fn saved_for(&self, selector: &InterfaceSelector) -> Option<(String, SavedState)> {
+        store::names(&self.store_dir).into_iter().find_map(|name| {
+            let saved = store::load(&store::path_for(&self.store_dir, &name)).ok()?;
+            let id = &saved.interface.identity;
+            let wanted = selector.mac.is_none_or(|m| m == id.mac) && selector.name.as_ref().is_none_or(|n| *n == name);
+            wanted.then_some((name, saved))
+        })
+    }
+
+    /// Loads the state saved under `name`, refusing it when it is not the one the host names.
+    fn load_named(&self, name: &str, digest_wanted: Option<&str>) -> Result<SavedState, GuestMessage> {
+        let saved =
+            store::load(&store::path_for(&self.store_dir, name)).map_err(|e| error(ErrorCode::InvalidState, e))?;
+        match digest_wanted {
+            Some(wanted) if digest(&saved) != wanted => Err(error(
+                ErrorCode::StateMismatch,
+                format!(
+                    "the state saved for {name} has digest {}, not {wanted}: it is not the one the host means; nothing was changed",
+                    digest(&saved)
+                ),
+            )),
+            _ => Ok(saved),
+        }
+    }
+
     async fn restore(&mut self, r: Restore) -> GuestMessage {
-        let saved = match store::load(&store::path_for(&self.store_dir, &r.saved)) {
+        let saved = match self.load_named(&r.saved, r.digest.as_deref()) {
             Ok(s) => s,
-            Err(e) => return error(ErrorCode::InvalidState, e),
+            Err(refusal) => return refusal,
         };
         let index = match self.wait_for_link(&r.onto).await {
             Ok(i) => i,
@@ -228,6 +279,59 @@ impl Agent {
             Ok(restored) => GuestMessage::Restored(restored),
             Err(e) => error(ErrorCode::RestoreIncomplete, e),
         }
+    }
+
+    /// The VF stays: what was saved for it goes back onto it (from a standby, or onto the VF
+    /// plugged back after an unplug), and the saved state is forgotten.
+    async fn keep(&mut self, k: Keep) -> GuestMessage {
+        let found = match &k.saved {
+            Some(named) => match self.load_named(&named.interface, Some(&named.digest)) {
+                Ok(state) => Some((named.interface.clone(), state)),
+                Err(_) if !store::path_for(&self.store_dir, &named.interface).exists() => None,
+                Err(refusal) => return refusal,
+            },
+            // Unnamed (the host gave up before it heard of a save): only a save still awaiting
+            // its restore is undone, never an older state a finished migration left on record.
+            None => self
+                .saved_for(&k.interface)
+                .filter(|(name, _)| pending::all(&self.store_dir).iter().any(|(p, _)| p == name)),
+        };
+        let Some((name, saved)) = found else {
+            tracing::info!(interface = ?k.interface, "keep: nothing saved for the VF");
+            return GuestMessage::Kept(Kept {
+                saved: None,
+                standby_released: None,
+                failed: Vec::new(),
+            });
+        };
+        let index = match self.wait_for_link(&k.interface).await {
+            Ok(i) => i,
+            Err(e) => return error(ErrorCode::NoSuchInterface, e),
+        };
+        let restored = match self.restore_onto(saved, index, false, Trigger::Host).await {
+            Ok(r) => r,
+            Err(e) => return error(ErrorCode::RestoreIncomplete, e),
+        };
+        let mut failed = restored.failed;
+        failed.extend(
+            restored
+                .mismatches
+                .into_iter()
+                .map(|m| format!("differs after keep: {m}")),
+        );
+        if let Err(e) = store::remove(&self.store_dir, &name) {
+            failed.push(e.to_string());
+        }
+        tracing::info!(
+            name,
+            failed = failed.len(),
+            "kept the VF: saved state put back and forgotten"
+        );
+        GuestMessage::Kept(Kept {
+            saved: Some(name),
+            standby_released: restored.standby_released,
+            failed: failed.into_iter().take(MAX_FAILURES).map(bounded).collect(),
+        })
     }
 
     /// Moves the VF's (link `vf`) saved state onto the standby and records that it did, so a
@@ -387,25 +491,23 @@ impl Agent {
     /// agent restores onto it without waiting for the host, which may be gone; a later
     /// `restore` from the host then finds everything in place.
     pub async fn link_appeared(&mut self, link: netstate::NewLink) {
-        for name in store::names(&self.store_dir) {
-            let Ok(saved) = store::load(&store::path_for(&self.store_dir, &name)) else {
-                continue;
-            };
-            if saved.interface.identity.mac != link.mac {
-                continue;
-            }
-            tracing::info!(saved = %name, index = link.index, mac = %link.mac, "a link with a saved MAC appeared; restoring");
-            self.udev_settled(link.index).await;
-            match self.restore_onto(saved, link.index, false, Trigger::LinkAppeared).await {
-                Ok(r) => {
-                    for line in r.failed.iter().chain(&r.mismatches) {
-                        tracing::warn!(line, "not restored");
-                    }
-                    tracing::info!(applied = r.applied, ms = r.duration_ms, "restored");
-                }
-                Err(e) => tracing::error!(error = %e, "restore failed"),
-            }
+        let by_mac = InterfaceSelector {
+            mac: Some(link.mac),
+            ..Default::default()
+        };
+        let Some((name, saved)) = self.saved_for(&by_mac) else {
             return;
+        };
+        tracing::info!(saved = %name, index = link.index, mac = %link.mac, "a link with a saved MAC appeared; restoring");
+        self.udev_settled(link.index).await;
+        match self.restore_onto(saved, link.index, false, Trigger::LinkAppeared).await {
+            Ok(r) => {
+                for line in r.failed.iter().chain(&r.mismatches) {
+                    tracing::warn!(line, "not restored");
+                }
+                tracing::info!(applied = r.applied, ms = r.duration_ms, "restored");
+            }
+            Err(e) => tracing::error!(error = %e, "restore failed"),
         }
     }
 

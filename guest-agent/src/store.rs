@@ -88,6 +88,15 @@ pub fn load(path: &Path) -> Result<SavedState, StoreError> {
     })
 }
 
+/// Forgets interface `name`'s state: it was put back where it came from.
+pub fn remove(dir: &Path, name: &str) -> Result<(), StoreError> {
+    let path = path_for(dir, name);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+        _ => unmark_standby(dir, name),
+    }
+}
+
 /// The file that records which standby carries interface `name`'s addresses for the VF gap.
 fn standby_marker(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.standby"))

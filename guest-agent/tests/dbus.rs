@@ -172,6 +172,7 @@ async fn the_service_shows_what_the_agent_saved_and_restored_and_signals_each() 
                 ..Default::default()
             },
             restore_mac: false,
+            digest: None,
         }))
         .await;
     let GuestMessage::Restored(r) = &replies[0] else {

@@ -36,6 +36,7 @@ impl Host {
             saved: saved.into(),
             onto,
             restore_mac: false,
+            digest: None,
         }))
         .await;
         match self.reply().await.0.msg {
@@ -235,6 +236,7 @@ async fn hello_prepare_unplug_and_restore_over_a_stream() {
         saved: "eth9".into(),
         onto,
         restore_mac: false,
+        digest: None,
     }))
     .await;
     let GuestMessage::Error(e) = host.reply().await.0.msg else {
@@ -428,5 +430,158 @@ async fn a_vf_enslaved_to_a_master_is_left_alone() {
     assert_eq!(s.standby, None, "moved off a VF its master fails over");
     let standby = capture(&handle, "sb0").await.unwrap().state;
     assert!(standby.addresses.is_empty() && standby.routes.is_empty(), "{standby:?}");
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+fn by_name(name: &str) -> InterfaceSelector {
+    InterfaceSelector {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+impl Host {
+    /// Saves `vfa0`'s state (moving it to `standby` as asked); what the agent reported.
+    async fn save(&mut self, standby: StandbyRequest) -> StateSaved {
+        self.send(HostMessage::PrepareUnplug(PrepareUnplug {
+            interface: by_name("vfa0"),
+            deadline_ms: 5000,
+            standby,
+        }))
+        .await;
+        let GuestMessage::StateSaved(s) = self.reply().await.0.msg else {
+            panic!("not saved")
+        };
+        self.reply().await;
+        s
+    }
+
+    async fn keep(&mut self, interface: InterfaceSelector, saved: Option<SavedRef>) -> GuestMessage {
+        self.send(HostMessage::Keep(Keep { interface, saved })).await;
+        self.reply().await.0.msg
+    }
+}
+
+/// The host names the state it means by its digest: a state on record with another digest is
+/// refused with a clear error and nothing is changed; the right digest restores.
+#[tokio::test(flavor = "current_thread")]
+async fn a_restore_naming_another_digest_is_refused_and_changes_nothing() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-digest-{}", std::process::id()));
+    let mut host = start_agent(&handle, &store).await;
+    let saved = host.save(StandbyRequest::Off).await;
+    assert_eq!(
+        saved.location.as_deref(),
+        Some(store.join("vfa0.json").to_str().unwrap())
+    );
+    let fresh: MacAddr = "02:00:00:00:0d:01".parse().unwrap();
+    ip_batch(&format!(
+        "link del vfa0\nlink add enp5s0 address {fresh} type veth peer name wire\nlink set wire up\n"
+    ))
+    .unwrap();
+    let bare = capture(&handle, "enp5s0").await.unwrap().state;
+    let onto = InterfaceSelector {
+        mac: Some(fresh),
+        ..Default::default()
+    };
+    host.send(HostMessage::Restore(Restore {
+        saved: "vfa0".into(),
+        onto: onto.clone(),
+        restore_mac: false,
+        digest: Some(format!("sha256:{}", "0".repeat(64))),
+    }))
+    .await;
+    let GuestMessage::Error(e) = host.reply().await.0.msg else {
+        panic!("restored a state the host did not mean")
+    };
+    println!("{} ({})", e.message, e.code);
+    assert_eq!(e.code, ErrorCode::StateMismatch);
+    assert!(
+        e.message.contains(&saved.digest) && e.message.contains("nothing was changed"),
+        "{}",
+        e.message
+    );
+    let untouched = capture(&handle, "enp5s0").await.unwrap().state;
+    assert_eq!(
+        vfmig_protocol::netstate::differences(&bare, &untouched),
+        Vec::<String>::new()
+    );
+
+    host.send(HostMessage::Restore(Restore {
+        saved: "vfa0".into(),
+        onto,
+        restore_mac: false,
+        digest: Some(saved.digest),
+    }))
+    .await;
+    let GuestMessage::Restored(r) = host.reply().await.0.msg else {
+        panic!("the right digest was refused")
+    };
+    assert_eq!((r.failed.len(), r.mismatches.len()), (0, 0), "{r:?}");
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+/// A migration given up after the save: `keep` moves the state back from the standby onto the
+/// VF and forgets it, and a save asked again meanwhile reports the state on record instead of
+/// capturing the emptied VF. Without the host knowing of the save (it gave up waiting), keep
+/// by the VF's MAC undoes it all the same; with nothing saved it changes nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn keep_puts_a_saved_state_back_and_leaves_nothing_behind() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    ip_batch("link add sb0 address 02:00:00:00:5b:01 type veth peer name sb0p\nlink set sb0p up\nlink set sb0 up\n")
+        .unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-keep-{}", std::process::id()));
+    let mut host = start_agent(&handle, &store).await;
+    let before = capture(&handle, "vfa0").await.unwrap().state;
+    let vf = InterfaceSelector {
+        mac: Some(before.identity.mac),
+        ..Default::default()
+    };
+    for named in [true, false] {
+        let saved = host.save(StandbyRequest::Use(by_name("sb0"))).await;
+        assert_eq!(saved.standby.as_deref(), Some("sb0"));
+        let again = host.save(StandbyRequest::Use(by_name("sb0"))).await;
+        assert_eq!(again.digest, saved.digest, "a repeated save captured the emptied VF");
+        let named = named.then(|| SavedRef {
+            interface: saved.interface.clone(),
+            digest: saved.digest.clone(),
+        });
+        let GuestMessage::Kept(k) = host.keep(vf.clone(), named).await else {
+            panic!("not kept")
+        };
+        assert_eq!(
+            (k.saved.as_deref(), k.standby_released.as_deref()),
+            (Some("vfa0"), Some("sb0"))
+        );
+        assert!(k.failed.is_empty(), "{:?}", k.failed);
+        let now = capture(&handle, "vfa0").await.unwrap().state;
+        assert_eq!(
+            vfmig_protocol::netstate::differences(&before, &now),
+            Vec::<String>::new()
+        );
+        let standby = capture(&handle, "sb0").await.unwrap().state;
+        assert!(standby.addresses.is_empty() && standby.routes.is_empty(), "{standby:?}");
+        let left: Vec<_> = std::fs::read_dir(&store)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left in the store: {left:?}");
+    }
+    let GuestMessage::Kept(k) = host.keep(vf, None).await else {
+        panic!("not kept")
+    };
+    assert_eq!(
+        k,
+        Kept {
+            saved: None,
+            standby_released: None,
+            failed: vec![]
+        }
+    );
     std::fs::remove_dir_all(store).unwrap();
 }

@@ -164,6 +164,7 @@ async fn misbehave(stream: &mut UnixStream, id: u64, how: Hostile) {
                 routes: 1,
                 neighbours: 1,
                 standby: None,
+                location: None,
             });
             loop {
                 if Instant::now() > until || send(stream, id, &saved).await.is_err() {

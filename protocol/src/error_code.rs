@@ -33,6 +33,8 @@ pub enum ErrorCode {
     /// The standby NIC the host named is missing, has no carrier, or could not take the
     /// VF's addresses.
     StandbyUnusable,
+    /// The saved state on record is not the one the host named (another digest).
+    StateMismatch,
     /// A code this build does not know.
     Other(u16),
 }
@@ -51,6 +53,7 @@ impl ErrorCode {
             Self::Internal => 9,
             Self::HookUnavailable => 10,
             Self::StandbyUnusable => 11,
+            Self::StateMismatch => 12,
             Self::Other(n) => n,
         }
     }
@@ -68,6 +71,7 @@ impl ErrorCode {
             9 => Self::Internal,
             10 => Self::HookUnavailable,
             11 => Self::StandbyUnusable,
+            12 => Self::StateMismatch,
             n => Self::Other(n),
         }
     }

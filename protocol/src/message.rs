@@ -110,6 +110,44 @@ pub struct Restore {
     /// Also give the new link the saved MAC (when the new VF was not provisioned with it).
     #[serde(default)]
     pub restore_mac: bool,
+    /// The digest `state_saved` reported (1.1): a state on record with another digest is
+    /// not the one the host means, and is refused with nothing changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// The VF stays where it is (1.1): whatever was saved for it is put back onto it — moved back
+/// from a standby, restored onto a VF plugged back after an unplug — and then forgotten, so
+/// the guest is as it was before the save. Asked when a migration is given up; also undoes a
+/// save that finished after the host stopped waiting for it. Nothing saved is not an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keep {
+    /// The VF, as `prepare_unplug` named it.
+    pub interface: InterfaceSelector,
+    /// The state the host was told of, if it was: a state on record with another digest is
+    /// left alone and reported.
+    #[serde(default)]
+    pub saved: Option<SavedRef>,
+}
+
+/// A saved state as the host names it: the interface it was saved under and its digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedRef {
+    pub interface: String,
+    pub digest: String,
+}
+
+/// The answer to `keep`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// The saved state that was put back and forgotten; none when nothing was saved.
+    pub saved: Option<String>,
+    /// The standby the addresses and routes were moved back from, if they had moved.
+    #[serde(default)]
+    pub standby_released: Option<String>,
+    /// One line per item that could not be put back.
+    #[serde(default)]
+    pub failed: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +161,9 @@ pub struct StateSaved {
     /// The standby interface that now carries the saved addresses and routes, if they moved.
     #[serde(default)]
     pub standby: Option<String>,
+    /// Where in the guest the state is kept (1.1), for an operator who has to finish by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +253,7 @@ pub enum HostMessage {
     TrackDma(TrackDma),
     /// Stop tracking every device and unregister the hook's probes.
     StopDmaTracking,
+    Keep(Keep),
 }
 
 /// Messages the guest agent sends; decoded by the host.
@@ -225,6 +267,7 @@ pub enum GuestMessage {
     Restored(Restored),
     Status(Status),
     DmaTracking(DmaTracking),
+    Kept(Kept),
     Error(ErrorReply),
 }
 
@@ -246,6 +289,7 @@ impl Message for HostMessage {
         "status_query",
         "track_dma",
         "stop_dma_tracking",
+        "keep",
     ];
 
     fn kind(&self) -> &'static str {
@@ -257,6 +301,7 @@ impl Message for HostMessage {
             Self::StatusQuery => "status_query",
             Self::TrackDma(_) => "track_dma",
             Self::StopDmaTracking => "stop_dma_tracking",
+            Self::Keep(_) => "keep",
         }
     }
 
@@ -277,7 +322,15 @@ impl Message for HostMessage {
             }
             Self::Restore(r) => {
                 validate_ifname("saved", &r.saved)?;
+                r.digest.as_deref().map_or(Ok(()), validate_digest)?;
                 validate_selector(&r.onto)
+            }
+            Self::Keep(k) => {
+                validate_selector(&k.interface)?;
+                k.saved.as_ref().map_or(Ok(()), |s| {
+                    validate_ifname("saved", &s.interface)?;
+                    validate_digest(&s.digest)
+                })
             }
         }
     }
@@ -292,6 +345,7 @@ impl Message for GuestMessage {
         "restored",
         "status",
         "dma_tracking",
+        "kept",
         "error",
     ];
 
@@ -304,6 +358,7 @@ impl Message for GuestMessage {
             Self::Restored(_) => "restored",
             Self::Status(_) => "status",
             Self::DmaTracking(_) => "dma_tracking",
+            Self::Kept(_) => "kept",
             Self::Error(_) => "error",
         }
     }
@@ -314,13 +369,8 @@ impl Message for GuestMessage {
             Self::SyncAck { .. } => Ok(()),
             Self::StateSaved(s) => {
                 validate_ifname("interface", &s.interface)?;
-                let hex = s
-                    .digest
-                    .strip_prefix("sha256:")
-                    .ok_or("digest must start with sha256:")?;
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err("digest must be 64 hex digits".into());
-                }
+                validate_digest(&s.digest)?;
+                s.location.as_deref().map_or(Ok(()), |l| validate_text("location", l))?;
                 s.standby.as_deref().map_or(Ok(()), |n| validate_ifname("standby", n))
             }
             Self::UnplugReady(u) => validate_ifname("interface", &u.interface),
@@ -362,9 +412,31 @@ impl Message for GuestMessage {
                 }
                 t.devices.iter().try_for_each(|d| validate_pci_address(&d.pci_address))
             }
+            Self::Kept(k) => {
+                if k.failed.len() > MAX_FAILURES {
+                    return Err(format!(
+                        "{} failure lines, at most {MAX_FAILURES} allowed",
+                        k.failed.len()
+                    ));
+                }
+                k.failed.iter().try_for_each(|f| validate_text("failed", f))?;
+                k.saved.as_deref().map_or(Ok(()), |n| validate_ifname("saved", n))?;
+                k.standby_released
+                    .as_deref()
+                    .map_or(Ok(()), |n| validate_ifname("standby_released", n))
+            }
             Self::Error(e) => validate_text("message", &e.message),
         }
     }
+}
+
+/// A saved state's digest as the guest computes it: `sha256:` and 64 hex digits.
+pub fn validate_digest(digest: &str) -> Result<(), String> {
+    let hex = digest.strip_prefix("sha256:").ok_or("digest must start with sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("digest must be 64 hex digits".into());
+    }
+    Ok(())
 }
 
 fn validate_text(field: &str, s: &str) -> Result<(), String> {

@@ -94,6 +94,7 @@ impl RequestTracker {
             (H::Restore(_), G::Restored(_)) => Progress::Final,
             (H::StatusQuery, G::Status(_)) => Progress::Final,
             (H::TrackDma(_) | H::StopDmaTracking, G::DmaTracking(_)) => Progress::Final,
+            (H::Keep(_), G::Kept(_)) => Progress::Final,
             (request, _) => {
                 let request = crate::message::Message::kind(request);
                 return Err(ReplyError::WrongKind {

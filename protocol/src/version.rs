@@ -40,11 +40,15 @@ impl fmt::Display for VersionRange {
     }
 }
 
-/// The range this build speaks.
+/// The range this build speaks. 1.1 added `keep`, the digest a `restore` names and the
+/// location a `state_saved` reports; a 1.0 peer is still served without them.
 pub const SUPPORTED: VersionRange = VersionRange {
     min: ProtocolVersion::new(1, 0),
-    max: ProtocolVersion::new(1, 0),
+    max: ProtocolVersion::new(1, 1),
 };
+
+/// The first version with `keep` and the checked digest on `restore`.
+pub const KEEP: ProtocolVersion = ProtocolVersion::new(1, 1);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NegotiationError {

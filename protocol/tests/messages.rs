@@ -33,10 +33,18 @@ fn host_messages() -> Vec<HostMessage> {
             saved: "eth1".into(),
             onto: selector(),
             restore_mac: true,
+            digest: Some(format!("sha256:{}", "ab".repeat(32))),
         }),
         HostMessage::StatusQuery,
         HostMessage::TrackDma(TrackDma { interface: selector() }),
         HostMessage::StopDmaTracking,
+        HostMessage::Keep(Keep {
+            interface: selector(),
+            saved: Some(SavedRef {
+                interface: "eth1".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+            }),
+        }),
     ]
 }
 
@@ -58,6 +66,7 @@ fn guest_messages() -> Vec<GuestMessage> {
             routes: 8,
             neighbours: 50,
             standby: Some("eth2".into()),
+            location: Some("/run/vfmig/eth1.json".into()),
         }),
         GuestMessage::UnplugReady(UnplugReady {
             interface: "eth1".into(),
@@ -83,11 +92,42 @@ fn guest_messages() -> Vec<GuestMessage> {
                 pages: 118,
             }],
         }),
+        GuestMessage::Kept(Kept {
+            saved: Some("eth1".into()),
+            standby_released: Some("eth2".into()),
+            failed: vec![],
+        }),
         GuestMessage::Error(ErrorReply {
             code: ErrorCode::HookUnavailable,
             message: "modprobe vfmig_dirty: not found".into(),
         }),
     ]
+}
+
+/// 1.1 only added optional fields and new kinds: what a 1.0 peer sends still decodes, and a
+/// digest that is not one is refused by name.
+#[test]
+fn a_restore_and_a_state_saved_of_version_1_0_still_decode() {
+    let restore =
+        r#"{"v":1,"id":4,"msg":{"type":"restore","body":{"saved":"eth1","onto":{"mac":"52:54:00:10:00:01"}}}}"#;
+    let env = decode::<HostMessage>(restore.as_bytes()).unwrap();
+    assert!(
+        matches!(env.msg, HostMessage::Restore(Restore { digest: None, .. })),
+        "{env:?}"
+    );
+    let saved = format!(
+        r#"{{"v":1,"id":5,"msg":{{"type":"state_saved","body":{{"interface":"eth1","digest":"sha256:{}","addresses":1,"routes":1,"neighbours":1}}}}}}"#,
+        "0".repeat(64)
+    );
+    let env = decode::<GuestMessage>(saved.as_bytes()).unwrap();
+    assert!(
+        matches!(env.msg, GuestMessage::StateSaved(StateSaved { location: None, .. })),
+        "{env:?}"
+    );
+    let bad = r#"{"v":1,"id":6,"msg":{"type":"keep","body":{"interface":{"mac":"52:54:00:10:00:01"},"saved":{"interface":"eth1","digest":"md5:00"}}}}"#;
+    let err = decode::<HostMessage>(bad.as_bytes()).unwrap_err();
+    assert_eq!(err.request_id(), Some(6));
+    assert!(err.to_string().contains("digest must start with sha256:"), "{err}");
 }
 
 fn decode_one<M: Message>(bytes: &[u8]) -> Result<Envelope<M>, MessageError> {
@@ -210,7 +250,7 @@ fn an_unknown_major_version_is_refused_but_hello_still_negotiates() {
     };
     let err = vfmig_protocol::version::negotiate(vfmig_protocol::version::SUPPORTED, h.versions).unwrap_err();
     assert!(
-        err.to_string().contains("1.0..=1.0") && err.to_string().contains("7.0..=9.1"),
+        err.to_string().contains("1.0..=1.1") && err.to_string().contains("7.0..=9.1"),
         "{err}"
     );
 }

@@ -772,6 +772,7 @@ async fn restore_onto_vf(
             ..Default::default()
         },
         restore_mac: false,
+        digest: None,
     });
     ask(channel, restore, plan.deadlines.restore).await.map(drop)
 }
@@ -1286,6 +1287,7 @@ pub async fn plug_destination(
             ..Default::default()
         },
         restore_mac: spec.restore_mac,
+        digest: None,
     });
     // Restore is idempotent (the agent applies only what differs), so a request lost to an
     // agent that restarted (the fault-injection test kills it right after the plug) or to a
