@@ -10,8 +10,12 @@
 //! - [`channel`]: the host's end of the guest channel.
 //! - [`migration`]: the migration state machine and its timeline.
 //! - [`sriov`]: VFs on the host's PF: reading, provisioning for vfio-pci, releasing.
+//! - [`vm`]: the VM seam (what a migration needs from the hypervisor), over QMP.
+//! - [`guest`]: the guest seam (the guest agent's requests), over the virtio-serial channel.
 
 pub mod channel;
+pub mod guest;
 pub mod migration;
 pub mod qmp;
 pub mod sriov;
+pub mod vm;
