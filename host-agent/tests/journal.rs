@@ -1,10 +1,13 @@
 //! The host agent's journal on a real filesystem: what it writes it reads back, and what it
-//! did not write — garbage, another format, another VF's journal, a huge file — is refused
-//! with a reason and left where it is.
+//! did not write — garbage, another format, an older format, another VM's VFs, a state that
+//! does not hold together, a huge file — is refused with a reason and left where it is.
 
 use std::path::PathBuf;
 
-use vfmig_host::migration::journal::{default_path, Journal, JournalError, OriginalParams, Saved};
+use vfmig_host::guest::Saved;
+use vfmig_host::migration::journal::{default_path, Journal, JournalError, RunState};
+use vfmig_host::migration::state::{Hook, Migrating, SourceState, Unplug, Vf, VfRun};
+use vfmig_host::vm::Params;
 
 fn dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -17,37 +20,57 @@ fn dir() -> PathBuf {
     d
 }
 
+fn ids() -> Vec<String> {
+    vec!["vf".into(), "vf2".into()]
+}
+
+/// A journal as a run writes it while the VFs are unplugged.
 fn journal() -> Journal {
-    let mut j = Journal::new(
-        "vf",
-        "52:54:00:10:00:01".parse().unwrap(),
-        Some(serde_json::json!({ "driver": "e1000e", "id": "vf" })),
-        OriginalParams {
-            max_bandwidth: 134_217_728,
-            downtime_limit: 300,
+    let vf = |id: &str, mac: &str, interface: &str| VfRun {
+        vf: Vf {
+            id: id.into(),
+            mac: mac.parse().unwrap(),
+            device: Some(serde_json::json!({ "driver": "e1000e", "id": id })),
         },
-    );
-    j.hooked = true;
-    j.migrate_issued = true;
-    j.saved = Some(Saved {
-        interface: "eth0".into(),
-        digest: "sha256:5b130890d642".into(),
-    });
-    j
+        saved: Some(Saved {
+            interface: interface.into(),
+            digest: format!("sha256:{}", "5b".repeat(32)),
+            location: Some(format!("/run/vfmig/{interface}.json")),
+        }),
+        unplug: Unplug::Requested,
+    };
+    Journal::new(
+        ids(),
+        RunState::Source(SourceState::Unplugging {
+            m: Migrating {
+                params: Params {
+                    max_bandwidth: 134_217_728,
+                    downtime_limit: 300,
+                },
+                vfs: vec![
+                    vf("vf", "52:54:00:10:00:01", "eth0"),
+                    vf("vf2", "52:54:00:10:00:03", "eth1"),
+                ],
+                guest: true,
+            },
+            hook: Hook::Tracking,
+            before_precopy: false,
+        }),
+    )
 }
 
 #[test]
 fn what_is_written_reads_back_and_removing_twice_is_fine() {
     let d = dir();
     let path = d.join("vm.vfmig-journal");
-    assert!(Journal::load(&path, "vf").unwrap().is_none(), "no journal yet");
+    assert!(Journal::load(&path, &ids()).unwrap().is_none(), "no journal yet");
     let j = journal();
     j.save(&path).unwrap();
-    assert_eq!(Journal::load(&path, "vf").unwrap(), Some(j));
+    assert_eq!(Journal::load(&path, &ids()).unwrap(), Some(j));
     assert!(!d.join("vm.tmp").exists(), "no temporary file left");
     Journal::remove(&path).unwrap();
     Journal::remove(&path).unwrap();
-    assert!(Journal::load(&path, "vf").unwrap().is_none());
+    assert!(Journal::load(&path, &ids()).unwrap().is_none());
     std::fs::remove_dir_all(d).unwrap();
 }
 
@@ -55,31 +78,39 @@ fn what_is_written_reads_back_and_removing_twice_is_fine() {
 fn a_journal_that_does_not_validate_is_refused_and_left_alone() {
     let d = dir();
     let path = d.join("vm.vfmig-journal");
-    let mut other = serde_json::to_value(journal()).unwrap();
-    other["format"] = 2.into();
-    let mut incoherent = serde_json::to_value(journal()).unwrap();
-    incoherent["saved"] = serde_json::Value::Null;
-    incoherent["unplug_requested"] = true.into();
+    let written = serde_json::to_value(journal()).unwrap();
+    let mut newer = written.clone();
+    newer["format"] = 3.into();
+    let mut unsaved = written.clone();
+    unsaved["state"]["source"]["unplugging"]["vfs"][0]["saved"] = serde_json::Value::Null;
+    let mut renamed = written.clone();
+    renamed["state"]["source"]["unplugging"]["vfs"][1]["vf"]["id"] = "hostdev1".into();
+    let older = br#"{"format":1,"vf_id":"vf","vf_mac":"52:54:00:10:00:01","vf_device":null,
+        "original":{"max-bandwidth":134217728,"downtime-limit":300},"hooked":true,
+        "migrate_issued":true,"unplug_requested":false,"saved":null,"phase":"held"}"#;
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"\x00\xffnot json".to_vec()),
-        ("truncated", serde_json::to_vec(&journal()).unwrap()[..40].to_vec()),
-        ("another format", serde_json::to_vec(&other).unwrap()),
-        ("unplugged before saving", serde_json::to_vec(&incoherent).unwrap()),
+        ("truncated", serde_json::to_vec(&written).unwrap()[..40].to_vec()),
+        ("a newer format", serde_json::to_vec(&newer).unwrap()),
+        ("vfmig-host 0.1's format", older.to_vec()),
+        ("unplugged before saving", serde_json::to_vec(&unsaved).unwrap()),
+        ("a state of other VFs", serde_json::to_vec(&renamed).unwrap()),
         ("huge", vec![b' '; (1 << 20) + 10]),
     ];
     for (what, bytes) in cases {
         std::fs::write(&path, &bytes).unwrap();
-        let err = Journal::load(&path, "vf").unwrap_err();
+        let err = Journal::load(&path, &ids()).unwrap_err();
         println!("{what}: {err}");
         match what {
-            "another format" => assert!(matches!(err, JournalError::UnknownFormat { found: 2, .. }), "{err}"),
+            "a newer format" => assert!(matches!(err, JournalError::UnknownFormat { found: 3, .. }), "{err}"),
+            "vfmig-host 0.1's format" => assert!(matches!(err, JournalError::OlderFormat { .. }), "{err}"),
             _ => assert!(matches!(err, JournalError::Invalid { .. }), "{what}: {err}"),
         }
         assert!(err.to_string().contains("nothing was changed"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "{what}: the journal was touched");
     }
     journal().save(&path).unwrap();
-    let err = Journal::load(&path, "hostdev1").unwrap_err();
+    let err = Journal::load(&path, &["hostdev1".to_owned()]).unwrap_err();
     assert!(matches!(err, JournalError::OtherVf { .. }), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }

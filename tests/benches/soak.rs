@@ -14,7 +14,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vfmig_host::migration::{migrate_source, plug_destination, Deadlines, Fallback, Plan, PlugSpec, Timeline};
+use vfmig_host::migration::{
+    migrate_source, plug_destination, Deadlines, Fallback, FreshVf, Plan, PlugSpec, Timeline, VfPlan,
+};
 use vfmig_host::qmp::Qmp;
 use vfmig_testbed::exclusive;
 use vfmig_testbed::fabric::{Fabric, GUEST_V4};
@@ -96,26 +98,33 @@ async fn hop(
     let echo = SocketAddr::new(GUEST_V4.parse().map_err(|_| "address")?, 7);
     let probe = Probe::start(&fabric.peer, echo).map_err(|e| e.to_string())?;
     let plan = Plan {
-        vf_id: VF_ID.into(),
-        vf_device: Some(vf_device_json("e1000e", VF_ID, MACS[1 - side])),
+        vfs: vec![VfPlan {
+            id: VF_ID.into(),
+            device: Some(vf_device_json("e1000e", VF_ID, MACS[1 - side])),
+            mac: None,
+        }],
         uri,
         fallback: Fallback::Refuse,
         deadlines: Deadlines::default(),
         hold_margin: 64 << 20,
         journal: None,
         standby: vfmig_protocol::message::StandbyRequest::Auto,
-        vf_mac: None,
     };
     let mut timeline = Timeline::new();
-    let mut quiet = |_: &vfmig_host::migration::Step, _: Option<&_>| {};
+    let mut quiet = |_: &vfmig_host::migration::Step| {};
     let saved = migrate_source(src_qmp, &src.dir.join("agent.sock"), &plan, &mut timeline, &mut quiet)
         .await
         .map_err(|e| format!("hop {n}: {e}\n{}", timeline.table()))?
         .ok_or_else(|| format!("hop {n}: migrated without the guest agent"))?;
     let spec = PlugSpec {
-        device: vf_device_json("e1000e", VF_ID, mac),
-        mac: None,
-        saved: saved.interface,
+        vfs: saved
+            .into_iter()
+            .map(|saved| FreshVf {
+                device: vf_device_json("e1000e", VF_ID, mac),
+                mac: None,
+                saved,
+            })
+            .collect(),
         restore_mac: false,
         attempts: 3,
         deadlines: Deadlines::default(),
@@ -143,12 +152,11 @@ async fn hop(
         .parse()
         .unwrap_or(u64::MAX);
     let hook_left_tracking = !shell.ok(&format!("cat {CONTROL}/devices")).await?.trim().is_empty();
-    let ok = restored.failed.is_empty() && restored.mismatches.is_empty();
+    let ok = restored.iter().all(|r| r.failed.is_empty() && r.mismatches.is_empty());
     if !ok {
-        eprintln!(
-            "hop {n}: failed {:?}, mismatches {:?}",
-            restored.failed, restored.mismatches
-        );
+        for r in &restored {
+            eprintln!("hop {n}: failed {:?}, mismatches {:?}", r.failed, r.mismatches);
+        }
     }
     let qemu_rss_kib = rss_kib(&dst.pid().to_string());
     Ok((

@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use vfmig_host::migration::{migrate_source, Deadlines, Fallback, MigrateError, Plan, PlugSpec, Saved, Step, Timeline};
-use vfmig_host::qmp::migration::MigrationInfo;
+use vfmig_host::migration::{
+    migrate_source, plug_destination, Deadlines, Fallback, FreshVf, MigrateError, Plan, PlugSpec, Saved, Step,
+    Timeline, VfPlan,
+};
 use vfmig_host::qmp::Qmp;
+use vfmig_protocol::message::Restored;
 
 use crate::fabric::{Fabric, GUEST_V4};
 use crate::image::{debian_image, guest_image};
@@ -171,8 +174,11 @@ pub async fn vf_mac(qmp: &Qmp) -> String {
 /// agent deadline that a loaded machine's TCG guest keeps.
 pub fn plan(uri: &str, fallback: Fallback) -> Plan {
     Plan {
-        vf_id: VF_ID.into(),
-        vf_device: Some(vf_device_json("e1000e", VF_ID, SOURCE_MAC)),
+        vfs: vec![VfPlan {
+            id: VF_ID.into(),
+            device: Some(vf_device_json("e1000e", VF_ID, SOURCE_MAC)),
+            mac: None,
+        }],
         uri: uri.into(),
         fallback,
         deadlines: Deadlines {
@@ -182,16 +188,17 @@ pub fn plan(uri: &str, fallback: Fallback) -> Plan {
         hold_margin: 64 << 20,
         journal: None,
         standby: vfmig_protocol::message::StandbyRequest::Auto,
-        vf_mac: None,
     }
 }
 
-/// The destination step: plug `device` and restore the state saved under `saved`.
-pub fn fresh_vf(device: serde_json::Value, saved: &str) -> PlugSpec {
+/// The destination step: plug `device` and restore `saved` onto it.
+pub fn fresh_vf(device: serde_json::Value, saved: &Saved) -> PlugSpec {
     PlugSpec {
-        device,
-        mac: None,
-        saved: saved.into(),
+        vfs: vec![FreshVf {
+            device,
+            mac: None,
+            saved: saved.clone(),
+        }],
         restore_mac: false,
         attempts: 3,
         deadlines: Deadlines::default(),
@@ -199,17 +206,30 @@ pub fn fresh_vf(device: serde_json::Value, saved: &str) -> PlugSpec {
 }
 
 /// Prints a timeline step as it happens.
-pub fn show(step: &Step, _: Option<&MigrationInfo>) {
+pub fn show(step: &Step) {
     println!("  {:>6} ms  {:?}  {}", step.at_ms, step.phase, step.detail);
 }
 
-/// Runs vfmig's source side against a bed; returns the timeline with the outcome.
+/// Runs vfmig's source side against a bed with one VF; returns the timeline with the
+/// outcome: the VF's saved state, or none when it migrated without saving one.
 pub async fn migrate(
     bed: &Bed,
     plan: &Plan,
-    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
+    observe: &mut dyn FnMut(&Step),
 ) -> (Timeline, Result<Option<Saved>, MigrateError>) {
+    assert_eq!(plan.vfs.len(), 1, "the bed has one VF");
     let mut timeline = Timeline::new();
     let outcome = migrate_source(&bed.src, &agent(&bed.source), plan, &mut timeline, observe).await;
-    (timeline, outcome)
+    (timeline, outcome.map(|saved| saved.and_then(|s| s.into_iter().next())))
+}
+
+/// Runs vfmig's destination step against a bed with one VF; the guest's report.
+pub async fn restore(
+    bed: &Bed,
+    spec: &PlugSpec,
+    timeline: &mut Timeline,
+    observe: &mut dyn FnMut(&Step),
+) -> Result<Restored, MigrateError> {
+    let reports = plug_destination(&bed.dst, &agent(&bed.destination), spec, timeline, observe).await?;
+    Ok(reports.into_iter().next().expect("one report for the bed's one VF"))
 }

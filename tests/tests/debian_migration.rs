@@ -12,8 +12,8 @@ use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vfmig_host::migration::{plug_destination, Fallback};
-use vfmig_testbed::bed::{agent, fresh_vf, migrate, plan, show, Bed, FRESH_MAC, SOURCE_MAC, STATE};
+use vfmig_host::migration::Fallback;
+use vfmig_testbed::bed::{fresh_vf, migrate, plan, restore, show, Bed, FRESH_MAC, SOURCE_MAC, STATE};
 use vfmig_testbed::fabric::{GUEST_V4, PEER_V4};
 use vfmig_testbed::probe::{wait_answering, TcpProbe};
 use vfmig_testbed::shell::GuestShell;
@@ -231,8 +231,8 @@ async fn migrate_with(network: Network) {
         // Another slot, where udev would name it enp2s0: the saved name must win.
         device["bus"] = "rp3".into();
     }
-    let spec = fresh_vf(device, &saved.interface);
-    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+    let spec = fresh_vf(device, &saved);
+    let restored = restore(&bed, &spec, &mut timeline, &mut show)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
     println!("{}", timeline.table());

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use vfmig_host::channel::GuestChannel;
-use vfmig_host::migration::{plug_destination, Fallback, MigrateError, Phase, PlugSpec, Timeline};
+use vfmig_host::migration::{Fallback, MigrateError, Phase, PlugSpec, Timeline};
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::Event;
 use vfmig_protocol::message::{GuestMessage, HostMessage, InterfaceSelector, PrepareUnplug, StandbyRequest};
-use vfmig_testbed::bed::{agent, echo, fresh_vf, migrate, plan, show, vf_mac, Bed, FRESH_MAC, NETWORK, SOURCE_MAC};
+use vfmig_testbed::bed::{
+    agent, echo, fresh_vf, migrate, plan, restore, show, vf_mac, Bed, FRESH_MAC, NETWORK, SOURCE_MAC,
+};
 use vfmig_testbed::probe::{wait_answering, Probe, TcpProbe};
 use vfmig_testbed::vm::{vf_device_json, VF_ID};
 
@@ -43,8 +45,8 @@ async fn vfmig_keeps_the_vf_through_precopy_and_the_guest_keeps_its_network() {
             )
         })
         .expect("the guest agent saved the state");
-    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved.interface);
-    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved);
+    let restored = restore(&bed, &spec, &mut timeline, &mut show)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
     std::thread::sleep(Duration::from_millis(500));
@@ -121,8 +123,8 @@ async fn a_guest_without_the_dma_hook_is_unplugged_before_precopy_and_keeps_its_
     let saved = saved
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()))
         .expect("the guest agent saved the state");
-    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved.interface);
-    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved);
+    let restored = restore(&bed, &spec, &mut timeline, &mut show)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
     println!("{}", timeline.table());
@@ -262,8 +264,8 @@ async fn a_migration_that_fails_after_the_unplug_puts_the_vf_back_and_restores_t
     tcp.round_trip("before\n").unwrap();
     // The destination host dies right after the VF is unplugged on the source.
     let destination = bed.destination.pid() as i32;
-    let mut kill_destination = |step: &vfmig_host::migration::Step, info: Option<&MigrationInfo>| {
-        show(step, info);
+    let mut kill_destination = |step: &vfmig_host::migration::Step| {
+        show(step);
         if step.phase == Phase::Unplugged {
             nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(destination),
@@ -293,17 +295,9 @@ async fn a_failing_destination_plug_says_where_the_state_is_and_can_be_finished_
     wrong["bus"] = json!("no-such-port");
     let spec = |device| PlugSpec {
         attempts: 2,
-        ..fresh_vf(device, &saved.interface)
+        ..fresh_vf(device, &saved)
     };
-    let err = plug_destination(
-        &bed.dst,
-        &agent(&bed.destination),
-        &spec(wrong),
-        &mut timeline,
-        &mut show,
-    )
-    .await
-    .unwrap_err();
+    let err = restore(&bed, &spec(wrong), &mut timeline, &mut show).await.unwrap_err();
     println!("{err}");
     assert!(matches!(err, MigrateError::PlugFailed { attempts: 2, .. }), "{err}");
     assert!(
@@ -313,9 +307,8 @@ async fn a_failing_destination_plug_says_where_the_state_is_and_can_be_finished_
     );
 
     // What the operator does next: plug a VF that works and run the destination step again.
-    let restored = plug_destination(
-        &bed.dst,
-        &agent(&bed.destination),
+    let restored = restore(
+        &bed,
         &spec(vf_device_json("e1000e", VF_ID, FRESH_MAC)),
         &mut timeline,
         &mut show,
@@ -358,8 +351,8 @@ async fn the_fresh_vf_may_be_another_model() {
     let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).unwrap();
     let (mut timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
     let saved = saved.unwrap().unwrap();
-    let spec = fresh_vf(vf_device_json("igb", VF_ID, FRESH_MAC), &saved.interface);
-    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+    let spec = fresh_vf(vf_device_json("igb", VF_ID, FRESH_MAC), &saved);
+    let restored = restore(&bed, &spec, &mut timeline, &mut show)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
     println!("{}", timeline.table());
@@ -400,8 +393,8 @@ async fn killing_the_guest_agent_at_any_phase_boundary_loses_nothing() {
             "{before}"
         );
         let kill = "kill -9 $(pidof vfmig-guestd)";
-        let mut killer = |step: &vfmig_host::migration::Step, info: Option<&MigrationInfo>| {
-            show(step, info);
+        let mut killer = |step: &vfmig_host::migration::Step| {
+            show(step);
             if step.phase == at {
                 shell.start(kill).unwrap();
             }
@@ -415,14 +408,14 @@ async fn killing_the_guest_agent_at_any_phase_boundary_loses_nothing() {
             Ok(Some(saved)) => {
                 // Completed: the guest runs on the destination.
                 let dst_shell = bed.destination.shell(Duration::from_secs(30)).await.unwrap();
-                let mut killer = |step: &vfmig_host::migration::Step, info: Option<&MigrationInfo>| {
-                    show(step, info);
+                let mut killer = |step: &vfmig_host::migration::Step| {
+                    show(step);
                     if step.phase == at {
                         dst_shell.start(kill).unwrap();
                     }
                 };
-                let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved.interface);
-                let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut killer)
+                let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved);
+                let restored = restore(&bed, &spec, &mut timeline, &mut killer)
                     .await
                     .unwrap_or_else(|e| panic!("killed at {at:?}: {e}\n{}", timeline.table()));
                 drop(dst_shell);
@@ -493,8 +486,8 @@ async fn a_standby_nic_carries_the_guest_through_the_vf_gap() {
     let saved = saved
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()))
         .expect("saved");
-    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved.interface);
-    let restored = plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut show)
+    let spec = fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved);
+    let restored = restore(&bed, &spec, &mut timeline, &mut show)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", timeline.table()));
     std::thread::sleep(Duration::from_millis(500));

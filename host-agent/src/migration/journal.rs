@@ -1,14 +1,13 @@
-//! The source side's journal: what vfmig-host has changed in QEMU and asked of the guest, on
-//! disk, so that a host agent killed at any moment can be run again and take up where things
-//! stand (see [`super::resume`]).
+//! The run's journal: its state, on disk, as it is, so that a host agent killed at any moment
+//! can be run again and take up where things stand.
 //!
-//! QEMU is the truth about the migration and the VF; the journal only adds what QEMU cannot
-//! say: the migration parameters as they were before vfmig changed them, the VF's `device_add`
-//! arguments, whether the guest's DMA hook tracks the VF, whether an unplug was requested, and
-//! the name the guest saved its state under. Each fact is written *before* the change it
-//! describes, atomically (temporary file, fsync, rename, fsync of the directory), so a kill
-//! leaves the old journal or the new one. A journal that does not validate is refused with a
-//! reason and nothing is changed: the operator decides, vfmig does not guess.
+//! It is written whenever the state changes, before the new state's action runs, atomically
+//! (temporary file, fsync, rename, fsync of the directory): a kill leaves the old journal or
+//! the new one. QEMU and the guest are the truth about what was done; the journal adds what
+//! only vfmig knows (the parameters as they were, the VFs, what the guest saved and its
+//! digest, why a give-back runs). A journal that does not validate, or of a format this build
+//! does not read, is refused with its reason and left alone: the operator decides, vfmig does
+//! not guess.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -16,13 +15,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use vfmig_protocol::MacAddr;
 
-use super::timeline::Phase;
+use super::state::{DestinationState, Hook, SourceState, Unplug};
 
-/// The journal's layout; a journal of another format is refused.
-pub const FORMAT: u32 = 1;
-/// A journal is a few hundred bytes; anything near this is not one.
+/// The journal's layout. Format 1 (vfmig-host 0.1: four flags and a phase, one VF) is named
+/// and refused: it cannot say which state its run stood in.
+pub const FORMAT: u32 = 2;
+/// A journal is a few kilobytes; anything near this is not one.
 const MAX_JOURNAL: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,70 +34,45 @@ pub enum JournalError {
     },
     #[error("journal {path} is not a vfmig journal ({reason}); nothing was changed — inspect it, then remove it to start afresh")]
     Invalid { path: PathBuf, reason: String },
+    #[error("journal {path} is of format 1, written by vfmig-host 0.1, which this vfmig-host does not take up; nothing was changed — finish that migration with vfmig-host 0.1, or check the VM (query-migrate, its VF) and remove the journal")]
+    OlderFormat { path: PathBuf },
     #[error("journal {path} is of format {found}, this vfmig-host reads format {FORMAT}; nothing was changed")]
     UnknownFormat { path: PathBuf, found: u32 },
-    #[error("journal {path} belongs to VF {found}, not {wanted}; nothing was changed")]
+    #[error("journal {path} belongs to VFs {found:?}, not {wanted:?}; nothing was changed")]
     OtherVf {
         path: PathBuf,
-        found: String,
-        wanted: String,
+        found: Vec<String>,
+        wanted: Vec<String>,
     },
 }
 
-/// The migration parameters vfmig changes, as they were before (read from
-/// `query-migrate-parameters`, whose other fields are ignored).
+/// Which side the run stands on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct OriginalParams {
-    pub max_bandwidth: u64,
-    pub downtime_limit: u64,
-}
-
-/// Where the guest saved the VF's state: what the source side hands to the destination side,
-/// and what the journal keeps for a run that takes over.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Saved {
-    pub interface: String,
-    pub digest: String,
+pub enum RunState {
+    Source(SourceState),
+    Destination(DestinationState),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     pub format: u32,
-    pub vf_id: String,
-    pub vf_mac: MacAddr,
-    /// `device_add` arguments that recreate the VF, if the operator gave them.
-    pub vf_device: Option<Value>,
-    pub original: OriginalParams,
-    /// The guest's DMA hook was asked to track the VF (pre-copy with the VF plugged).
-    pub hooked: bool,
-    /// `migrate` was (or was about to be) issued.
-    pub migrate_issued: bool,
-    /// `device_del` was (or was about to be) issued for the VF.
-    pub unplug_requested: bool,
-    pub saved: Option<Saved>,
-    /// The last phase reached, for messages.
-    pub phase: Option<Phase>,
+    /// The VFs' ids, in the plan's order: a journal of other VFs is not this run's.
+    pub vfs: Vec<String>,
+    pub state: RunState,
 }
 
 impl Journal {
-    pub fn new(vf_id: &str, vf_mac: MacAddr, vf_device: Option<Value>, original: OriginalParams) -> Self {
+    pub fn new(vfs: Vec<String>, state: RunState) -> Self {
         Self {
             format: FORMAT,
-            vf_id: vf_id.to_owned(),
-            vf_mac,
-            vf_device,
-            original,
-            hooked: false,
-            migrate_issued: false,
-            unplug_requested: false,
-            saved: None,
-            phase: None,
+            vfs,
+            state,
         }
     }
 
-    /// Reads the journal at `path` for VF `vf_id`; `None` if there is none.
-    pub fn load(path: &Path, vf_id: &str) -> Result<Option<Self>, JournalError> {
+    /// Reads the journal at `path` for the VFs `vfs`; `None` if there is none.
+    pub fn load(path: &Path, vfs: &[String]) -> Result<Option<Self>, JournalError> {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -113,43 +87,73 @@ impl Journal {
         if bytes.len() as u64 > MAX_JOURNAL {
             return Err(invalid(format!("over {MAX_JOURNAL} bytes")));
         }
-        // The format is read first, so a newer layout is named as such, not as garbage.
+        // The format is read first, so another layout is named as such, not as garbage.
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
         let found = value
             .get("format")
             .and_then(Value::as_u64)
             .ok_or_else(|| invalid("no format".into()))?;
-        if found != u64::from(FORMAT) {
-            return Err(JournalError::UnknownFormat {
-                path: path.to_owned(),
-                found: u32::try_from(found).unwrap_or(u32::MAX),
-            });
+        match found {
+            1 => return Err(JournalError::OlderFormat { path: path.to_owned() }),
+            f if f != u64::from(FORMAT) => {
+                return Err(JournalError::UnknownFormat {
+                    path: path.to_owned(),
+                    found: u32::try_from(f).unwrap_or(u32::MAX),
+                })
+            }
+            _ => {}
         }
         let journal: Self = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
         journal.validate().map_err(invalid)?;
-        if journal.vf_id != vf_id {
+        if journal.vfs != vfs {
             return Err(JournalError::OtherVf {
                 path: path.to_owned(),
-                found: journal.vf_id,
-                wanted: vf_id.to_owned(),
+                found: journal.vfs,
+                wanted: vfs.to_vec(),
             });
         }
         Ok(Some(journal))
     }
 
-    /// Facts that must hold together in any journal vfmig-host writes.
+    /// Facts that hold together in any journal vfmig-host writes.
     fn validate(&self) -> Result<(), String> {
-        if self.vf_id.is_empty() {
-            return Err("empty VF id".into());
+        if self.vfs.is_empty() || self.vfs.iter().any(String::is_empty) {
+            return Err("no VFs, or a VF without an id".into());
         }
-        if self.vf_device.as_ref().is_some_and(|d| !d.is_object()) {
-            return Err("vf_device is not an object of device_add arguments".into());
+        let source = match &self.state {
+            RunState::Source(s) => s,
+            RunState::Destination(d) if d.vfs().len() != self.vfs.len() => {
+                return Err("the destination's fresh VFs do not match the VFs".into())
+            }
+            RunState::Destination(_) => return Ok(()),
+        };
+        let Some(m) = source.clone().into_migrating() else {
+            return Ok(());
+        };
+        if m.vfs.iter().map(|v| &v.vf.id).ne(self.vfs.iter()) {
+            return Err("the state's VFs are not the journal's".into());
         }
-        if self.saved.as_ref().is_some_and(|s| s.interface.is_empty()) {
-            return Err("saved state without an interface name".into());
+        if m.vfs
+            .iter()
+            .any(|v| v.vf.device.as_ref().is_some_and(|d| !d.is_object()))
+        {
+            return Err("a VF's device spec is not an object".into());
         }
-        if self.unplug_requested && self.hooked && self.saved.is_none() {
-            return Err("an unplug with the hook on is only requested after the state is saved".into());
+        if m.vfs
+            .iter()
+            .any(|v| v.saved.as_ref().is_some_and(|s| s.interface.is_empty()))
+        {
+            return Err("a saved state without an interface name".into());
+        }
+        // Pre-copy with the VFs plugged unplugs them only once the guest saved their state.
+        let hooked = match source {
+            SourceState::Unplugging { hook, .. }
+            | SourceState::Releasing { hook, .. }
+            | SourceState::Completing { hook, .. } => *hook != Hook::Off && m.guest,
+            _ => false,
+        };
+        if hooked && m.vfs.iter().any(|v| v.unplug != Unplug::Plugged && v.saved.is_none()) {
+            return Err("a VF unplugged with the hook on before its state was saved".into());
         }
         Ok(())
     }
@@ -168,7 +172,10 @@ impl Journal {
             .truncate(true)
             .open(&tmp)
             .map_err(io(&tmp))?;
-        let text = serde_json::to_vec_pretty(self).expect("a journal always serialises");
+        let text = serde_json::to_vec_pretty(self).map_err(|e| JournalError::Invalid {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         file.write_all(&text).map_err(io(&tmp))?;
         file.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, path).map_err(io(path))?;

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::qmp::migration::MigrationInfo;
+use crate::guest::Saved;
+use crate::vm::Migration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -51,7 +52,9 @@ pub enum Phase {
     Restored,
     /// The addresses and routes moved back from the standby to the fresh VF.
     StandbyReleased,
-    /// The migration did not complete; the VF was plugged back on the source and restored.
+    /// The migration was given up and the VM put back as it was on the source: migration
+    /// cancelled, parameters back, VFs that had left plugged back, the guest's state back on
+    /// them, the DMA hook stopped.
     RolledBack,
 }
 
@@ -86,10 +89,23 @@ pub struct QemuFigures {
     pub ram_transferred: Option<u64>,
 }
 
+impl QemuFigures {
+    pub fn of(m: &Migration) -> Self {
+        Self {
+            status: Some(m.state.name().to_owned()),
+            total_time_ms: m.total_time_ms,
+            downtime_ms: m.downtime_ms,
+            ram_transferred: m.ram.as_ref().map(|r| r.transferred),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Timeline {
     pub steps: Vec<Step>,
     pub qemu: Option<QemuFigures>,
+    /// What the guest saved for each VF, for the destination step (`vfmig-host plug`).
+    pub saved: Vec<Saved>,
     #[serde(skip)]
     started: Instant,
 }
@@ -105,12 +121,13 @@ impl Timeline {
         Self {
             steps: Vec::new(),
             qemu: None,
+            saved: Vec::new(),
             started: Instant::now(),
         }
     }
 
-    pub fn record(&mut self, phase: Phase, info: Option<&MigrationInfo>, detail: impl Into<String>) -> &Step {
-        let ram = info.and_then(|i| i.ram.as_ref());
+    pub fn record(&mut self, phase: Phase, migration: Option<&Migration>, detail: impl Into<String>) -> &Step {
+        let ram = migration.and_then(|m| m.ram.as_ref());
         self.steps.push(Step {
             phase,
             at_ms: self.started.elapsed().as_millis() as u64,

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use vfmig_host::migration::{migrate_source, plug_destination, Deadlines, Fallback, Phase, Plan, PlugSpec, Timeline};
+use vfmig_host::migration::{Fallback, Phase, Plan, Timeline};
 use vfmig_host::qmp::migration::MigrationInfo;
 use vfmig_host::qmp::Qmp;
 use vfmig_protocol::message::StandbyRequest;
 
 use super::record::{lost_runs, missing, Mark, Run, Variant, MIGRATION_STARTS, VF_BACK};
-use crate::bed::{agent, echo, Bed, FRESH_MAC, SOURCE_MAC, STATE};
+use crate::bed::{echo, Bed, FRESH_MAC, STATE};
 use crate::probe::{Probe, Streaming, TcpProbe, UdpStream};
 use crate::vm::{vf_device_json, Vm, HOST_QMP, VF_ID};
 
@@ -215,20 +215,12 @@ async fn drive(variant: Variant, bed: &Bed) -> Result<Driven, String> {
 async fn vfmig(bed: &Bed, standby: StandbyRequest) -> Result<Driven, String> {
     let with_standby = standby != StandbyRequest::Off;
     let plan = Plan {
-        vf_id: VF_ID.into(),
-        vf_device: Some(vf_device_json("e1000e", VF_ID, SOURCE_MAC)),
-        uri: bed.uri.clone(),
-        fallback: Fallback::Refuse,
-        deadlines: Deadlines::default(),
-        hold_margin: 64 << 20,
-        journal: None,
         standby,
-        vf_mac: None,
+        ..crate::bed::plan(&bed.uri, Fallback::Refuse)
     };
     let first = Instant::now();
-    let mut timeline = Timeline::new();
-    let saved = migrate_source(&bed.src, &agent(&bed.source), &plan, &mut timeline, &mut |_, _| {})
-        .await
+    let (mut timeline, saved) = crate::bed::migrate(bed, &plan, &mut |_| {}).await;
+    let saved = saved
         .map_err(|e| format!("vfmig: {e}\n{}", timeline.table()))?
         .ok_or("vfmig: the guest saved no state")?;
     if let Some(step) = timeline.step(Phase::Fallback) {
@@ -237,15 +229,8 @@ async fn vfmig(bed: &Bed, standby: StandbyRequest) -> Result<Driven, String> {
             step.detail
         ));
     }
-    let spec = PlugSpec {
-        device: vf_device_json("e1000e", VF_ID, FRESH_MAC),
-        mac: None,
-        saved: saved.interface,
-        restore_mac: false,
-        attempts: 3,
-        deadlines: Deadlines::default(),
-    };
-    plug_destination(&bed.dst, &agent(&bed.destination), &spec, &mut timeline, &mut |_, _| {})
+    let spec = crate::bed::fresh_vf(vf_device_json("e1000e", VF_ID, FRESH_MAC), &saved);
+    crate::bed::restore(bed, &spec, &mut timeline, &mut |_| {})
         .await
         .map_err(|e| format!("vfmig's destination step: {e}\n{}", timeline.table()))?;
     let at = |phase| {

@@ -1,39 +1,42 @@
 //! `vfmig-host`: the host agent's command line, made to be called from a migration hook.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde_json::Value;
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use vfmig_host::guest::channel::ChannelGuest;
 use vfmig_host::migration::journal::default_path as default_journal;
 use vfmig_host::migration::{
-    migrate_source, migration_done, plug_destination, Deadlines, Fallback, MigrateError, Phase, Plan, PlugSpec, Saved,
-    Step, Timeline,
+    run_destination, run_source, Cancel, FreshVf, Journal, MigrateError, Phase, Plan, PlugSpec, Saved, Step, Timeline,
+    VfPlan,
 };
-use vfmig_host::qmp::migration::MigrationInfo;
-use vfmig_host::qmp::{Qmp, QmpError};
+use vfmig_host::qmp::Qmp;
+use vfmig_host::vm::qmp::QmpVm;
 use vfmig_protocol::descriptor::check;
-use vfmig_protocol::message::{validate_ifname, InterfaceSelector, StandbyRequest};
-use vfmig_protocol::MacAddr;
+use vfmig_protocol::message::Restored;
 
+mod args;
 mod sriov;
+
+use args::{mac_for, MigrateArgs, PlugArgs, MIGRATE_HELP};
 
 #[derive(Parser)]
 #[command(
     name = "vfmig-host",
     version,
-    about = "Live-migrate a VM with an SR-IOV VF, keeping the VF active through pre-copy",
-    long_about = "Live-migrate a VM with an SR-IOV VF, keeping the VF active through pre-copy.\n\n\
+    about = "Live-migrate a VM with SR-IOV VFs, keeping the VFs active through pre-copy",
+    long_about = "Live-migrate a VM with SR-IOV VFs, keeping the VFs active through pre-copy.\n\n\
         vfmig-host drives QEMU over QMP and the guest agent (vfmig-guestd) over the VM's \
-        virtio-serial port: the guest's DMA hook starts tracking the VF, pre-copy starts with \
-        the VF plugged, is held when most of RAM is sent, the guest saves the VF's network \
-        state, the VF is unplugged, the migration completes, and on the destination a fresh \
-        VF is plugged and the guest restores its addresses, routes and neighbours onto it. \
-        A guest without the DMA hook gets the safe path: its state is saved, then the VF is \
-        unplugged before pre-copy. Prints the per-phase timeline."
+        virtio-serial port: the guest's DMA hook starts tracking the VFs, pre-copy starts with \
+        the VFs plugged, is held when most of RAM is sent, the guest saves each VF's network \
+        state, the VFs are unplugged, the migration completes, and on the destination a fresh \
+        VF is plugged for each and the guest restores its addresses, routes and neighbours onto \
+        it. A guest without the DMA hook gets the safe path: its state is saved, then the VFs \
+        are unplugged before pre-copy. Prints the per-phase timeline."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,8 +46,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Migrate: the source side, and the destination's plug-and-restore when its sockets are
-    /// given. Exits 0 when the VM runs on the destination with its state restored, 1 when the
-    /// migration ended in a defined fallback or rollback (the message says which), 2 on error.
+    /// given. Exits 0 when the VM runs on the destination with its state restored, 1 when it
+    /// runs on the source as before (the message says why), 2 when the operator must act.
+    #[command(after_help = MIGRATE_HELP)]
     Migrate(Box<MigrateArgs>),
     /// The destination step on its own: plug a fresh VF into the migrated VM and have the
     /// guest restore the saved state onto it (after `migrate` without --dest-*, or to finish
@@ -54,171 +58,17 @@ enum Command {
     Sriov(sriov::SriovCommand),
 }
 
-#[derive(Args)]
-struct MigrateArgs {
-    /// The source QEMU's QMP socket.
-    #[arg(long)]
-    qmp: PathBuf,
-    /// The unix socket behind the source VM's virtserialport org.vfmig.agent.0.
-    #[arg(long)]
-    agent: PathBuf,
-    /// The VF's device id in QEMU.
-    #[arg(long)]
-    vf: String,
-    /// device_add arguments (JSON) that recreate the VF, to plug it back if the migration
-    /// fails after the unplug.
-    #[arg(long, value_parser = json_object)]
-    vf_device: Option<Value>,
-    /// Migration URI, e.g. tcp:dest:4444 or unix:/path.
-    #[arg(long)]
-    uri: String,
-    /// What to do when the guest agent does not answer.
-    #[arg(long, value_enum, default_value_t = FallbackArg::Refuse)]
-    fallback: FallbackArg,
-    /// The standby path for the VF gap: "auto" (the guest's standby NIC, if it has one that
-    /// is up), "off", or the guest interface to use, by name or MAC (then required).
-    #[arg(long, default_value = "auto", value_parser = standby)]
-    standby: StandbyRequest,
-    /// Hold pre-copy when this many MiB are left (at most a quarter of RAM is used).
-    #[arg(long, default_value_t = 64)]
-    hold_margin_mib: u64,
-    #[command(flatten)]
-    deadlines: DeadlineArgs,
-    /// The destination QEMU's QMP socket (with --dest-agent and --plug-device: do the
-    /// destination step too).
-    #[arg(long, requires_all = ["dest_agent", "plug_device"])]
-    dest_qmp: Option<PathBuf>,
-    /// The unix socket behind the destination VM's virtserialport.
-    #[arg(long)]
-    dest_agent: Option<PathBuf>,
-    /// device_add arguments (JSON) for the fresh VF on the destination, with its "mac" (for
-    /// vfio-pci, which has none, see --plug-mac).
-    #[arg(long, value_parser = json_object)]
-    plug_device: Option<Value>,
-    /// The VF's MAC, for a VF device without a mac property (vfio-pci). Default: the
-    /// descriptor's.
-    #[arg(long)]
-    vf_mac: Option<MacAddr>,
-    /// The fresh VF's MAC, for a device without a mac property (vfio-pci). Default: the
-    /// descriptor's (`provision` gives the fresh VF the source VF's MAC).
-    #[arg(long)]
-    plug_mac: Option<MacAddr>,
-    /// Give the fresh VF the saved MAC as well.
-    #[arg(long)]
-    restore_mac: bool,
-    /// Also write the timeline as JSON to this file ("-" for standard output).
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// The source VF's descriptor (from `describe`): with --offer, the destination is checked
-    /// first and an incompatible one refused before anything changes.
-    #[arg(long, requires = "offer")]
-    descriptor: Option<PathBuf>,
-    /// The destination PF's offer (from `offer` on the destination).
-    #[arg(long, requires = "descriptor")]
-    offer: Option<PathBuf>,
-    /// The run's journal. Run `migrate` again with the same journal after vfmig-host was
-    /// killed, and it takes the migration up where it stands. Default: beside the QMP socket,
-    /// named after it with ".vfmig-journal" appended.
-    #[arg(long)]
-    journal: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct PlugArgs {
-    /// The destination QEMU's QMP socket.
-    #[arg(long)]
-    qmp: PathBuf,
-    /// The unix socket behind the VM's virtserialport org.vfmig.agent.0.
-    #[arg(long)]
-    agent: PathBuf,
-    /// device_add arguments (JSON) for the fresh VF, with its "mac" (for vfio-pci, which has
-    /// none, see --mac).
-    #[arg(long, value_parser = json_object)]
-    device: Value,
-    /// The fresh VF's MAC, for a device without a mac property (vfio-pci).
-    #[arg(long)]
-    mac: Option<MacAddr>,
-    /// The interface name the guest saved its state under (printed by `migrate`).
-    #[arg(long)]
-    saved: String,
-    /// Give the fresh VF the saved MAC as well.
-    #[arg(long)]
-    restore_mac: bool,
-    #[command(flatten)]
-    deadlines: DeadlineArgs,
-    /// Also write the timeline as JSON to this file ("-" for standard output).
-    #[arg(long)]
-    json: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct DeadlineArgs {
-    /// Seconds to wait for the guest agent's hello.
-    #[arg(long, default_value_t = 10)]
-    agent_timeout: u64,
-    /// Seconds to wait for DEVICE_DELETED after device_del.
-    #[arg(long, default_value_t = 10)]
-    unplug_timeout: u64,
-    /// Seconds to wait for the guest to restore onto the fresh VF.
-    #[arg(long, default_value_t = 30)]
-    restore_timeout: u64,
-}
-
-impl DeadlineArgs {
-    fn deadlines(&self) -> Deadlines {
-        Deadlines {
-            agent: Duration::from_secs(self.agent_timeout),
-            unplug: Duration::from_secs(self.unplug_timeout),
-            restore: Duration::from_secs(self.restore_timeout),
-            ..Deadlines::default()
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum FallbackArg {
-    /// Refuse to migrate; change nothing.
-    Refuse,
-    /// Unplug the VF before pre-copy and migrate without saving its state.
-    UnplugFirst,
-}
-
-fn standby(s: &str) -> Result<StandbyRequest, String> {
-    Ok(match s {
-        "auto" => StandbyRequest::Auto,
-        "off" => StandbyRequest::Off,
-        _ => StandbyRequest::Use(match s.parse::<MacAddr>() {
-            Ok(mac) => InterfaceSelector {
-                mac: Some(mac),
-                ..Default::default()
-            },
-            Err(_) => {
-                validate_ifname("standby", s)?;
-                InterfaceSelector {
-                    name: Some(s.into()),
-                    ..Default::default()
-                }
-            }
-        }),
-    })
-}
-
-fn json_object(s: &str) -> Result<Value, String> {
-    match serde_json::from_str::<Value>(s) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err("expected a JSON object of device_add arguments".into()),
-        Err(e) => Err(format!("not JSON: {e}")),
-    }
-}
-
 /// Prints each phase as it is reached, and pre-copy progress on a terminal.
-fn observer() -> impl FnMut(&Step, Option<&MigrationInfo>) {
+fn observer() -> impl FnMut(&Step) {
     let tty = std::io::stderr().is_terminal();
-    move |step, info| {
-        let progress = info.and_then(|i| i.ram.as_ref()).map_or(String::new(), |r| {
-            let done = r.total.saturating_sub(r.remaining) as f64 / r.total.max(1) as f64;
-            format!(" (pre-copy {:.0}%)", done * 100.0)
-        });
+    move |step| {
+        let progress = match (step.ram_total, step.ram_remaining) {
+            (Some(total), Some(remaining)) => {
+                let done = total.saturating_sub(remaining) as f64 / total.max(1) as f64;
+                format!(" (pre-copy {:.0}%)", done * 100.0)
+            }
+            _ => String::new(),
+        };
         if tty {
             eprint!("\r\x1b[K{:>6} ms  {:?}{progress}", step.at_ms, step.phase);
         } else {
@@ -242,47 +92,79 @@ fn report(timeline: &Timeline, json: Option<&PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Exit status for an outcome vfmig defined (refused, fell back, rolled back) versus an error.
-fn outcome(e: &MigrateError) -> ExitCode {
-    match e {
-        MigrateError::GuestUnavailable(_)
-        | MigrateError::NoSuchVf { .. }
-        | MigrateError::NoVfMac { .. }
-        | MigrateError::PrepareFailed(_)
-        | MigrateError::HoldLeaked { .. }
-        | MigrateError::UnplugTimeout { .. }
-        | MigrateError::RolledBack { .. }
-        | MigrateError::HookLost(_) => ExitCode::from(1),
-        _ => ExitCode::from(2),
-    }
+/// The error, once, and the exit status the contract gives it.
+fn failed(e: &MigrateError) -> ExitCode {
+    eprintln!("vfmig-host: {e}");
+    ExitCode::from(e.exit_code())
 }
 
-/// How many times a lost QMP connection is re-established before giving up; each attempt
-/// takes the migration up from the journal.
+/// How many times a lost QMP connection is opened again; each time the run is taken up
+/// from the journal where it stands.
 const QMP_RECONNECTS: u32 = 3;
 
-/// The source side; a QMP connection lost half-way (QEMU's monitor closed on us) is opened
-/// again and the migration taken up from the journal where it stands.
-async fn source(
-    args: &MigrateArgs,
-    plan: &Plan,
-    timeline: &mut Timeline,
-    observe: &mut dyn FnMut(&Step, Option<&MigrationInfo>),
-) -> Result<Result<Option<Saved>, MigrateError>> {
+/// Runs `step` against a fresh QMP connection, opening it again when it is lost.
+async fn with_qmp<T>(
+    path: &Path,
+    mut step: impl AsyncFnMut(&QmpVm<'_>) -> Result<T, MigrateError>,
+) -> Result<Result<T, MigrateError>> {
     let mut attempt = 0;
     loop {
-        let src = Qmp::connect(&args.qmp)
+        let qmp = Qmp::connect(path)
             .await
-            .with_context(|| format!("source QMP {}", args.qmp.display()))?;
-        match migrate_source(&src, &args.agent, plan, timeline, observe).await {
-            Err(MigrateError::Qmp(e @ (QmpError::Closed | QmpError::Io(_)))) if attempt < QMP_RECONNECTS => {
+            .with_context(|| format!("QMP {}", path.display()))?;
+        match step(&QmpVm::new(&qmp)).await {
+            Err(MigrateError::Lost(why)) if attempt < QMP_RECONNECTS => {
                 attempt += 1;
-                eprintln!("vfmig-host: {e}; connecting again and taking up the migration from the journal");
+                eprintln!("vfmig-host: {why}; connecting again and taking up the migration from the journal");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             outcome => return Ok(outcome),
         }
     }
+}
+
+/// The operator's SIGINT or SIGTERM cancels the migration (the give-back still runs).
+fn cancel_on_signals() -> Result<Cancel> {
+    let (tx, cancel) = Cancel::new();
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::spawn(async move {
+        let by = tokio::select! {
+            _ = interrupt.recv() => "the operator (SIGINT)",
+            _ = terminate.recv() => "the operator (SIGTERM)",
+        };
+        eprintln!("vfmig-host: {by}: giving the migration up");
+        let _ = tx.send(Some(by.into()));
+    });
+    Ok(cancel)
+}
+
+fn plan(args: &MigrateArgs, described: Option<vfmig_protocol::MacAddr>) -> Result<Plan> {
+    let n = args.vfs.len();
+    for device in &args.vf_devices {
+        match device.get("id").and_then(|i| i.as_str()) {
+            Some(id) if args.vfs.iter().any(|v| v == id) => {}
+            other => bail!("--vf-device {device} names {other:?}, which is no --vf"),
+        }
+    }
+    let vfs = args
+        .vfs
+        .iter()
+        .map(|id| VfPlan {
+            id: id.clone(),
+            device: args.vf_devices.iter().find(|d| d["id"] == id.as_str()).cloned(),
+            mac: mac_for(&args.vf_macs, id, n).or(described.filter(|_| n == 1)),
+        })
+        .collect();
+    Ok(Plan {
+        vfs,
+        uri: args.uri.clone(),
+        fallback: args.fallback.into(),
+        deadlines: args.deadlines.deadlines(),
+        hold_margin: args.hold_margin_mib << 20,
+        journal: Some(args.journal.clone().unwrap_or_else(|| default_journal(&args.qmp))),
+        standby: args.standby.clone(),
+    })
 }
 
 async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
@@ -294,104 +176,139 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
             return sriov::verdict(&verdict, false);
         }
     }
-    let described_mac = descriptor.as_ref().map(|d| d.vf.mac);
-    let plan = Plan {
-        vf_id: args.vf.clone(),
-        vf_device: args.vf_device.clone(),
-        uri: args.uri.clone(),
-        fallback: match args.fallback {
-            FallbackArg::Refuse => Fallback::Refuse,
-            FallbackArg::UnplugFirst => Fallback::UnplugFirst,
-        },
-        deadlines: args.deadlines.deadlines(),
-        hold_margin: args.hold_margin_mib << 20,
-        journal: Some(args.journal.clone().unwrap_or_else(|| default_journal(&args.qmp))),
-        standby: args.standby.clone(),
-        vf_mac: args.vf_mac.or(described_mac),
-    };
+    if args.dest_qmp.is_some() && args.plug_devices.len() != args.vfs.len() {
+        bail!(
+            "{} --vf but {} --plug-device: give one fresh VF per VF",
+            args.vfs.len(),
+            args.plug_devices.len()
+        );
+    }
+    let described = descriptor.as_ref().map(|d| d.vf.mac);
+    let plan = plan(&args, described)?;
+    let journal = plan.journal.clone().unwrap_or_default();
+    let ids = args.vfs.clone();
+    let cancel = cancel_on_signals()?;
     let mut timeline = Timeline::new();
     let mut observe = observer();
-    let saved = match source(&args, &plan, &mut timeline, &mut observe).await? {
+    let mut guest = ChannelGuest::new(&args.agent);
+    let source = with_qmp(&args.qmp, async |vm| {
+        run_source(vm, &mut guest, &plan, &mut timeline, &mut observe, cancel.clone()).await
+    })
+    .await?;
+    let saved = match source {
         Ok(saved) => saved,
         Err(e) => {
             report(&timeline, args.json.as_ref())?;
-            eprintln!("vfmig-host: {e}");
-            return Ok(outcome(&e));
+            return Ok(failed(&e));
         }
     };
-    let (Some(dest_qmp), Some(dest_agent), Some(device)) = (&args.dest_qmp, &args.dest_agent, &args.plug_device) else {
+    let (Some(dest_qmp), Some(dest_agent)) = (&args.dest_qmp, &args.dest_agent) else {
         report(&timeline, args.json.as_ref())?;
-        if let Some(s) = saved {
+        for s in saved.iter().flatten() {
             println!(
-                "saved state: {} ({}); finish on the destination with `vfmig-host plug --saved {}`",
-                s.interface, s.digest, s.interface
+                "saved state: {}; finish on the destination with `vfmig-host plug --saved {} --digest {}`",
+                s.describe(),
+                s.interface,
+                s.digest
             );
         }
-        migration_done(&plan)?;
+        Journal::remove(&journal)?;
         return Ok(ExitCode::SUCCESS);
     };
     let Some(saved) = saved else {
         report(&timeline, args.json.as_ref())?;
-        migration_done(&plan)?;
+        Journal::remove(&journal)?;
         if timeline.step(Phase::QemuFailover).is_some() {
             println!("QEMU's failover re-plugs the VF on the destination; nothing for vfmig to restore");
             return Ok(ExitCode::SUCCESS);
         }
-        eprintln!("vfmig-host: migrated without the guest agent; no state to restore on the destination");
-        return Ok(ExitCode::from(1));
+        eprintln!(
+            "vfmig-host: migrated without the guest agent (fallback unplug-first): the VFs' network state was not saved and no fresh VF was plugged; plug them and configure the guest's network"
+        );
+        return Ok(ExitCode::from(2));
     };
-    let dst = Qmp::connect(dest_qmp)
-        .await
-        .with_context(|| format!("destination QMP {}", dest_qmp.display()))?;
     let spec = PlugSpec {
-        device: device.clone(),
-        mac: args.plug_mac.or(described_mac),
-        saved: saved.interface,
+        vfs: args
+            .plug_devices
+            .iter()
+            .zip(saved)
+            .map(|(device, saved)| fresh(device, saved, &args.plug_macs, described, args.vfs.len()))
+            .collect(),
         restore_mac: args.restore_mac,
         attempts: 3,
         deadlines: args.deadlines.deadlines(),
     };
-    let result = plug_destination(&dst, dest_agent, &spec, &mut timeline, &mut observe).await;
+    let mut guest = ChannelGuest::new(dest_agent);
+    let restored = with_qmp(dest_qmp, async |vm| {
+        let journal = Some((journal.as_path(), ids.as_slice()));
+        run_destination(vm, &mut guest, &spec, journal, &mut timeline, &mut observe).await
+    })
+    .await?;
     report(&timeline, args.json.as_ref())?;
-    // A destination step that failed keeps the journal: running `migrate` again retries it.
-    if result.is_ok() {
-        migration_done(&plan)?;
-    }
-    finish(result)
+    finish(restored)
 }
 
-fn finish(result: Result<vfmig_protocol::message::Restored, MigrateError>) -> Result<ExitCode> {
+fn fresh(
+    device: &serde_json::Value,
+    saved: Saved,
+    macs: &[(Option<String>, vfmig_protocol::MacAddr)],
+    described: Option<vfmig_protocol::MacAddr>,
+    n: usize,
+) -> FreshVf {
+    let id = device.get("id").and_then(|i| i.as_str()).unwrap_or_default();
+    FreshVf {
+        device: device.clone(),
+        mac: mac_for(macs, id, n).or(described.filter(|_| n == 1)),
+        saved,
+    }
+}
+
+/// Exit 0 only when every restore is whole; what the guest could not restore is printed.
+fn finish(result: Result<Vec<Restored>, MigrateError>) -> Result<ExitCode> {
     match result {
-        Ok(r) if r.failed.is_empty() && r.mismatches.is_empty() => Ok(ExitCode::SUCCESS),
-        Ok(r) => {
-            for line in r.failed.iter().chain(&r.mismatches) {
+        Ok(reports) => {
+            let lines: Vec<&String> = reports
+                .iter()
+                .flat_map(|r| r.failed.iter().chain(&r.mismatches))
+                .collect();
+            for line in &lines {
                 eprintln!("vfmig-host: guest: {line}");
             }
-            Ok(ExitCode::from(1))
+            Ok(if lines.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("vfmig-host: the VM runs on the destination, but its network is not as it was: see above");
+                ExitCode::from(2)
+            })
         }
-        Err(e) => {
-            eprintln!("vfmig-host: {e}");
-            Ok(outcome(&e))
-        }
+        Err(e) => Ok(failed(&e)),
     }
 }
 
 async fn plug(args: PlugArgs) -> Result<ExitCode> {
-    let dst = Qmp::connect(&args.qmp)
-        .await
-        .with_context(|| format!("QMP {}", args.qmp.display()))?;
     let spec = PlugSpec {
-        device: args.device,
-        mac: args.mac,
-        saved: args.saved,
+        vfs: vec![FreshVf {
+            device: args.device,
+            mac: args.mac,
+            saved: Saved {
+                interface: args.saved,
+                digest: args.digest,
+                location: None,
+            },
+        }],
         restore_mac: args.restore_mac,
         attempts: 3,
         deadlines: args.deadlines.deadlines(),
     };
     let mut timeline = Timeline::new();
-    let result = plug_destination(&dst, &args.agent, &spec, &mut timeline, &mut observer()).await;
+    let mut observe = observer();
+    let mut guest = ChannelGuest::new(&args.agent);
+    let restored = with_qmp(&args.qmp, async |vm| {
+        run_destination(vm, &mut guest, &spec, None, &mut timeline, &mut observe).await
+    })
+    .await?;
     report(&timeline, args.json.as_ref())?;
-    finish(result)
+    finish(restored)
 }
 
 #[tokio::main(flavor = "current_thread")]
