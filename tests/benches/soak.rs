@@ -42,6 +42,7 @@ fn config(side: usize, mac: &str, incoming: bool) -> VmConfig {
         failover: false,
         pf: false,
         spare_port: false,
+        second_vf: None,
     }
 }
 

@@ -17,12 +17,15 @@ use vfmig_protocol::message::Restored;
 use crate::fabric::{Fabric, GUEST_V4};
 use crate::image::{debian_image, guest_image};
 use crate::probe::wait_answering;
-use crate::vm::{vf_device_json, ScratchDir, Vm, VmConfig, VF_ID};
+use crate::vm::{vf_device_json, ScratchDir, SecondVf, Vm, VmConfig, VF_ID};
 use crate::{exclusive, Exclusive};
 
 pub const SOURCE_MAC: &str = "52:54:00:10:00:01";
 /// The fresh VF on the destination has a MAC of its own.
 pub const FRESH_MAC: &str = "52:54:00:20:00:02";
+/// A second VF's MAC (`Bed::with_two_vfs`), and its fresh VF's.
+pub const SOURCE_MAC2: &str = "52:54:00:10:00:03";
+pub const FRESH_MAC2: &str = "52:54:00:20:00:04";
 /// Boot under TCG takes about 9 s; a loaded machine can take much longer.
 pub const BOOT: Duration = Duration::from_secs(90);
 
@@ -64,30 +67,91 @@ pub struct Bed {
     _one: Exclusive,
 }
 
+/// What a bed is made of.
+struct Shape {
+    guest: Guest,
+    agent: bool,
+    hook: bool,
+    standby: bool,
+    failover: bool,
+    /// A second VF on a second network; whether the source can unplug it.
+    second_vf: Option<bool>,
+}
+
+impl Shape {
+    fn busybox() -> Self {
+        Self {
+            guest: Guest::Busybox,
+            agent: true,
+            hook: true,
+            standby: false,
+            failover: false,
+            second_vf: None,
+        }
+    }
+}
+
 impl Bed {
     /// `agent: false` boots guests whose agent never answers; `hook: false` guests without
     /// the DMA hook's module.
     pub async fn start(agent: bool, hook: bool) -> Self {
-        Self::build(Guest::Busybox, agent, hook, false, false).await
+        Self::build(Shape {
+            agent,
+            hook,
+            ..Shape::busybox()
+        })
+        .await
     }
 
     /// A bed whose guest also has a standby NIC (a virtio-net on the same bridge).
     pub async fn with_standby() -> Self {
-        Self::build(Guest::Busybox, true, true, true, false).await
+        Self::build(Shape {
+            standby: true,
+            ..Shape::busybox()
+        })
+        .await
     }
 
     /// A bed set up for QEMU's own virtio-net failover (the anchor vfmig must not fight).
     pub async fn with_qemu_failover() -> Self {
-        Self::build(Guest::Busybox, true, true, false, true).await
+        Self::build(Shape {
+            failover: true,
+            ..Shape::busybox()
+        })
+        .await
+    }
+
+    /// A bed whose guest has two VFs, each on a network of its own (the second: `vf2`, the
+    /// guest's eth1, the fabric's second network). `unpluggable: false` puts the source's
+    /// second VF on a root port without hot-plug, so QEMU refuses its unplug.
+    pub async fn with_two_vfs(unpluggable: bool) -> Self {
+        Self::build(Shape {
+            second_vf: Some(unpluggable),
+            ..Shape::busybox()
+        })
+        .await
     }
 
     /// A bed whose guest is the Debian system (systemd, udev, NetworkManager, the package),
     /// its disk an overlay both QEMUs share. Its network is the test's to set up, in the guest.
     pub async fn debian() -> Self {
-        Self::build(Guest::Debian, true, false, false, false).await
+        Self::build(Shape {
+            guest: Guest::Debian,
+            hook: false,
+            ..Shape::busybox()
+        })
+        .await
     }
 
-    async fn build(guest: Guest, agent: bool, hook: bool, standby: bool, failover: bool) -> Self {
+    async fn build(shape: Shape) -> Self {
+        let Shape {
+            guest,
+            agent,
+            hook,
+            standby,
+            failover,
+            second_vf,
+        } = shape;
         let one = exclusive();
         let dir = ScratchDir::new("vfmig").expect("scratch directory");
         let debian = matches!(guest, Guest::Debian);
@@ -97,11 +161,17 @@ impl Bed {
         }
         .unwrap_or_else(|e| panic!("the guest image: {e}"));
         let fabric = Fabric::new().expect("the fabric comes up");
+        if second_vf.is_some() {
+            fabric.add_second_network().expect("the second network comes up");
+        }
         for tap in ["tap-src", "tap-dst"] {
             let sb = format!("{tap}-sb");
             fabric.add_tap(tap).expect("tap");
             if standby || failover {
                 fabric.add_tap(&sb).expect("tap");
+            }
+            if second_vf.is_some() {
+                fabric.add_tap_to(&format!("{tap}-2"), "br1").expect("tap");
             }
             // QEMU's failover gives the VF and the standby one MAC, and net_failover drops what
             // arrives on the standby while a VF is registered. A bridge that learns would follow
@@ -115,7 +185,7 @@ impl Bed {
                 }
             }
         }
-        let vm = |name, tap: &str, nic, incoming| VmConfig {
+        let vm = |name, tap: &str, nic, incoming, hotplug| VmConfig {
             name,
             tap: Some(tap.into()),
             nic,
@@ -128,11 +198,17 @@ impl Bed {
             failover,
             pf: false,
             spare_port: debian,
+            second_vf: second_vf.map(|_| SecondVf {
+                mac: SOURCE_MAC2.into(),
+                hotplug,
+            }),
         };
-        let source = Vm::start(&image, &dir.0, &vm("source", "tap-src", true, false)).expect("source QEMU");
+        let unpluggable = second_vf.unwrap_or(true);
+        let source =
+            Vm::start(&image, &dir.0, &vm("source", "tap-src", true, false, unpluggable)).expect("source QEMU");
         // QEMU's failover re-plugs the VF on the destination itself: it starts with it.
         let destination =
-            Vm::start(&image, &dir.0, &vm("destination", "tap-dst", failover, true)).expect("destination QEMU");
+            Vm::start(&image, &dir.0, &vm("destination", "tap-dst", failover, true, true)).expect("destination QEMU");
         let src = source.qmp().await.unwrap_or_else(|e| panic!("{e}"));
         let dst = destination.qmp().await.unwrap_or_else(|e| panic!("{e}"));
         let uri = format!("unix:{}", dir.0.join("migration.sock").display());

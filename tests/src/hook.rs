@@ -61,6 +61,7 @@ impl HookGuest {
             failover: false,
             pf: false,
             spare_port: false,
+            second_vf: None,
         };
         let vm = Vm::start(image, &dir.0, &config).map_err(|e| e.to_string())?;
         wait_answering(&fabric.peer, Self::echo(), Duration::from_secs(90))?;

@@ -44,6 +44,7 @@ impl SriovHost {
             failover: false,
             pf: true,
             spare_port: false,
+            second_vf: None,
         };
         let vm = Vm::start(image, &dir.0, &config).map_err(|e| e.to_string())?;
         let mut shell = vm.shell(Duration::from_secs(120)).await?;

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use vfmig_host::channel::{ChannelError, GuestChannel, Session};
 use vfmig_host::qmp::{Qmp, QmpError};
 
-use crate::fabric::{GUEST_V4, GUEST_V6, PREFIX_V4, PREFIX_V6};
+use crate::fabric::{GUEST2_V4, GUEST_V4, GUEST_V6, PREFIX_V4, PREFIX_V6};
 use crate::image::{Disk, GuestImage};
 use crate::shell::{GuestShell, SHELL_PORT};
 
@@ -26,11 +26,23 @@ pub const HOST_QMP: &str = "host-qmp.sock";
 
 /// The VF's device id in QEMU.
 pub const VF_ID: &str = "vf";
+/// A second VF's, on a second network (`VmConfig::second_vf`).
+pub const VF2_ID: &str = "vf2";
+
+/// The netdev and the root port of the VF with id `id`.
+fn slot(id: &str) -> (&'static str, &'static str) {
+    if id == VF2_ID {
+        ("vf1", "rp4")
+    } else {
+        ("vf0", "rp1")
+    }
+}
 
 /// The e1000e VF stand-in as a `-device` argument; `pair` names its failover partner (a
 /// name of no device unless QEMU's own failover is set up).
 fn vf_device_arg(id: &str, mac: &str, pair: &str) -> String {
-    format!("e1000e,netdev=vf0,id={id},bus=rp1,romfile=,mac={mac},failover_pair_id={pair}")
+    let (netdev, bus) = slot(id);
+    format!("e1000e,netdev={netdev},id={id},bus={bus},romfile=,mac={mac},failover_pair_id={pair}")
 }
 
 /// The same device as `device_add` arguments, for hot-plugging a fresh VF of model `driver`
@@ -38,8 +50,9 @@ fn vf_device_arg(id: &str, mac: &str, pair: &str) -> String {
 /// on an igb (its SR-IOV makes it multifunction), so an igb goes without: it cannot itself be
 /// unplugged during a later migration.
 pub fn vf_device_json(driver: &str, id: &str, mac: &str) -> serde_json::Value {
+    let (netdev, bus) = slot(id);
     let mut device = serde_json::json!({
-        "driver": driver, "id": id, "netdev": "vf0", "bus": "rp1", "romfile": "", "mac": mac,
+        "driver": driver, "id": id, "netdev": netdev, "bus": bus, "romfile": "", "mac": mac,
     });
     if driver != "igb" {
         device["failover_pair_id"] = "vfmig".into();
@@ -80,6 +93,17 @@ pub struct VmConfig {
     /// A second empty root port (`rp3`), for a fresh VF plugged into another slot than the
     /// one it replaces (which gives it another predictable name).
     pub spare_port: bool,
+    /// A second VF (`vf2`, on root port `rp4`, netdev `vf1` on tap `<tap>-2`, the fabric's
+    /// second network), which the guest names eth1 and gives addresses and routes of its own.
+    pub second_vf: Option<SecondVf>,
+}
+
+/// The second VF of a VM.
+#[derive(Clone, Debug)]
+pub struct SecondVf {
+    pub mac: String,
+    /// Its root port takes hot-plug (off: QEMU refuses to unplug it — a VF that will not go).
+    pub hotplug: bool,
 }
 
 /// The standby virtio-net's MAC (another than the VF's, as vfmig allows).
@@ -156,7 +180,10 @@ impl Vm {
                 if config.failover { "on" } else { "off" },
                 if config.pf { "host" } else { "guest" },
                 if config.iommu { " intel_iommu=on" } else { "" },
-            ) + if image.disk.is_some() { " root=/dev/vda rw" } else { "" },
+            ) + if image.disk.is_some() { " root=/dev/vda rw" } else { "" }
+                + &config.second_vf.as_ref().map_or(String::new(), |vf| {
+                    format!(" vfmig.vf2={} vfmig.addr2={GUEST2_V4}/{PREFIX_V4}", vf.mac)
+                }),
         )
         .args(image.disk.iter().flat_map(|disk| {
             let drive = match disk {
@@ -207,6 +234,16 @@ impl Vm {
             if config.nic {
                 let pair = if config.failover { "standby" } else { "vfmig" };
                 cmd.arg("-device").arg(vf_device_arg(VF_ID, &config.mac, pair));
+            }
+            if let Some(vf) = &config.second_vf {
+                let hotplug = if vf.hotplug { "" } else { ",hotplug=off" };
+                cmd.arg("-device")
+                    .arg(format!("pcie-root-port,id=rp4,chassis=4,slot=4{hotplug}"))
+                    .arg("-netdev")
+                    .arg(format!("tap,id=vf1,ifname={tap}-2,script=no,downscript=no"));
+                if config.nic {
+                    cmd.arg("-device").arg(vf_device_arg(VF2_ID, &vf.mac, "vfmig"));
+                }
             }
         }
         if config.pf {

@@ -51,6 +51,7 @@ async fn the_package_starts_on_the_port_shows_on_the_system_bus_and_removes_clea
         failover: false,
         pf: false,
         spare_port: false,
+        second_vf: None,
     };
     let vm = Vm::start(image, &dir.0, &config).unwrap();
     let (channel, session) = vm.agent(BOOT_DEADLINE).await.unwrap_or_else(|e| panic!("{e}"));

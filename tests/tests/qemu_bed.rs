@@ -36,6 +36,7 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
         failover: false,
         pf: false,
         spare_port: false,
+        second_vf: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn demo() -> Result<ExitCode, String> {
         failover: false,
         pf: false,
         spare_port: false,
+        second_vf: None,
     };
     println!("booting the guest on the source QEMU (TCG) ...");
     let source = Vm::start(image, &dir.0, &vm("source", "tap-src", true, false)).map_err(|e| e.to_string())?;
