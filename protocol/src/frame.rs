@@ -67,6 +67,9 @@ pub enum FrameError {
     Checksum { expected: u32, computed: u32 },
 }
 
+/// One thing the decoder found: a frame's payload, or why bytes were dropped.
+pub type Item = Result<Vec<u8>, FrameError>;
+
 enum State {
     /// Looking for a MARK; counts bytes skipped.
     Hunt { skipped: usize },
@@ -118,18 +121,20 @@ impl Decoder {
     /// Consumes `input` and returns every frame payload it completed and every error it hit,
     /// in stream order. Skipped garbage is reported once per run of garbage, at the latest at
     /// the end of the call.
-    pub fn push(&mut self, mut input: &[u8]) -> Vec<Result<Vec<u8>, FrameError>> {
-        let mut out = Vec::new();
-        while !input.is_empty() {
-            input = self.step(input, &mut out);
+    pub fn push(&mut self, input: &[u8]) -> Vec<Result<Vec<u8>, FrameError>> {
+        self.feed(input).collect()
+    }
+
+    /// What [`push`](Self::push) returns, one item at a time, consuming `input` as it goes.
+    /// Random bytes hold a frame mark every 256 bytes, each the start of a bad frame, so a flood
+    /// fed in one piece would fill `push`'s vector with an error per mark; through this iterator
+    /// it costs one item at a time, however large the piece. Input is consumed only as far as
+    /// the iterator is advanced: drain it, or the rest of `input` is never read.
+    pub fn feed<'d, 'i>(&'d mut self, input: &'i [u8]) -> Frames<'d, 'i> {
+        Frames {
+            decoder: self,
+            rest: input,
         }
-        if let State::Hunt { skipped } = &mut self.state {
-            if *skipped > 0 {
-                out.push(Err(FrameError::Garbage { bytes: *skipped }));
-                *skipped = 0;
-            }
-        }
-        out
     }
 
     fn start_frame(&mut self) {
@@ -137,60 +142,60 @@ impl Decoder {
         self.state = State::Header;
     }
 
-    /// Handles a prefix of `input` and returns the rest.
-    fn step<'a>(&mut self, input: &'a [u8], out: &mut Vec<Result<Vec<u8>, FrameError>>) -> &'a [u8] {
+    /// Handles a prefix of `input`; returns the rest and what that prefix completed, if anything.
+    fn step<'a>(&mut self, input: &'a [u8]) -> (&'a [u8], Option<Item>) {
         match &mut self.state {
             State::Hunt { skipped } => match memchr::memchr(MARK, input) {
                 Some(pos) => {
                     let garbage = *skipped + pos;
-                    if garbage > 0 {
-                        out.push(Err(FrameError::Garbage { bytes: garbage }));
-                    }
                     self.start_frame();
-                    &input[pos + 1..]
+                    let item = (garbage > 0).then_some(Err(FrameError::Garbage { bytes: garbage }));
+                    (&input[pos + 1..], item)
                 }
                 None => {
                     *skipped += input.len();
-                    &[]
+                    (&[], None)
                 }
             },
             State::Discard => match memchr::memchr(MARK, input) {
                 Some(pos) => {
                     self.start_frame();
-                    &input[pos + 1..]
+                    (&input[pos + 1..], None)
                 }
-                None => &[],
+                None => (&[], None),
             },
             State::Header => {
                 let want = HEADER_LEN - 1 - self.buf.len();
                 let take = want.min(input.len());
                 if let Some(pos) = memchr::memchr(MARK, &input[..take]) {
-                    out.push(Err(FrameError::BadHeader));
                     self.start_frame();
-                    return &input[pos + 1..];
+                    return (&input[pos + 1..], Some(Err(FrameError::BadHeader)));
                 }
                 self.buf.extend_from_slice(&input[..take]);
-                if self.buf.len() == HEADER_LEN - 1 {
-                    self.finish_header(out);
-                }
-                &input[take..]
+                let item = if self.buf.len() == HEADER_LEN - 1 {
+                    self.finish_header()
+                } else {
+                    None
+                };
+                (&input[take..], item)
             }
             State::Payload { len, crc } => {
                 let (len, crc) = (*len, *crc);
                 let take = (len - self.buf.len()).min(input.len());
                 if let Some(pos) = memchr::memchr(MARK, &input[..take]) {
-                    out.push(Err(FrameError::Truncated {
+                    let item = Err(FrameError::Truncated {
                         declared: len,
                         received: self.buf.len() + pos,
-                    }));
+                    });
                     self.start_frame();
-                    return &input[pos + 1..];
+                    return (&input[pos + 1..], Some(item));
                 }
                 self.buf.extend_from_slice(&input[..take]);
+                let mut item = None;
                 if self.buf.len() == len {
                     let payload = std::mem::take(&mut self.buf);
                     let computed = crc32fast::hash(&payload);
-                    out.push(if computed == crc {
+                    item = Some(if computed == crc {
                         Ok(payload)
                     } else {
                         Err(FrameError::Checksum {
@@ -200,12 +205,12 @@ impl Decoder {
                     });
                     self.state = State::Hunt { skipped: 0 };
                 }
-                &input[take..]
+                (&input[take..], item)
             }
         }
     }
 
-    fn finish_header(&mut self, out: &mut Vec<Result<Vec<u8>, FrameError>>) {
+    fn finish_header(&mut self) -> Option<Item> {
         let header = std::mem::take(&mut self.buf);
         let parsed = match (header[0], header[1]) {
             (TAG, FORMAT) => match (hex_u32(&header[2..10]), hex_u32(&header[10..18])) {
@@ -217,31 +222,57 @@ impl Decoder {
             }),
             _ => Err(FrameError::BadHeader),
         };
-        self.state = match parsed {
-            Ok((len, _)) if len > MAX_PAYLOAD => {
-                out.push(Err(FrameError::TooLarge { declared: len }));
-                State::Discard
-            }
+        let (state, item) = match parsed {
+            Ok((len, _)) if len > MAX_PAYLOAD => (State::Discard, Some(Err(FrameError::TooLarge { declared: len }))),
             Ok((0, crc)) => {
                 let computed = crc32fast::hash(&[]);
-                out.push(if computed == crc {
+                let item = if computed == crc {
                     Ok(Vec::new())
                 } else {
                     Err(FrameError::Checksum {
                         expected: crc,
                         computed,
                     })
-                });
-                State::Hunt { skipped: 0 }
+                };
+                (State::Hunt { skipped: 0 }, Some(item))
             }
-            Ok((len, crc)) => State::Payload { len, crc },
-            Err(e) => {
-                out.push(Err(e));
-                State::Hunt { skipped: 0 }
-            }
+            Ok((len, crc)) => (State::Payload { len, crc }, None),
+            Err(e) => (State::Hunt { skipped: 0 }, Some(Err(e))),
         };
+        self.state = state;
         self.buf = header;
         self.buf.clear();
+        item
+    }
+}
+
+/// The frames and errors in one piece of input, in stream order; see [`Decoder::feed`].
+#[must_use = "input is consumed only as the iterator is advanced"]
+pub struct Frames<'d, 'i> {
+    decoder: &'d mut Decoder,
+    rest: &'i [u8],
+}
+
+impl Iterator for Frames<'_, '_> {
+    type Item = Item;
+
+    fn next(&mut self) -> Option<Item> {
+        while !self.rest.is_empty() {
+            let (rest, item) = self.decoder.step(self.rest);
+            self.rest = rest;
+            if item.is_some() {
+                return item;
+            }
+        }
+        // The end of the piece ends the report of a garbage run, so garbage is never held
+        // unreported waiting for bytes that may not come.
+        match &mut self.decoder.state {
+            State::Hunt { skipped } if *skipped > 0 => {
+                let bytes = std::mem::take(skipped);
+                Some(Err(FrameError::Garbage { bytes }))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -280,6 +311,20 @@ mod tests {
             got,
             vec![Ok("{\"a\":1}".into()), Ok(String::new()), Ok("second".into())]
         );
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn feed_hands_out_what_push_returns() {
+        // A mark every six bytes: each starts a header the next mark cuts short.
+        let mut stream = [MARK, b'j', b'u', b'n', b'k', b'!'].repeat(1000);
+        stream.extend(encode("after").unwrap());
+        let pushed = frames(Decoder::new().push(&stream));
+        assert_eq!(pushed.len(), 1001);
+        assert_eq!(pushed[999], Err(FrameError::BadHeader));
+        assert_eq!(pushed[1000], Ok("after".into()));
+        let mut d = Decoder::new();
+        assert_eq!(frames(d.feed(&stream).collect()), pushed);
         assert_eq!(d.buffered(), 0);
     }
 
