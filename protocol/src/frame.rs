@@ -67,6 +67,20 @@ pub enum FrameError {
     Checksum { expected: u32, computed: u32 },
 }
 
+impl FrameError {
+    /// A short name for this kind of error, for counting drops by kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Garbage { .. } => "garbage",
+            Self::BadHeader => "bad header",
+            Self::UnknownFormat { .. } => "unknown format",
+            Self::TooLarge { .. } => "too large",
+            Self::Truncated { .. } => "truncated",
+            Self::Checksum { .. } => "checksum",
+        }
+    }
+}
+
 /// One thing the decoder found: a frame's payload, or why bytes were dropped.
 pub type Item = Result<Vec<u8>, FrameError>;
 
