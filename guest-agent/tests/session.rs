@@ -585,3 +585,90 @@ async fn keep_puts_a_saved_state_back_and_leaves_nothing_behind() {
     );
     std::fs::remove_dir_all(store).unwrap();
 }
+
+/// Where the agent's log lines go in a test: a buffer the test reads back.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// `len` random bytes, as a user would take from /dev/urandom.
+fn random_bytes(len: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(len);
+    let urandom = std::fs::File::open("/dev/urandom").expect("/dev/urandom opens");
+    urandom
+        .take(len as u64)
+        .read_to_end(&mut out)
+        .expect("/dev/urandom reads");
+    out
+}
+
+/// 100 MB of random bytes hold about 800,000 bad frames. The agent skips them, answers the
+/// request that follows, and logs the first drop and then at most a summary a second — not a
+/// line per frame, as it once did.
+#[tokio::test(flavor = "current_thread")]
+async fn a_flood_of_garbage_is_skipped_in_a_few_log_lines_and_the_next_request_answered() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The runtime has one thread, so this catches the agent's task too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    enter_fresh().unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-garbage-{}", std::process::id()));
+    let mut host = start_agent(&handle, &store).await;
+
+    let garbage = random_bytes(100 << 20);
+    let started = std::time::Instant::now();
+    host.stream.write_all(&garbage).await.unwrap();
+    host.send(HostMessage::StatusQuery).await;
+    let reply = host.reply().await.0.msg;
+    let elapsed = started.elapsed();
+    assert!(matches!(reply, GuestMessage::Status(_)), "{reply:?}");
+    // The summary of the rest comes due at most a second after the last line.
+    let wait = Duration::from_millis(1100);
+    tokio::time::sleep(wait).await;
+    let lines = log.lines();
+    println!(
+        "100 MiB of garbage and the answer: {} ms; {} log lines:\n{}",
+        elapsed.as_millis(),
+        lines.len(),
+        lines.join("\n")
+    );
+    // The first drop, the request, and a summary for each second begun.
+    let allowed = 2 + (elapsed + wait).as_secs_f64().ceil() as usize;
+    assert!(
+        lines.len() <= allowed,
+        "{} lines in {:?}: more than the first drop, the request and a summary a second",
+        lines.len(),
+        elapsed + wait
+    );
+    assert!(lines[0].contains("dropped input from the host"), "{}", lines[0]);
+    assert!(
+        lines.iter().any(|l| l.contains("more from the host")),
+        "the flood is never summarised"
+    );
+    let _ = std::fs::remove_dir_all(store);
+}

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use vfmig_droplog::DropLog;
 use vfmig_protocol::frame::Decoder;
 use vfmig_protocol::message::{self, ErrorReply, GuestMessage, HostMessage, MessageError};
 use vfmig_protocol::ErrorCode;
@@ -22,13 +23,16 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// Serves the stream until it fails, and hands the agent every link that appears. A 0-byte
 /// read is not the end: on a virtio port it means no host is connected, so the decoder forgets
 /// any half frame and the session waits. Requests and new links are handled one at a time, so
-/// a restore the agent starts by itself never runs beside one the host asked for.
+/// a restore the agent starts by itself never runs beside one the host asked for. What is
+/// dropped is counted and logged at a bounded rate: whatever the host writes, it cannot make
+/// the agent write a line per bad frame.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     agent: &mut Agent,
     links: impl Stream<Item = NewLink>,
 ) -> std::io::Result<()> {
     let mut decoder = Decoder::new();
+    let mut drops = DropLog::new("the host");
     let mut buf = vec![0u8; 64 << 10];
     let mut links = std::pin::pin!(links.fuse());
     loop {
@@ -38,17 +42,18 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 agent.link_appeared(link).await;
                 continue;
             }
+            () = drops.summarise_when_due() => continue,
         };
         if n == 0 {
             decoder.reset();
             tokio::time::sleep(IDLE_BACKOFF).await;
             continue;
         }
-        for frame in decoder.push(&buf[..n]) {
+        for frame in decoder.feed(&buf[..n]) {
             let payload = match frame {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(error = %e, "dropped bytes from the host");
+                    drops.note(e.kind(), &e);
                     continue;
                 }
             };
@@ -60,7 +65,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => match e.request_id() {
                     Some(id) => (id, vec![bad_request(&e)]),
                     None => {
-                        tracing::warn!(error = %e, "undecodable message from the host");
+                        drops.note("undecodable message", &e);
                         continue;
                     }
                 },
