@@ -182,6 +182,9 @@ impl GuestChannel {
         waiting_for: &'static str,
     ) -> Result<(message::Envelope<GuestMessage>, Progress), ChannelError> {
         let mut buf = vec![0u8; 64 << 10];
+        // A tally per wait: a guest flooding the channel costs a line when the wait starts
+        // dropping, a summary a second, and one for the rest when the wait ends.
+        let mut drops = vfmig_droplog::DropLog::new("the guest");
         loop {
             if let Some(r) = self.inbox.pop_front() {
                 return Ok(r);
@@ -208,19 +211,23 @@ impl GuestChannel {
                 return Err(ChannelError::Closed);
             }
             for frame in self.decoder.push(&buf[..n]) {
-                let env = match frame
-                    .map_err(|e| e.to_string())
-                    .and_then(|p| message::decode(&p).map_err(|e| e.to_string()))
-                {
+                let payload = match frame {
+                    Ok(p) => p,
+                    Err(e) => {
+                        drops.note(e.kind(), &e);
+                        continue;
+                    }
+                };
+                let env = match message::decode(&payload) {
                     Ok(env) => env,
                     Err(e) => {
-                        tracing::warn!(error = %e, "dropped bytes from the guest");
+                        drops.note("undecodable message", &e);
                         continue;
                     }
                 };
                 match self.tracker.accept(&env) {
                     Ok(progress) => self.inbox.push_back((env, progress)),
-                    Err(e) => tracing::warn!(error = %e, "dropped a reply from the guest"),
+                    Err(e) => drops.note("unexpected reply", &e),
                 }
             }
         }
