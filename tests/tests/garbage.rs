@@ -41,6 +41,7 @@ fn config() -> VmConfig {
         failover: false,
         pf: false,
         spare_port: false,
+        second_vf: None,
     }
 }
 
