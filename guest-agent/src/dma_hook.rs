@@ -23,8 +23,8 @@ pub enum HookError {
     NotInstalled { release: String },
     #[error("modprobe {MODULE}: {0}")]
     Load(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("the hook's device list has an unreadable line: {0:?}")]
     Garbled(String),
 }
@@ -45,7 +45,7 @@ impl Default for DmaHook {
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> HookError + '_ {
     move |source| HookError::Io {
         path: path.to_owned(),
-        source,
+        error: source,
     }
 }
 

@@ -33,12 +33,8 @@ pub struct Pending {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PendingError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a pending-restore record: {why}")]
     Invalid { path: PathBuf, why: String },
 }
@@ -48,9 +44,9 @@ fn path_for(dir: &Path, name: &str) -> PathBuf {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PendingError + '_ {
-    move |source| PendingError::Io {
+    move |error| PendingError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -86,7 +82,7 @@ fn read(path: &Path) -> Result<Pending, PendingError> {
 pub fn take(dir: &Path, name: &str) -> Result<Option<Pending>, PendingError> {
     let path = path_for(dir, name);
     let pending = match read(&path) {
-        Err(PendingError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(PendingError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         // Removed all the same: a record that cannot be read can only keep NICs unmanaged.
         other => other,
     };

@@ -16,24 +16,16 @@ pub const DEFAULT_DIR: &str = "/run/vfmig";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Invalid {
-        path: PathBuf,
-        #[source]
-        source: StateError,
-    },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Invalid { path: PathBuf, error: StateError },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
+    move |error| StoreError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
@@ -82,9 +74,9 @@ pub fn load(path: &Path) -> Result<SavedState, StoreError> {
     file.take(MAX_DOCUMENT as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(io(path))?;
-    netstate::open(&bytes).map_err(|source| StoreError::Invalid {
+    netstate::open(&bytes).map_err(|error| StoreError::Invalid {
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 

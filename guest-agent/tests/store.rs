@@ -73,7 +73,7 @@ fn damaged_and_oversize_files_are_refused_with_their_path() {
         matches!(
             err,
             StoreError::Invalid {
-                source: StateError::Truncated,
+                error: StateError::Truncated,
                 ..
             }
         ),
@@ -84,7 +84,7 @@ fn damaged_and_oversize_files_are_refused_with_their_path() {
     std::fs::write(&path, vec![b' '; MAX_DOCUMENT + 10]).unwrap();
     let err = store::load(&path).unwrap_err();
     assert!(
-        matches!(err, StoreError::Invalid { source: StateError::TooLarge { len }, .. } if len == MAX_DOCUMENT + 1),
+        matches!(err, StoreError::Invalid { error: StateError::TooLarge { len }, .. } if len == MAX_DOCUMENT + 1),
         "{err}"
     );
 

@@ -35,7 +35,14 @@ pub enum StatusError {
     #[error("no vfmig-guestd is serving this bus (nothing owns {NAME})")]
     NotRunning,
     #[error("D-Bus: {0}")]
-    Bus(#[from] zbus::Error),
+    Bus(zbus::Error),
+}
+
+// The bus error is in the message; as a source too, a chain would print it twice.
+impl From<zbus::Error> for StatusError {
+    fn from(e: zbus::Error) -> Self {
+        Self::Bus(e)
+    }
 }
 
 /// Everything the agent shows on the bus, read once.

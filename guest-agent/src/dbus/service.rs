@@ -112,7 +112,7 @@ impl Guest1 {
         validate_ifname("interface", &interface).map_err(Guest1Error::BadName)?;
         let state = match store::load(&store::path_for(&self.store_dir, &interface)) {
             Ok(s) => s,
-            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(StoreError::Io { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Guest1Error::NoSuchState(format!(
                     "no state is on record for {interface}"
                 )))

@@ -32,7 +32,7 @@ pub struct Captured {
 
 pub(super) fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetstateError {
     let what = what.into();
-    move |source| NetstateError::Netlink { what, source }
+    move |error| NetstateError::Netlink { what, error }
 }
 
 /// The one link a query names; an empty answer and ENODEV both mean there is none.

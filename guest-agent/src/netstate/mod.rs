@@ -45,11 +45,7 @@ pub enum NetstateError {
     #[error("standby: {0}")]
     StandbyUnusable(String),
     #[error("opening a netlink socket: {0}")]
-    Socket(#[source] std::io::Error),
-    #[error("{what}: {source}")]
-    Netlink {
-        what: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
+    Socket(std::io::Error),
+    #[error("{what}: {error}")]
+    Netlink { what: String, error: rtnetlink::Error },
 }

@@ -78,13 +78,20 @@ pub struct ProfileRef {
 #[derive(Debug, thiserror::Error)]
 pub enum NmError {
     #[error("NetworkManager over D-Bus: {0}")]
-    Bus(#[from] zbus::Error),
+    Bus(zbus::Error),
     #[error("NetworkManager showed no device {name} within {waited:?}")]
     NoDevice { name: String, waited: Duration },
     #[error("profile {id:?} ({uuid}) is no longer in NetworkManager's settings")]
     ProfileGone { id: String, uuid: String },
     #[error("activating profile {id:?} on {device}: {why}")]
     Activation { id: String, device: String, why: String },
+}
+
+// The bus error is in the message; as a source too, a chain would print it twice.
+impl From<zbus::Error> for NmError {
+    fn from(e: zbus::Error) -> Self {
+        Self::Bus(e)
+    }
 }
 
 impl From<zbus::fdo::Error> for NmError {

@@ -31,7 +31,7 @@ const MAX_REPLIES: usize = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     #[error("guest channel: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("guest channel closed (QEMU went away)")]
     Closed,
     #[error("the guest agent did not answer {waiting_for} within {after:?}")]
@@ -44,6 +44,13 @@ pub enum ChannelError {
     Version(#[from] NegotiationError),
     #[error(transparent)]
     Message(#[from] message::MessageError),
+}
+
+// The I/O error is in the message; as a source too, a chain would print it twice.
+impl From<std::io::Error> for ChannelError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 /// What the guest said at the start of a session.

@@ -26,12 +26,8 @@ const MAX_JOURNAL: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("journal {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("journal {path} is not a vfmig journal ({reason}); nothing was changed — inspect it, then remove it to start afresh")]
     Invalid { path: PathBuf, reason: String },
     #[error("journal {path} is of format 1, written by vfmig-host 0.1, which this vfmig-host does not take up; nothing was changed — finish that migration with vfmig-host 0.1, or check the VM (query-migrate, its VF) and remove the journal")]
@@ -192,9 +188,9 @@ impl Journal {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io {
+    move |error| JournalError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

@@ -29,7 +29,7 @@ pub const COMMAND_DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     #[error("QMP socket: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("QMP connection closed")]
     Closed,
     #[error("QMP peer broke the protocol: {0}")]
@@ -44,6 +44,13 @@ pub enum QmpError {
     },
     #[error("QMP reply to {command} is not what was expected: {error}")]
     Reply { command: String, error: String },
+}
+
+// The I/O error is in the message; as a source too, a chain would print it twice.
+impl From<std::io::Error> for QmpError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
 }
 
 /// An asynchronous QEMU event.

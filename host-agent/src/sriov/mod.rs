@@ -28,8 +28,8 @@ pub enum SriovError {
     NoFreeVf { pf: String },
     #[error("the vfio-pci driver is not loaded (modprobe vfio-pci)")]
     NoVfio,
-    #[error("{path}: {source}")]
-    Sysfs { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Sysfs { path: PathBuf, error: std::io::Error },
     #[error("netlink: {what}: {error}")]
     Netlink { what: String, error: String },
     #[error("binding {address} to {driver} failed: bound to {got:?}{}", error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default())]

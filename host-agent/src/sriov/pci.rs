@@ -23,7 +23,7 @@ fn pf_device(pf: &str) -> PathBuf {
 fn sysfs<T>(path: &Path, result: io::Result<T>) -> Result<T, SriovError> {
     result.map_err(|source| SriovError::Sysfs {
         path: path.to_owned(),
-        source,
+        error: source,
     })
 }
 
@@ -40,7 +40,7 @@ fn read_id(path: &Path) -> Result<u16, SriovError> {
     let text = read_trimmed(path)?;
     u16::from_str_radix(text.trim_start_matches("0x"), 16).map_err(|_| SriovError::Sysfs {
         path: path.to_owned(),
-        source: io::Error::other(format!("{text:?} is not a PCI id")),
+        error: io::Error::other(format!("{text:?} is not a PCI id")),
     })
 }
 
@@ -70,7 +70,7 @@ pub fn pf_model(pf: &str) -> Result<PfModel, SriovError> {
         vf_device: read_id(&dev.join("sriov_vf_device"))?,
         driver: driver_at(&dev)?.ok_or_else(|| SriovError::Sysfs {
             path: dev.join("driver"),
-            source: io::Error::other("the PF has no driver"),
+            error: io::Error::other("the PF has no driver"),
         })?,
         link_speed_mbps: speed,
     })
@@ -82,7 +82,7 @@ pub fn num_vfs(pf: &str) -> Result<u32, SriovError> {
     let text = read_trimmed(&path)?;
     text.parse().map_err(|_| SriovError::Sysfs {
         path,
-        source: io::Error::other(format!("{text:?} is not a count")),
+        error: io::Error::other(format!("{text:?} is not a count")),
     })
 }
 
@@ -96,7 +96,7 @@ pub fn vf_address(pf: &str, index: u32) -> Result<String, SriovError> {
         .map(str::to_owned)
         .ok_or_else(|| SriovError::Sysfs {
             path: link,
-            source: io::Error::other("not a PCI address"),
+            error: io::Error::other("not a PCI address"),
         })
 }
 
@@ -106,7 +106,7 @@ fn driver_at(dev: &Path) -> Result<Option<String>, SriovError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(SriovError::Sysfs {
             path: dev.join("driver"),
-            source,
+            error: source,
         }),
     }
 }

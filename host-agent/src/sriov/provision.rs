@@ -109,7 +109,7 @@ fn lock_pf(pf: &str) -> Result<Flock<std::fs::File>, SriovError> {
     let path = dir.join(format!("sriov-{pf}.lock"));
     let sysfs = |source| SriovError::Sysfs {
         path: path.clone(),
-        source,
+        error: source,
     };
     std::fs::create_dir_all(dir).map_err(sysfs)?;
     let file = std::fs::OpenOptions::new()

@@ -23,7 +23,14 @@ pub enum StateError {
     #[error("saved state was altered: recorded digest {recorded}, content hashes to {computed}")]
     DigestMismatch { recorded: String, computed: String },
     #[error("saved state is inconsistent: {0}")]
-    Inconsistent(#[from] Inconsistency),
+    Inconsistent(Inconsistency),
+}
+
+// The inconsistency is in the message; as a source too, a chain would print it twice.
+impl From<Inconsistency> for StateError {
+    fn from(e: Inconsistency) -> Self {
+        Self::Inconsistent(e)
+    }
 }
 
 #[derive(Serialize)]
