@@ -672,3 +672,59 @@ async fn a_flood_of_garbage_is_skipped_in_a_few_log_lines_and_the_next_request_a
     );
     let _ = std::fs::remove_dir_all(store);
 }
+
+/// Two VFs saved, two fresh ones plugged together: the kernel named them in probe order, each
+/// with the other's saved name. Each restore still gives its link the saved name — the bare
+/// link in the way is moved aside until its own restore names it — and both states come back.
+#[tokio::test(flavor = "current_thread")]
+async fn fresh_vfs_that_arrive_with_each_others_names_get_their_own() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    ip_batch(
+        "link add vfb0 address 02:00:00:00:0a:02 type veth peer name vfb0p\nlink set vfb0p up\nlink set vfb0 up\n\
+         addr add 198.18.11.2/24 dev vfb0\nroute add 198.51.101.0/24 via 198.18.11.1 dev vfb0 table 101\n",
+    )
+    .unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-swap-{}", std::process::id()));
+    let mut host = start_agent(&handle, &store).await;
+    let mut before = Vec::new();
+    for name in ["vfa0", "vfb0"] {
+        before.push(capture(&handle, name).await.unwrap().state);
+        host.send(HostMessage::PrepareUnplug(PrepareUnplug {
+            interface: by_name(name),
+            deadline_ms: 5000,
+            standby: StandbyRequest::Off,
+        }))
+        .await;
+        host.reply().await;
+        host.reply().await;
+    }
+    // vfa0's fresh VF arrives named vfb0, and vfb0's named vfa0.
+    let (fresh_a, fresh_b): (MacAddr, MacAddr) = (
+        "02:00:00:00:0e:01".parse().unwrap(),
+        "02:00:00:00:0e:02".parse().unwrap(),
+    );
+    ip_batch(&format!(
+        "link del vfa0\nlink del vfb0\n\
+         link add vfb0 address {fresh_a} type veth peer name wa\nlink set wa up\n\
+         link add vfa0 address {fresh_b} type veth peer name wb\nlink set wb up\n"
+    ))
+    .unwrap();
+    for (saved, mac) in [("vfa0", fresh_a), ("vfb0", fresh_b)] {
+        let onto = InterfaceSelector {
+            mac: Some(mac),
+            ..Default::default()
+        };
+        let r = host.restore(saved, onto).await;
+        assert_eq!((r.failed.len(), r.mismatches.len()), (0, 0), "{saved}: {r:?}");
+    }
+    for state in before {
+        let now = capture(&handle, &state.identity.name).await.unwrap().state;
+        assert_eq!(
+            vfmig_protocol::netstate::differences(&state, &now),
+            Vec::<String>::new()
+        );
+    }
+    std::fs::remove_dir_all(store).unwrap();
+}

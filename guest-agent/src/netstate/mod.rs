@@ -5,6 +5,7 @@ mod announce;
 mod bulk;
 mod capture;
 mod errno;
+mod rename;
 mod restore;
 pub mod standby;
 mod sysfs;

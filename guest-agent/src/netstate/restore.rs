@@ -25,7 +25,8 @@ use vfmig_protocol::netstate::{Address, InterfaceState, Neighbour, Route, SavedS
 use vfmig_protocol::MacAddr;
 
 use super::bulk::{Bulk, Change};
-use super::capture::{capture_index, link_index};
+use super::capture::capture_index;
+use super::rename::make_room;
 use super::{announce, errno, NetstateError};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -63,7 +64,7 @@ impl RestoreReport {
         }
     }
 
-    async fn run_link(
+    pub(super) async fn run_link(
         &mut self,
         what: String,
         request: impl std::future::Future<Output = Result<(), rtnetlink::Error>>,
@@ -273,16 +274,7 @@ async fn restore_link(
 ) -> LinkResult {
     let want = &saved.interface.identity;
     let mut name = current.identity.name.clone();
-    let mut rename = name != want.name;
-    if rename {
-        if let Ok(other) = link_index(handle, &want.name).await {
-            report.failed.push(format!(
-                "link name {}: already used by the link with index {}; keeping {name}",
-                want.name, other
-            ));
-            rename = false;
-        }
-    }
+    let rename = name != want.name && make_room(handle, report, &want.name, onto).await;
     let remac = opts.restore_mac && current.identity.mac != want.mac;
     let remtu = current.mtu != saved.interface.mtu;
     if !(rename || remac || remtu) {
