@@ -15,7 +15,7 @@ use vfmig_host::qmp::Qmp;
 use vfmig_protocol::message::Restored;
 
 use crate::fabric::{Fabric, GUEST_V4};
-use crate::image::{debian_image, guest_image};
+use crate::image::{debian_image, guest_image, GuestImage};
 use crate::probe::wait_answering;
 use crate::vm::{vf_device_json, ScratchDir, SecondVf, Vm, VmConfig, VF_ID};
 use crate::{exclusive, Exclusive};
@@ -64,6 +64,9 @@ pub struct Bed {
     pub uri: String,
     pub fabric: Fabric,
     pub dir: ScratchDir,
+    /// What the destination was started from, to start another.
+    image: GuestImage,
+    destination_config: VmConfig,
     _one: Exclusive,
 }
 
@@ -207,14 +210,11 @@ impl Bed {
         let source =
             Vm::start(&image, &dir.0, &vm("source", "tap-src", true, false, unpluggable)).expect("source QEMU");
         // QEMU's failover re-plugs the VF on the destination itself: it starts with it.
-        let destination =
-            Vm::start(&image, &dir.0, &vm("destination", "tap-dst", failover, true, true)).expect("destination QEMU");
+        let destination_config = vm("destination", "tap-dst", failover, true, true);
+        let destination = Vm::start(&image, &dir.0, &destination_config).expect("destination QEMU");
         let src = source.qmp().await.unwrap_or_else(|e| panic!("{e}"));
-        let dst = destination.qmp().await.unwrap_or_else(|e| panic!("{e}"));
         let uri = format!("unix:{}", dir.0.join("migration.sock").display());
-        dst.execute("migrate-incoming", Some(json!({ "uri": uri })))
-            .await
-            .expect("migrate-incoming");
+        let dst = listen(&destination, &uri).await;
         Self {
             source,
             destination,
@@ -223,14 +223,35 @@ impl Bed {
             uri,
             fabric,
             dir,
+            image,
+            destination_config,
             _one: one,
         }
+    }
+
+    /// A new destination QEMU in place of the one there (which a migration given up leaves
+    /// failed, or a test killed), waiting for the migration: the source can try again.
+    pub async fn new_destination(&mut self) {
+        // Its tap and sockets are the new one's.
+        self.destination.stop();
+        let fresh = Vm::start(&self.image, &self.dir.0, &self.destination_config).expect("destination QEMU");
+        self.dst = listen(&fresh, &self.uri).await;
+        self.destination = fresh;
     }
 
     /// Waits until the guest answers the peer at its address.
     pub fn wait_booted(&self) {
         wait_answering(&self.fabric.peer, echo(), BOOT).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// Connects to a destination's monitor and has it wait for the migration on `uri`.
+async fn listen(destination: &Vm, uri: &str) -> Qmp {
+    let dst = destination.qmp().await.unwrap_or_else(|e| panic!("{e}"));
+    dst.execute("migrate-incoming", Some(json!({ "uri": uri })))
+        .await
+        .expect("migrate-incoming");
+    dst
 }
 
 /// The unix socket behind a VM's agent port.

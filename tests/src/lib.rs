@@ -12,6 +12,7 @@ pub mod compare;
 pub mod dbus_daemon;
 pub mod fabric;
 pub mod hook;
+pub mod host_cli;
 pub mod image;
 pub mod netns;
 pub mod probe;

@@ -9,8 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use vfmig_host::channel::{ChannelError, GuestChannel, Session};
 use vfmig_host::qmp::{Qmp, QmpError};
 
@@ -278,6 +276,13 @@ impl Vm {
         self.child.id()
     }
 
+    /// Kills QEMU and reaps it (a process already reaped is not signalled again, so its PID,
+    /// free for reuse, is never hit).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn console(&self) -> String {
         fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
     }
@@ -361,8 +366,7 @@ where
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

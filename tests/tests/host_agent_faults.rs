@@ -4,96 +4,16 @@
 //! destination or settled on the source — the guest must end with a working NIC carrying the
 //! network it had, the peer's TCP connection must survive, and the journal must be gone.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use vfmig_testbed::bed::{agent, echo, vf_mac, Bed, FRESH_MAC, NETWORK, SOURCE_MAC};
-use vfmig_testbed::host_bin;
+use vfmig_testbed::bed::{echo, vf_mac, Bed, NETWORK, SOURCE_MAC};
+use vfmig_testbed::host_cli::{command, reached, run, run_until, Sockets};
 use vfmig_testbed::probe::{wait_answering, TcpProbe};
 use vfmig_testbed::proxy::Proxy;
-use vfmig_testbed::vm::{vf_device_json, Vm, HOST_QMP, VF_ID};
-
-/// How the command is run, both times.
-struct Sockets {
-    src_qmp: PathBuf,
-    src_agent: PathBuf,
-    journal: PathBuf,
-}
-
-impl Sockets {
-    fn direct(bed: &Bed) -> Self {
-        Self {
-            src_qmp: bed.source.dir.join(HOST_QMP),
-            src_agent: agent(&bed.source),
-            journal: bed.dir.0.join("vm.vfmig-journal"),
-        }
-    }
-}
-
-fn command(bed: &Bed, sockets: &Sockets) -> Command {
-    let mut cmd = Command::new(host_bin());
-    cmd.arg("migrate")
-        .arg("--qmp")
-        .arg(&sockets.src_qmp)
-        .arg("--agent")
-        .arg(&sockets.src_agent)
-        .args(["--vf", VF_ID, "--uri", &bed.uri, "--agent-timeout", "10", "--vf-device"])
-        .arg(vf_device_json("e1000e", VF_ID, SOURCE_MAC).to_string())
-        .arg("--dest-qmp")
-        .arg(bed.destination.dir.join(HOST_QMP))
-        .arg("--dest-agent")
-        .arg(agent(&bed.destination))
-        .arg("--plug-device")
-        .arg(vf_device_json("e1000e", VF_ID, FRESH_MAC).to_string())
-        .arg("--journal")
-        .arg(&sockets.journal)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// The progress line `vfmig-host` prints (not on a terminal) when it reaches `phase`.
-fn reached(line: &str, phase: &str) -> bool {
-    line.contains(&format!("ms  {phase}:")) || line.contains(&format!("ms  {phase} ("))
-}
-
-/// Runs the command and, on the first line matching `at`, calls `act` with the process; the
-/// rest runs to the end. Returns the whole output.
-fn run_until(mut cmd: Command, at: impl Fn(&str) -> bool, mut act: impl FnMut(&mut Child)) -> (bool, Output) {
-    let mut child = cmd.spawn().expect("vfmig-host starts");
-    let stderr = child.stderr.take().expect("piped");
-    let mut seen = Vec::new();
-    let mut fired = false;
-    for line in BufReader::new(stderr).lines() {
-        let Ok(line) = line else { break };
-        println!("    | {line}");
-        if !fired && at(&line) {
-            act(&mut child);
-            fired = true;
-        }
-        seen.push(line);
-    }
-    let mut out = child.wait_with_output().expect("vfmig-host ends");
-    out.stderr = seen.join("\n").into_bytes();
-    (fired, out)
-}
-
-/// Runs the command to its end, within a bound.
-fn run(cmd: Command) -> Output {
-    let started = Instant::now();
-    let (_, out) = run_until(cmd, |_| false, |_| {});
-    assert!(
-        started.elapsed() < Duration::from_secs(180),
-        "vfmig-host took {:?}",
-        started.elapsed()
-    );
-    out
-}
+use vfmig_testbed::vm::Vm;
 
 /// Where the VM runs after the command's second run, checked as an operator would: exit 0
 /// means on the destination with its state restored, 1 a defined outcome on the source with
