@@ -35,9 +35,13 @@ fn by_mac(mac: MacAddr) -> InterfaceSelector {
     }
 }
 
-fn guest_error(request: &'static str, e: ChannelError) -> GuestError {
+/// What a channel error means to the caller who allowed `deadline` for the whole request.
+fn guest_error(request: &'static str, e: ChannelError, deadline: Duration) -> GuestError {
     match e {
-        ChannelError::Timeout { after, .. } => GuestError::Silent { request, after },
+        ChannelError::Timeout { .. } => GuestError::Silent {
+            request,
+            after: deadline,
+        },
         ChannelError::Closed | ChannelError::Io(_) => GuestError::Lost(e.to_string()),
         ChannelError::Refused { reply, .. } => GuestError::Refused {
             request,
@@ -107,7 +111,7 @@ impl ChannelGuest {
                         self.channel = None;
                         self.version = None;
                     }
-                    return Err(guest_error(request, e));
+                    return Err(guest_error(request, e, deadline));
                 }
                 Ok(replies) => return Ok(replies),
             }
@@ -136,7 +140,7 @@ impl Guest for ChannelGuest {
             Ok((_, info)) => Ok(info),
             Err(e) => {
                 self.channel = None;
-                Err(guest_error("hello", e))
+                Err(guest_error("hello", e, deadline))
             }
         }
     }
@@ -200,7 +204,7 @@ impl Guest for ChannelGuest {
     async fn keep(&mut self, mac: MacAddr, saved: Option<&Saved>, deadline: Duration) -> Result<Kept, GuestError> {
         let until = Instant::now() + deadline;
         if self.version.is_none() {
-            self.open(until).await.map_err(|e| guest_error("keep", e))?;
+            self.open(until).await.map_err(|e| guest_error("keep", e, deadline))?;
         }
         if self.version.is_some_and(|v| v < KEEP) {
             // A 1.0 agent has no keep: restoring the state onto the VF puts back what moved.
