@@ -120,7 +120,7 @@ async fn a_fault_where_it_hurts_most_gives_the_vm_back_as_it_was_within_the_stat
     let said = message(&out);
     assert_eq!(out.status.code(), Some(1), "{what}: {said}");
     assert!(
-        said.contains("did not answer prepare_unplug within 10s"),
+        said.contains("did not answer prepare_unplug within 10.0 s"),
         "{what}: {said}"
     );
     let bound = PREPARE + SILENT_GUEST_WAIT * 2 + MARGIN;

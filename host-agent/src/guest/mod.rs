@@ -58,7 +58,7 @@ impl Saved {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GuestError {
     /// No answer within the deadline: the agent is frozen, busy, or gone.
-    #[error("the guest agent did not answer {request} within {after:?}")]
+    #[error("the guest agent did not answer {request} within {:.1} s", after.as_secs_f64())]
     Silent { request: &'static str, after: Duration },
     /// The agent answered with an error.
     #[error("the guest agent refused {request}: {message}")]
