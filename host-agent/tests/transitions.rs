@@ -59,7 +59,7 @@ fn states() -> Vec<(&'static str, SourceState)> {
         ),
         ("tracking", SourceState::Tracking { m: m(), joining: false }),
         ("tracking/joining", SourceState::Tracking { m: m(), joining: true }),
-        ("precopy", SourceState::Precopy { m: m() }),
+        ("precopy", SourceState::Precopy { m: m(), ours: false }),
         ("held", SourceState::Held { m: m() }),
         (
             "saving-first",
@@ -172,6 +172,7 @@ fn events() -> Vec<(&'static str, Event)> {
                 asked: true,
             },
         ),
+        ("migration-started", Event::MigrationStarted),
         ("held", Event::Held),
         ("vf-saved", Event::VfSaved { index: 0, saved }),
         ("all-saved", Event::AllSaved),
@@ -216,6 +217,7 @@ const TABLE: &[(&str, &str, &str)] = &[
     ("tracking/joining", "not-tracked", "giving-back"),
     ("tracking", "failed", "giving-back"),
     ("tracking/joining", "failed", "giving-back"),
+    ("precopy", "migration-started", "precopy"),
     ("precopy", "held", "held"),
     ("precopy", "failed", "giving-back"),
     ("held", "vf-saved", "held"),
@@ -299,9 +301,15 @@ fn a_run_taken_up_confirms_the_hook_before_joining_pre_copy_and_retries_a_stuck_
         resumed(SourceState::Held { m: m() }),
         SourceState::Tracking { m: m(), joining: true }
     );
+    // Joined only if this run may have started the migration: otherwise one that ended is
+    // an earlier attempt's.
     assert_eq!(
-        resumed(SourceState::Precopy { m: m() }),
+        resumed(SourceState::Precopy { m: m(), ours: true }),
         SourceState::Tracking { m: m(), joining: true }
+    );
+    assert_eq!(
+        resumed(SourceState::Precopy { m: m(), ours: false }),
+        SourceState::Tracking { m: m(), joining: false }
     );
     let stuck = SourceState::Stuck {
         m: m(),

@@ -29,7 +29,7 @@ use super::state::{Migrating, Unplug, Why};
 use super::timeline::Phase;
 use super::transition::Event;
 use crate::guest::{Guest, Saved};
-use crate::vm::{Migration, ParamsChange, Vm, VmError};
+use crate::vm::{Migration, MigrationState, ParamsChange, Vm, VmError};
 
 /// `max-bandwidth` while holding. QEMU enforces it per 100 ms window as `bandwidth / 10`,
 /// and a window limit of 0 means *unlimited*: 1 B/s would disable the limit (measured: the
@@ -64,8 +64,14 @@ fn listed(m: &Migrating) -> String {
 }
 
 /// Starts pre-copy with the VFs plugged (or joins the one running), watches it until its
-/// remainder is under the margin, then holds it.
-pub(super) async fn hold<V: Vm, G: Guest>(ctx: &mut Ctx<'_, V, G>, m: &Migrating, events: &mut Vec<Event>) -> Acted {
+/// remainder is under the margin, then holds it. A migration that failed or was cancelled is
+/// this run's only if `ours`: QEMU shows an earlier one's end until the next starts.
+pub(super) async fn hold<V: Vm, G: Guest>(
+    ctx: &mut Ctx<'_, V, G>,
+    m: &Migrating,
+    ours: bool,
+    events: &mut Vec<Event>,
+) -> Acted {
     let (vm, plan) = (ctx.vm, ctx.plan);
     let held = ParamsChange {
         max_bandwidth: Some(HOLD_BANDWIDTH),
@@ -74,23 +80,24 @@ pub(super) async fn hold<V: Vm, G: Guest>(ctx: &mut Ctx<'_, V, G>, m: &Migrating
     // Taken up, a run does not know how far pre-copy got: it holds at once, and lets pre-copy
     // go on at full speed only once it has seen a remainder above the margin.
     let mut throttled = match vm.migration().await? {
-        None => {
+        Some(running) if !running.state.is_finished() => {
+            vm.set_params(held).await?;
+            true
+        }
+        Some(ended_here) if ours || ended_here.state == MigrationState::Completed => {
+            events.push(Event::Failed(ended(&ended_here)));
+            return Ok(());
+        }
+        _ => {
             vm.set_params(ParamsChange {
                 downtime_limit: Some(HOLD_DOWNTIME_MS),
                 ..Default::default()
             })
             .await?;
             vm.start_migration(&plan.uri).await?;
+            events.push(Event::MigrationStarted);
             ctx.record(Phase::PrecopyStarted, None, format!("{} still plugged", listed(m)));
             false
-        }
-        Some(running) if running.state.is_finished() => {
-            events.push(Event::Failed(ended(&running)));
-            return Ok(());
-        }
-        Some(_) => {
-            vm.set_params(held).await?;
-            true
         }
     };
     let at = loop {

@@ -11,6 +11,16 @@ use super::transition::Event;
 use crate::guest::Guest;
 use crate::vm::{Migration, MigrationState, Vm};
 
+/// Whether the migration is still to be started: none runs, or the one QEMU shows failed or
+/// was cancelled — an earlier attempt's end, which QEMU shows until the next starts. One that
+/// completed is never started again: the VM has left.
+async fn to_start<V: Vm>(vm: &V) -> Result<bool, crate::vm::VmError> {
+    Ok(vm
+        .migration()
+        .await?
+        .is_none_or(|m| matches!(m.state, MigrationState::Failed | MigrationState::Cancelled)))
+}
+
 /// How often the migration is read while it runs to its end.
 const COMPLETION_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -52,7 +62,7 @@ pub(super) async fn release<V: Vm, G: Guest>(
     if !start {
         vm.set_params(m.params.into()).await?;
         ctx.record(Phase::Released, None, "original max-bandwidth and downtime-limit");
-    } else if vm.migration().await?.is_none() {
+    } else if to_start(vm).await? {
         vm.start_migration(&plan.uri).await?;
         ctx.record(Phase::PrecopyStarted, None, "without the VF");
     }
@@ -128,7 +138,7 @@ pub(super) async fn qemu_failover<V: Vm, G: Guest>(
 ) -> Acted {
     let (vm, plan) = (ctx.vm, ctx.plan);
     let ids: Vec<String> = m.vfs.iter().map(|v| v.vf.id.clone()).collect();
-    if vm.migration().await?.is_none() {
+    if to_start(vm).await? {
         let detail = format!(
             "VF {} is the primary of QEMU's failover pair with {pair}: QEMU and the guest's net_failover move it",
             ids.join(", ")

@@ -187,7 +187,7 @@ async fn act<V: Vm, G: Guest>(ctx: &mut Ctx<'_, V, G>, state: &SourceState, even
         SourceState::Start => start(ctx, events).await,
         SourceState::Negotiating { fallback, .. } => negotiate(ctx, *fallback, events).await,
         SourceState::Tracking { m, joining } => track(ctx, m, *joining, events).await,
-        SourceState::Precopy { m } => precopy::hold(ctx, m, events).await,
+        SourceState::Precopy { m, ours } => precopy::hold(ctx, m, *ours, events).await,
         SourceState::Held { m } => precopy::save(ctx, m, true, events).await,
         SourceState::SavingFirst { m, .. } => precopy::save(ctx, m, false, events).await,
         SourceState::Unplugging { m, before_precopy, .. } => precopy::unplug(ctx, m, *before_precopy, events).await,

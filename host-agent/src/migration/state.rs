@@ -201,10 +201,13 @@ pub enum SourceState {
         joining: bool,
     },
     /// Pre-copy runs (or is to start) with the VFs plugged, until its remainder is under the
-    /// margin; then it is held.
+    /// margin; then it is held. `ours`: this run may have started the migration QEMU shows;
+    /// otherwise one that ended is an earlier run's, and a new one is started.
     Precopy {
         #[serde(flatten)]
         m: Migrating,
+        #[serde(default)]
+        ours: bool,
     },
     /// Held; the guest is to save every VF's state.
     Held {
@@ -308,7 +311,7 @@ impl SourceState {
         match self {
             Self::Negotiating { m, .. }
             | Self::Tracking { m, .. }
-            | Self::Precopy { m }
+            | Self::Precopy { m, .. }
             | Self::Held { m }
             | Self::SavingFirst { m, .. }
             | Self::Unplugging { m, .. }

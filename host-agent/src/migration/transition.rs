@@ -39,6 +39,8 @@ pub enum Event {
         why: String,
         asked: bool,
     },
+    /// `migrate` was issued.
+    MigrationStarted,
     /// Pre-copy's remainder is under the margin, and it is held.
     Held,
     /// The guest saved VF `index`'s state.
@@ -86,6 +88,7 @@ impl Event {
             Self::GuestUnusable { .. } => "guest-unusable",
             Self::Tracked => "tracked",
             Self::NotTracked { .. } => "not-tracked",
+            Self::MigrationStarted => "migration-started",
             Self::Held => "held",
             Self::VfSaved { .. } => "vf-saved",
             Self::AllSaved => "all-saved",
@@ -175,7 +178,8 @@ pub fn next(state: SourceState, event: Event) -> Result<SourceState, InvalidTran
             hook: Hook::Off,
             before_precopy: true,
         },
-        (S::Tracking { m, .. }, E::Tracked) => S::Precopy { m },
+        (S::Tracking { m, joining }, E::Tracked) => S::Precopy { m, ours: joining },
+        (S::Precopy { m, .. }, E::MigrationStarted) => S::Precopy { m, ours: true },
         (S::Tracking { m, joining: false }, E::NotTracked { asked, .. }) => S::SavingFirst {
             m,
             hook: if asked { Hook::Tracking } else { Hook::Off },
@@ -185,7 +189,7 @@ pub fn next(state: SourceState, event: Event) -> Result<SourceState, InvalidTran
             hook: Hook::Tracking,
             why: Why::HookLost { why },
         },
-        (S::Precopy { m }, E::Held) => S::Held { m },
+        (S::Precopy { m, .. }, E::Held) => S::Held { m },
         (S::Held { m }, E::VfSaved { index, saved }) => S::Held {
             m: with_vf(m, index, |v| v.saved = Some(saved)).ok_or(invalid)?,
         },
@@ -271,7 +275,8 @@ pub fn next(state: SourceState, event: Event) -> Result<SourceState, InvalidTran
 /// joined once the hook is confirmed again, and a give-back that failed is tried again.
 pub fn resumed(state: SourceState) -> SourceState {
     match state {
-        SourceState::Precopy { m } | SourceState::Held { m } => SourceState::Tracking { m, joining: true },
+        SourceState::Precopy { m, ours } => SourceState::Tracking { m, joining: ours },
+        SourceState::Held { m } => SourceState::Tracking { m, joining: true },
         SourceState::Stuck { m, hook, why, .. } => SourceState::GivingBack { m, hook, why },
         other => other,
     }

@@ -274,6 +274,12 @@ impl World {
         }
     }
 
+    /// A new destination waits for the next attempt (the fault that killed the last is over).
+    pub fn revive_destination(&mut self) {
+        self.destination_dead = false;
+        self.fault = None;
+    }
+
     /// Thaws a frozen agent: it applies what it was sent, in order.
     pub fn thaw(&mut self) {
         self.frozen = false;

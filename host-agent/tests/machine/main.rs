@@ -443,3 +443,31 @@ async fn killed_after_any_change_and_run_again_the_migration_completes() {
     assert!(kills > 20, "only {kills} changes in two migrations");
     println!("{kills} kills, each taken up to a completed migration");
 }
+
+/// QEMU shows the last migration's end until the next starts: a migration given up earlier
+/// (cancelled, failed) is no reason to give up the next, which migrates.
+#[tokio::test(start_paused = true)]
+async fn an_earlier_attempts_end_does_not_stop_the_next_migration() {
+    for (fault, at) in [
+        (Fault::OperatorCancel, "completing"),
+        (Fault::DestinationKilled, "held"),
+    ] {
+        let dir = Scratch::new(&format!("again-{fault:?}"));
+        let world = World::new(1, true, false, dir.journal());
+        world.borrow_mut().fault = Some((fault, at));
+        let plan = plan(1, dir.journal(), Fallback::Refuse);
+        let first = migrate(&world, &plan, &mut Timeline::new()).await;
+        assert!(matches!(first, End::Exit(1, _)), "{first:?}");
+        assert_as_before(&world, 1, "given up");
+        world.borrow_mut().revive_destination();
+        let mut timeline = Timeline::new();
+        let second = migrate(&world, &plan, &mut timeline).await;
+        assert_eq!(
+            second,
+            End::Exit(0, "restored".into()),
+            "after {fault:?}\n{}",
+            timeline.table()
+        );
+        assert_migrated(&world, 1, "the next attempt");
+    }
+}
