@@ -224,9 +224,8 @@ async fn settled_network(vm: &Vm) -> Result<String, String> {
     let mut shell = vm.shell(Duration::from_secs(20)).await?;
     let until = Instant::now() + Duration::from_secs(20);
     loop {
-        let left = shell
-            .ok(&format!("ls /run/vfmig | grep -v json$; cat {CONTROL}/devices"))
-            .await?;
+        let awaiting = "ls /run/vfmig 2>/dev/null | grep -v 'json$' || true";
+        let left = shell.ok(&format!("{awaiting}; cat {CONTROL}/devices")).await?;
         if left.trim().is_empty() {
             return shell.ok(NETWORK).await;
         }
