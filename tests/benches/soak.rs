@@ -225,7 +225,9 @@ async fn settled_network(vm: &Vm) -> Result<String, String> {
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let awaiting = "ls /run/vfmig 2>/dev/null | grep -v 'json$' || true";
-        let left = shell.ok(&format!("{awaiting}; cat {CONTROL}/devices")).await?;
+        let left = shell
+            .ok(&format!("{awaiting}; cat {CONTROL}/devices 2>/dev/null || true"))
+            .await?;
         if left.trim().is_empty() {
             return shell.ok(NETWORK).await;
         }

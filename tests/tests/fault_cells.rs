@@ -71,7 +71,9 @@ async fn assert_as_before(bed: &Bed, before: &str, tcp: &mut TcpProbe, sockets: 
         .unwrap_or_else(|e| panic!("{e}"));
     // What the agent was sent while it could not answer it applies once it can: wait for it.
     let until = Instant::now() + Duration::from_secs(20);
-    let check = format!("ls -A /run/vfmig 2>/dev/null; cat {CONTROL}/devices; ip -o addr show dev sb0 scope global");
+    let check = format!(
+        "ls -A /run/vfmig 2>/dev/null; cat {CONTROL}/devices 2>/dev/null; ip -o addr show dev sb0 scope global"
+    );
     loop {
         let left = shell.ok(&check).await.unwrap();
         if left.trim().is_empty() {
