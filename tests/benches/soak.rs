@@ -252,7 +252,9 @@ async fn hop(
     network: &str,
 ) -> Result<(Option<(Vm, Qmp)>, Hop), String> {
     let started = Instant::now();
-    let (side, mac) = (n % 2, MACS[n % 2]);
+    // The destination is on the other side from the source, whose VF has that side's MAC.
+    let side = SIDES.iter().position(|(name, _)| *name != src.name).ok_or("no other side")?;
+    let mac = MACS[side];
     let uri = format!("unix:{}", dir.join(format!("migration-{n}.sock")).display());
     let (dst, dst_qmp) = start_destination(dir, side, mac, &uri).await?;
     let echo = SocketAddr::new(GUEST_V4.parse().map_err(|_| "address")?, 7);
