@@ -18,6 +18,47 @@ qemu_is_new_enough() {
         qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"'
 }
 
+# libvirt for the two-host libvirt bed (tests/src/libvirt): libvirtd with only its QEMU driver,
+# virsh, and the headers the `virt` crate builds against. From bookworm-backports like QEMU, so
+# the QEMU driver knows QEMU 10.
+libvirt_pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev)
+libvirt_is_there() {
+    command -v libvirtd >/dev/null && command -v virsh >/dev/null &&
+        [ -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ] &&
+        pkg-config --exists 'libvirt >= 11'
+}
+
+# The bed runs its own libvirtd instances in namespaces of their own; a system libvirtd is not
+# wanted. The packages' maintainer scripts would start one (and virtlogd, virtlockd), so they
+# install under a policy-rc.d that refuses every start, and the units they enable are disabled
+# afterwards. Nothing of libvirt's then runs or starts at boot; `systemctl enable` undoes it.
+install_libvirt() {
+    local policy=/usr/sbin/policy-rc.d ours=
+    if [ ! -e $policy ]; then
+        printf '#!/bin/sh\n# vfmig scripts/lib.sh: no service starts while libvirt installs.\nexit 101\n' > $policy
+        chmod 755 $policy
+        ours=1
+    fi
+    local rc=0
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${libvirt_pkgs[@]/%//bookworm-backports}" >/dev/null || rc=$?
+    [ -n "$ours" ] && rm -f $policy
+    [ $rc = 0 ] || return $rc
+    # systemctl enables and disables offline too (no systemd running, as here); it also turns
+    # the SysV links of libvirtd, virtlogd and libvirt-guests off.
+    command -v systemctl >/dev/null || return 0
+    local units=()
+    for u in libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
+        libvirtd-tcp.socket libvirtd-tls.socket virtlogd.service virtlogd.socket virtlogd-admin.socket \
+        virtlockd.service virtlockd.socket virtlockd-admin.socket libvirt-guests.service; do
+        if [ -e "/usr/lib/systemd/system/$u" ]; then units+=("$u"); fi
+    done
+    if [ ${#units[@]} -gt 0 ] && ! systemctl disable --quiet "${units[@]}" 2>/dev/null; then
+        echo "$0: cannot disable libvirt's units ${units[*]}" >&2
+        return 1
+    fi
+}
+
 # Debian packages the build and the tests need; apt-get runs only when something is missing.
 install_deps() {
     local missing=() missing_qemu=
@@ -35,20 +76,29 @@ install_deps() {
     command -v setpriv >/dev/null || missing+=(util-linux)
     # The Debian guest's DHCP test serves leases from the peer namespace.
     command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
-    if [ ${#missing[@]} -gt 0 ] || ! qemu_is_new_enough || ! command -v qemu-img >/dev/null; then
+    # The libvirt bed: its subreaper, and what the `virt` crate finds libvirt with.
+    command -v tini >/dev/null || missing+=(tini)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    local missing_libvirt=
+    libvirt_is_there || missing_libvirt=1
+    if [ ${#missing[@]} -gt 0 ] || ! qemu_is_new_enough || ! command -v qemu-img >/dev/null || [ -n "$missing_libvirt" ]; then
         if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
             printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
                 > /etc/apt/sources.list.d/vfmig-backports.sources
         fi
         # qemu-img makes the disk overlay a migrating Debian guest's two QEMUs share.
         qemu_is_new_enough && command -v qemu-img >/dev/null || missing_qemu=1
-        echo "installing: ${missing[*]}${missing_qemu:+ qemu-system-x86 qemu-utils (bookworm-backports)}"
+        echo "installing: ${missing[*]}${missing_qemu:+ qemu-system-x86 qemu-utils (bookworm-backports)}${missing_libvirt:+ ${libvirt_pkgs[*]} (bookworm-backports)}"
         apt-get update -qq
         if [ ${#missing[@]} -gt 0 ]; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
         fi
         if [ -n "${missing_qemu:-}" ]; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+        fi
+        # After QEMU: the QEMU driver depends on a qemu-system that must be the backports one.
+        if [ -n "$missing_libvirt" ]; then
+            install_libvirt
         fi
     fi
     # Debian bookworm's rustc (1.63) is too old for the dependencies; a rustup toolchain is needed.
