@@ -135,6 +135,22 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The guest's kernel command line: what images/guest-init sets up for `config`.
+pub fn kernel_cmdline(image: &GuestImage, config: &VmConfig) -> String {
+    format!(
+        "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
+         vfmig.agent={} vfmig.hook={} vfmig.failover={} vfmig.role={}{}",
+        if config.agent { "on" } else { "off" },
+        if config.hook { "on" } else { "absent" },
+        if config.failover { "on" } else { "off" },
+        if config.pf { "host" } else { "guest" },
+        if config.iommu { " intel_iommu=on" } else { "" },
+    ) + if image.disk.is_some() { " root=/dev/vda rw" } else { "" }
+        + &config.second_vf.as_ref().map_or(String::new(), |vf| {
+            format!(" vfmig.vf2={} vfmig.addr2={GUEST2_V4}/{PREFIX_V4}", vf.mac)
+        })
+}
+
 impl Vm {
     pub fn start(image: &GuestImage, dir: &Path, config: &VmConfig) -> std::io::Result<Self> {
         let dir = dir.join(config.name);
@@ -169,20 +185,7 @@ impl Vm {
         .arg("-initrd")
         .arg(&image.initramfs)
         .arg("-append")
-        .arg(
-            format!(
-                "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
-             vfmig.agent={} vfmig.hook={} vfmig.failover={} vfmig.role={}{}",
-                if config.agent { "on" } else { "off" },
-                if config.hook { "on" } else { "absent" },
-                if config.failover { "on" } else { "off" },
-                if config.pf { "host" } else { "guest" },
-                if config.iommu { " intel_iommu=on" } else { "" },
-            ) + if image.disk.is_some() { " root=/dev/vda rw" } else { "" }
-                + &config.second_vf.as_ref().map_or(String::new(), |vf| {
-                    format!(" vfmig.vf2={} vfmig.addr2={GUEST2_V4}/{PREFIX_V4}", vf.mac)
-                }),
-        )
+        .arg(kernel_cmdline(image, config))
         .args(image.disk.iter().flat_map(|disk| {
             let drive = match disk {
                 Disk::Pristine(path) => format!("file={},if=virtio,format=raw,snapshot=on", path.display()),
