@@ -1,11 +1,13 @@
 //! The vfmig test bed: throw-away network namespaces, a bridge fabric with a peer host, QEMU
-//! processes as source and destination hosts, the guest image they boot, and probes.
+//! processes as source and destination hosts, two libvirt hosts ([`libvirt`]), the guest image
+//! they boot, and probes.
 //!
-//! It must never touch the machine's own network namespace: everything is built from a
-//! namespace the calling thread makes for itself, which the kernel frees when the last thread
-//! or process in it goes away. QEMU processes are killed by PID when their guard drops and, if
-//! the test thread dies first, by the kernel (parent-death signal), so a failed or panicking
-//! test leaves nothing behind. Tests use addresses from 198.18.0.0/15 and 2001:db8::/32 only.
+//! It must never touch the machine's own network namespace, nor the machine's libvirt:
+//! everything is built from namespaces the bed makes for itself, which the kernel frees when
+//! the last thread or process in them goes away. QEMU and libvirtd processes are stopped by PID
+//! when their guard drops and, if the test thread dies first, killed by the kernel
+//! (parent-death signal), so a failed or panicking test leaves nothing behind. Tests use
+//! addresses from 198.18.0.0/15 and 2001:db8::/32 only.
 
 pub mod bed;
 pub mod compare;
@@ -14,6 +16,7 @@ pub mod fabric;
 pub mod hook;
 pub mod host_cli;
 pub mod image;
+pub mod libvirt;
 pub mod netns;
 pub mod probe;
 pub mod proxy;
