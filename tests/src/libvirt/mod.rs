@@ -1,7 +1,8 @@
 //! The libvirt bed: two hosts, each a real libvirtd (TCP, no authentication) in namespaces of
 //! its own ([`host`]), joined by a management network and sharing the guests' network with a
-//! peer ([`network`]). What vfmig's libvirt backend is tested against: `virsh migrate` between
-//! the hosts, libvirt's hooks on each, the agent's channel where libvirt puts it.
+//! peer ([`network`]), and the test guest as libvirt domain XML ([`domain`]). What vfmig's
+//! libvirt backend is tested against: `virsh migrate` between the hosts, libvirt's hooks on
+//! each, the agent's channel where libvirt puts it.
 //!
 //! A test fills a host's hook directory before its libvirtd starts
 //! ([`LibvirtBed::start_with`], [`Host::add_hook`]), drives libvirt with virsh ([`Host::virsh`],
@@ -15,6 +16,7 @@
 
 pub mod capabilities;
 pub mod config;
+pub mod domain;
 pub mod host;
 pub mod network;
 pub mod virsh;
@@ -23,6 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use domain::GuestDomain;
 pub use host::{Host, Startup};
 pub use virsh::VirshError;
 
@@ -109,6 +112,17 @@ impl LibvirtBed {
             _scratch: scratch,
             _one: one,
         })
+    }
+
+    /// Writes `domain`'s XML for the bed's image to the bed's directory; its path, for
+    /// `virsh define`.
+    pub fn domain_xml(&self, domain: &GuestDomain) -> Result<PathBuf, BedError> {
+        let path = self.dir.join(format!("{}.xml", domain.name));
+        std::fs::write(&path, domain.xml(&self.image)).map_err(|error| BedError::Io {
+            what: path.display().to_string(),
+            error,
+        })?;
+        Ok(path)
     }
 
     /// What the bed has on the machine, to check afterwards that none of it is left.
