@@ -29,20 +29,20 @@ libvirt_is_there() {
 }
 
 # The bed runs its own libvirtd instances in namespaces of their own; a system libvirtd is not
-# wanted. The packages' maintainer scripts would start one (and virtlogd, virtlockd), so they
-# install under a policy-rc.d that refuses every start, and the units they enable are disabled
-# afterwards. Nothing of libvirt's then runs or starts at boot; `systemctl enable` undoes it.
+# wanted. The packages' maintainer scripts would start one (and virtlogd), so they install under
+# a policy-rc.d of ours that refuses every start (the machine's own, if any, is put back after),
+# and the units they enable are disabled afterwards. Nothing of libvirt's then runs or starts at
+# boot; `systemctl enable` undoes it.
 install_libvirt() {
-    local policy=/usr/sbin/policy-rc.d ours=
-    if [ ! -e $policy ]; then
-        printf '#!/bin/sh\n# vfmig scripts/lib.sh: no service starts while libvirt installs.\nexit 101\n' > $policy
-        chmod 755 $policy
-        ours=1
-    fi
+    local policy=/usr/sbin/policy-rc.d saved=/usr/sbin/policy-rc.d.vfmig-saved
+    [ -e $policy ] && mv $policy $saved
+    printf '#!/bin/sh\n# vfmig scripts/lib.sh: no service starts while libvirt installs.\nexit 101\n' > $policy
+    chmod 755 $policy
     local rc=0
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${libvirt_pkgs[@]/%//bookworm-backports}" >/dev/null || rc=$?
-    [ -n "$ours" ] && rm -f $policy
+    rm -f $policy
+    [ -e $saved ] && mv $saved $policy
     [ $rc = 0 ] || return $rc
     # systemctl enables and disables offline too (no systemd running, as here); it also turns
     # the SysV links of libvirtd, virtlogd and libvirt-guests off.
