@@ -8,6 +8,8 @@
 //!
 //! Migration states are an enum here; only a backend reads the hypervisor's own spelling.
 
+pub mod monitor;
+pub mod qemu;
 pub mod qmp;
 
 use std::fmt;
