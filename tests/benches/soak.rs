@@ -253,7 +253,10 @@ async fn hop(
 ) -> Result<(Option<(Vm, Qmp)>, Hop), String> {
     let started = Instant::now();
     // The destination is on the other side from the source, whose VF has that side's MAC.
-    let side = SIDES.iter().position(|(name, _)| *name != src.name).ok_or("no other side")?;
+    let side = SIDES
+        .iter()
+        .position(|(name, _)| *name != src.name)
+        .ok_or("no other side")?;
     let mac = MACS[side];
     let uri = format!("unix:{}", dir.join(format!("migration-{n}.sock")).display());
     let (dst, dst_qmp) = start_destination(dir, side, mac, &uri).await?;

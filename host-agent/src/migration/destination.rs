@@ -158,11 +158,26 @@ async fn plug<V: Vm, G: Guest>(
     }
     for (index, f) in vfs.iter().enumerate().filter(|(_, f)| !f.plugged) {
         let driver = f.device.get("driver").and_then(Value::as_str).unwrap_or("?");
-        let present = vm.device_present(&f.id).await? && vm.device_mac(&f.id).await?.is_none_or(|m| m == f.mac);
-        if present {
-            record(Phase::Plugged, format!("{driver} {} (already plugged)", f.mac));
-            events.push(Event::VfPlugged { index });
-            continue;
+        if vm.device_present(&f.id).await? {
+            if vm.device_is(&f.id, &f.device).await? {
+                record(Phase::Plugged, format!("{driver} {} (already plugged)", f.mac));
+                events.push(Event::VfPlugged { index });
+                continue;
+            }
+            // The source's VF, which the destination was started with (libvirt defines it
+            // from the source's XML, taken before the unplug): not inert — a PCI rescan in
+            // the guest would find it — and in the fresh VF's way.
+            vm.remove_device(&f.id).await?;
+            if !vm.wait_device_gone(&f.id, spec.deadlines.unplug).await? {
+                let error = format!("{}, the source's VF the destination was started with, did not go", f.id);
+                let attempts = 0;
+                events.push(Event::Failed(DestinationProblem::PlugFailed { attempts, error }));
+                return Ok(());
+            }
+            record(
+                Phase::GhostRemoved,
+                format!("{}: the source's VF, defined here from its XML", f.id),
+            );
         }
         let mut last = String::new();
         for attempt in 1..=spec.attempts.max(1) {

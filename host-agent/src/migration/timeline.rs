@@ -43,6 +43,9 @@ pub enum Phase {
     /// The VF is the primary of QEMU's own virtio-net failover pair, which the guest's
     /// net_failover bonds: QEMU unplugs and re-plugs it, vfmig only migrates, within deadlines.
     QemuFailover,
+    /// The destination held the source's VF under the VF's id (libvirt starts it from the
+    /// source's definition): removed, before the fresh VF is plugged.
+    GhostRemoved,
     /// A fresh VF was hot-plugged on the destination.
     Plugged,
     /// The restore went unanswered (the agent may have restarted) and was sent again in a new

@@ -8,6 +8,7 @@
 //!
 //! Migration states are an enum here; only a backend reads the hypervisor's own spelling.
 
+pub mod libvirt;
 pub mod monitor;
 pub mod qemu;
 pub mod qmp;
@@ -158,6 +159,10 @@ pub trait Vm {
     /// Waits up to `deadline` for the device to be gone; whether it is.
     async fn wait_device_gone(&self, id: &str, deadline: Duration) -> Result<bool, VmError>;
     async fn add_device(&self, spec: &Value) -> Result<(), VmError>;
+    /// Whether the device present as `id` is the one `spec` adds. A destination can hold,
+    /// under the same id, the device the source had: libvirt starts it from the source's
+    /// definition, taken before the unplug.
+    async fn device_is(&self, id: &str, spec: &Value) -> Result<bool, VmError>;
     /// The device's PCI address as the guest sees it (`0000:01:00.0`), from the hypervisor's
     /// view of the guest-programmed buses, not the guest's word.
     async fn guest_pci_address(&self, id: &str) -> Result<Option<String>, VmError>;

@@ -132,6 +132,20 @@ impl<M: Monitor> Vm for Qemu<M> {
         self.run("device_add", Some(spec.clone())).await.map(drop)
     }
 
+    async fn device_is(&self, id: &str, spec: &Value) -> Result<bool, VmError> {
+        if let Some(mac) = spec.get("mac").and_then(Value::as_str) {
+            let wanted: Option<MacAddr> = mac.parse().ok();
+            if self.device_mac(id).await? != wanted {
+                return Ok(false);
+            }
+        }
+        if let Some(host) = spec.get("host").and_then(Value::as_str) {
+            let there = self.qom_get(id, "host").await.map_err(vm_error)?;
+            return Ok(there.as_str() == Some(host));
+        }
+        Ok(true)
+    }
+
     async fn guest_pci_address(&self, id: &str) -> Result<Option<String>, VmError> {
         fn find(devices: &[Value], bus: u64, id: &str) -> Option<String> {
             devices.iter().find_map(|d| {

@@ -636,6 +636,13 @@ impl Vm for FakeVm {
         .await
     }
 
+    async fn device_is(&self, id: &str, spec: &Value) -> Result<bool, VmError> {
+        let side = self.side;
+        let wanted: Option<MacAddr> = spec["mac"].as_str().and_then(|m| m.parse().ok());
+        self.call("device_is", |w| Ok(w.hv(side).devices.get(id).map(|d| d.0) == wanted))
+            .await
+    }
+
     async fn guest_pci_address(&self, id: &str) -> Result<Option<String>, VmError> {
         let side = self.side;
         self.call("guest_pci_address", |w| {

@@ -471,3 +471,25 @@ async fn an_earlier_attempts_end_does_not_stop_the_next_migration() {
         assert_migrated(&world, 1, "the next attempt");
     }
 }
+
+/// libvirt starts the destination from the source's definition, taken before the unplug, so
+/// the destination holds the source's VF under the same id (a "ghost"): it is removed before
+/// the fresh VF is plugged, and the fresh VF is what the VM has.
+#[tokio::test(start_paused = true)]
+async fn a_ghost_of_the_source_vf_on_the_destination_is_removed_first() {
+    let dir = Scratch::new("ghost");
+    let world = World::new(2, true, false, dir.journal());
+    for (i, (id, source_mac, _)) in VFS.iter().enumerate() {
+        world
+            .borrow_mut()
+            .dst
+            .devices
+            .insert(id.to_string(), (mac(source_mac), format!("0000:0{}:00.0", i + 1)));
+    }
+    let mut timeline = Timeline::new();
+    let end = migrate(&world, &plan(2, dir.journal(), Fallback::Refuse), &mut timeline).await;
+    assert_eq!(end, End::Exit(0, "restored".into()), "{}", timeline.table());
+    assert_migrated(&world, 2, "with ghosts");
+    let removed = timeline.steps.iter().filter(|s| s.phase == Phase::GhostRemoved).count();
+    assert_eq!(removed, 2, "{}", timeline.table());
+}
