@@ -78,6 +78,17 @@ impl GuestDomain {
     }
 }
 
+/// A fresh emulated VF for a host's empty root port, as `<interface>` XML: the same alias as
+/// the VF it replaces, a MAC of its own.
+pub fn fresh_vf_xml(mac: &str) -> String {
+    format!(
+        "<interface type='ethernet'><mac address='{}'/><script path='{}'/><model type='e1000e'/>\
+         <rom enabled='no'/><alias name='ua-vf'/></interface>",
+        escape(mac),
+        escape(IFUP_PATH)
+    )
+}
+
 /// `value` as XML text or attribute content.
 fn escape(value: &str) -> String {
     value

@@ -295,6 +295,17 @@ impl Host {
         }
     }
 
+    /// `program` run on this host as its own programs run: in its network and mount
+    /// namespaces, where libvirt's sockets and the guests' channels are at their paths.
+    pub fn command(&self, program: &Path) -> Option<Command> {
+        let tini = children(&self.daemon.as_ref()?.unshare).into_iter().next()?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--target={tini}"))
+            .args(["--net", "--mount", "--"])
+            .arg(program);
+        Some(cmd)
+    }
+
     /// The host PIDs of every process in the host's PID namespace (tini, libvirtd, QEMU).
     pub fn processes(&self) -> Vec<u32> {
         self.pid_namespace().map(in_pid_namespace).unwrap_or_default()

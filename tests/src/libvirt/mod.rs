@@ -25,7 +25,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use domain::GuestDomain;
+pub use domain::{fresh_vf_xml, GuestDomain};
 pub use host::{Host, Startup};
 pub use virsh::VirshError;
 

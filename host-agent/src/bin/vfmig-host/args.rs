@@ -32,12 +32,20 @@ where, and running the same command again takes the migration up from its journa
 
 #[derive(Args)]
 pub struct MigrateArgs {
-    /// The source QEMU's QMP socket.
-    #[arg(long)]
-    pub qmp: PathBuf,
-    /// The unix socket behind the source VM's virtserialport org.vfmig.agent.0.
-    #[arg(long)]
-    pub agent: PathBuf,
+    /// The libvirt domain to migrate, by name or UUID: libvirt runs the migration (live,
+    /// peer-to-peer, to the libvirt at --uri), the agent's socket is read from the domain's
+    /// XML, and the destination step (with --plug-device) runs on the destination's libvirt.
+    #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["qmp", "agent", "dest_qmp", "dest_agent"])]
+    pub libvirt: Option<String>,
+    /// The source's libvirt, with --libvirt.
+    #[arg(long, default_value = "qemu:///system", requires = "libvirt")]
+    pub connect: String,
+    /// The source QEMU's QMP socket (bare QEMU).
+    #[arg(long, required_unless_present = "libvirt")]
+    pub qmp: Option<PathBuf>,
+    /// The unix socket behind the source VM's virtserialport org.vfmig.agent.0 (bare QEMU).
+    #[arg(long, required_unless_present = "libvirt")]
+    pub agent: Option<PathBuf>,
     /// A VF's device id in QEMU; once per VF.
     #[arg(long = "vf", required = true)]
     pub vfs: Vec<String>,
@@ -45,7 +53,8 @@ pub struct MigrateArgs {
     /// the migration fails after the unplug; once per VF.
     #[arg(long = "vf-device", value_parser = json_object)]
     pub vf_devices: Vec<Value>,
-    /// Migration URI, e.g. tcp:dest:4444 or unix:/path.
+    /// Where to: QEMU's migration URI (tcp:dest:4444, unix:/path), or, with --libvirt, the
+    /// destination's libvirt (qemu+tcp://dest/system).
     #[arg(long)]
     pub uri: String,
     /// What to do when the guest agent does not answer.
@@ -95,7 +104,8 @@ pub struct MigrateArgs {
     pub offer: Option<PathBuf>,
     /// The run's journal. Run `migrate` again with the same journal after vfmig-host was
     /// killed, and it takes the migration up where it stands. Default: beside the QMP socket,
-    /// named after it with ".vfmig-journal" appended.
+    /// named after it with ".vfmig-journal" appended; with --libvirt,
+    /// /run/vfmig-host/DOMAIN.vfmig-journal.
     #[arg(long)]
     pub journal: Option<PathBuf>,
 }

@@ -1,28 +1,27 @@
 //! `vfmig-host`: the host agent's command line, made to be called from a migration hook.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 use vfmig_host::guest::channel::ChannelGuest;
-use vfmig_host::migration::journal::default_path as default_journal;
+use vfmig_host::migration::journal;
 use vfmig_host::migration::{
     run_destination, run_source, Cancel, FreshVf, Journal, MigrateError, Phase, Plan, PlugSpec, Saved, Step, Timeline,
     VfPlan,
 };
-use vfmig_host::qmp::Qmp;
-use vfmig_host::vm::qmp::QmpVm;
 use vfmig_protocol::descriptor::check;
 use vfmig_protocol::message::Restored;
 
 mod args;
+mod backend;
 mod sriov;
 
 use args::{mac_for, MigrateArgs, PlugArgs, MIGRATE_HELP};
+use backend::Backend;
 
 #[derive(Parser)]
 #[command(
@@ -98,31 +97,6 @@ fn failed(e: &MigrateError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
-/// How many times a lost QMP connection is opened again; each time the run is taken up
-/// from the journal where it stands.
-const QMP_RECONNECTS: u32 = 3;
-
-/// Runs `step` against a fresh QMP connection, opening it again when it is lost.
-async fn with_qmp<T>(
-    path: &Path,
-    mut step: impl AsyncFnMut(&QmpVm<'_>) -> Result<T, MigrateError>,
-) -> Result<Result<T, MigrateError>> {
-    let mut attempt = 0;
-    loop {
-        let qmp = Qmp::connect(path)
-            .await
-            .with_context(|| format!("QMP {}", path.display()))?;
-        match step(&QmpVm::new(&qmp)).await {
-            Err(MigrateError::Lost(why)) if attempt < QMP_RECONNECTS => {
-                attempt += 1;
-                eprintln!("vfmig-host: {why}; connecting again and taking up the migration from the journal");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            outcome => return Ok(outcome),
-        }
-    }
-}
-
 /// The operator's SIGINT or SIGTERM cancels the migration (the give-back still runs).
 fn cancel_on_signals() -> Result<Cancel> {
     let (tx, cancel) = Cancel::new();
@@ -139,7 +113,32 @@ fn cancel_on_signals() -> Result<Cancel> {
     Ok(cancel)
 }
 
-fn plan(args: &MigrateArgs, described: Option<vfmig_protocol::MacAddr>) -> Result<Plan> {
+/// Where the VM is, as the command line says.
+fn source_backend(args: &MigrateArgs) -> Result<Backend> {
+    Ok(match (&args.libvirt, &args.qmp, &args.agent) {
+        (Some(domain), _, _) => Backend::Libvirt {
+            uri: args.connect.clone(),
+            domain: domain.clone(),
+        },
+        (None, Some(qmp), Some(agent)) => Backend::Qemu {
+            qmp: qmp.clone(),
+            agent: agent.clone(),
+        },
+        _ => bail!("give --libvirt DOMAIN, or --qmp and --agent"),
+    })
+}
+
+/// The journal's default place: beside the QMP socket; for a libvirt domain, under
+/// /run/vfmig-host.
+fn default_journal(args: &MigrateArgs) -> PathBuf {
+    match (&args.libvirt, &args.qmp) {
+        (Some(domain), _) => PathBuf::from(format!("/run/vfmig-host/{domain}.vfmig-journal")),
+        (None, Some(qmp)) => journal::default_path(qmp),
+        (None, None) => PathBuf::from("vfmig.vfmig-journal"),
+    }
+}
+
+async fn plan(args: &MigrateArgs, backend: &Backend, described: Option<vfmig_protocol::MacAddr>) -> Result<Plan> {
     let n = args.vfs.len();
     for device in &args.vf_devices {
         match device.get("id").and_then(|i| i.as_str()) {
@@ -147,22 +146,26 @@ fn plan(args: &MigrateArgs, described: Option<vfmig_protocol::MacAddr>) -> Resul
             other => bail!("--vf-device {device} names {other:?}, which is no --vf"),
         }
     }
-    let vfs = args
-        .vfs
-        .iter()
-        .map(|id| VfPlan {
+    let mut vfs = Vec::new();
+    for id in &args.vfs {
+        let given = args.vf_devices.iter().find(|d| d["id"] == id.as_str()).cloned();
+        let device = match given {
+            Some(device) => Some(device),
+            None => backend.device_spec(id).await?,
+        };
+        vfs.push(VfPlan {
             id: id.clone(),
-            device: args.vf_devices.iter().find(|d| d["id"] == id.as_str()).cloned(),
+            device,
             mac: mac_for(&args.vf_macs, id, n).or(described.filter(|_| n == 1)),
-        })
-        .collect();
+        });
+    }
     Ok(Plan {
         vfs,
         uri: args.uri.clone(),
         fallback: args.fallback.into(),
         deadlines: args.deadlines.deadlines(),
         hold_margin: args.hold_margin_mib << 20,
-        journal: Some(args.journal.clone().unwrap_or_else(|| default_journal(&args.qmp))),
+        journal: Some(args.journal.clone().unwrap_or_else(|| default_journal(args))),
         standby: args.standby.clone(),
     })
 }
@@ -176,7 +179,18 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
             return sriov::verdict(&verdict, false);
         }
     }
-    if args.dest_qmp.is_some() && args.plug_devices.len() != args.vfs.len() {
+    let destination = match (&args.libvirt, &args.dest_qmp, &args.dest_agent) {
+        (Some(domain), _, _) if !args.plug_devices.is_empty() => Some(Backend::Libvirt {
+            uri: args.uri.clone(),
+            domain: domain.clone(),
+        }),
+        (None, Some(qmp), Some(agent)) => Some(Backend::Qemu {
+            qmp: qmp.clone(),
+            agent: agent.clone(),
+        }),
+        _ => None,
+    };
+    if destination.is_some() && args.plug_devices.len() != args.vfs.len() {
         bail!(
             "{} --vf but {} --plug-device: give one fresh VF per VF",
             args.vfs.len(),
@@ -184,17 +198,19 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         );
     }
     let described = descriptor.as_ref().map(|d| d.vf.mac);
-    let plan = plan(&args, described)?;
+    let backend = source_backend(&args)?;
+    let plan = plan(&args, &backend, described).await?;
     let journal = plan.journal.clone().unwrap_or_default();
     let ids = args.vfs.clone();
     let cancel = cancel_on_signals()?;
     let mut timeline = Timeline::new();
     let mut observe = observer();
-    let mut guest = ChannelGuest::new(&args.agent);
-    let source = with_qmp(&args.qmp, async |vm| {
-        run_source(vm, &mut guest, &plan, &mut timeline, &mut observe, cancel.clone()).await
-    })
-    .await?;
+    let source = backend
+        .with_vm(async |vm, agent| {
+            let mut guest = ChannelGuest::new(agent);
+            run_source(vm, &mut guest, &plan, &mut timeline, &mut observe, cancel.clone()).await
+        })
+        .await?;
     let saved = match source {
         Ok(saved) => saved,
         Err(e) => {
@@ -202,7 +218,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
             return Ok(failed(&e));
         }
     };
-    let (Some(dest_qmp), Some(dest_agent)) = (&args.dest_qmp, &args.dest_agent) else {
+    let Some(destination) = destination else {
         report(&timeline, args.json.as_ref())?;
         for s in saved.iter().flatten() {
             println!(
@@ -238,12 +254,20 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         attempts: 3,
         deadlines: args.deadlines.deadlines(),
     };
-    let mut guest = ChannelGuest::new(dest_agent);
-    let restored = with_qmp(dest_qmp, async |vm| {
-        let journal = Some((journal.as_path(), ids.as_slice()));
-        run_destination(vm, &mut guest, &spec, journal, &mut timeline, &mut observe).await
-    })
-    .await?;
+    let restored = destination
+        .with_vm(async |vm, agent| {
+            let journal = Some((journal.as_path(), ids.as_slice()));
+            run_destination(
+                vm,
+                &mut ChannelGuest::new(agent),
+                &spec,
+                journal,
+                &mut timeline,
+                &mut observe,
+            )
+            .await
+        })
+        .await?;
     report(&timeline, args.json.as_ref())?;
     finish(restored)
 }
@@ -302,11 +326,23 @@ async fn plug(args: PlugArgs) -> Result<ExitCode> {
     };
     let mut timeline = Timeline::new();
     let mut observe = observer();
-    let mut guest = ChannelGuest::new(&args.agent);
-    let restored = with_qmp(&args.qmp, async |vm| {
-        run_destination(vm, &mut guest, &spec, None, &mut timeline, &mut observe).await
-    })
-    .await?;
+    let backend = Backend::Qemu {
+        qmp: args.qmp,
+        agent: args.agent,
+    };
+    let restored = backend
+        .with_vm(async |vm, agent| {
+            run_destination(
+                vm,
+                &mut ChannelGuest::new(agent),
+                &spec,
+                None,
+                &mut timeline,
+                &mut observe,
+            )
+            .await
+        })
+        .await?;
     report(&timeline, args.json.as_ref())?;
     finish(restored)
 }
