@@ -8,6 +8,7 @@
 //!
 //! Migration states are an enum here; only a backend reads the hypervisor's own spelling.
 
+#[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod monitor;
 pub mod qemu;

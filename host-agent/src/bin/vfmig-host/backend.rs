@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 use vfmig_host::migration::MigrateError;
 use vfmig_host::qmp::Qmp;
+#[cfg(feature = "libvirt")]
 use vfmig_host::vm::libvirt::LibvirtVm;
 use vfmig_host::vm::qmp::QmpVm;
 use vfmig_host::vm::{Migration, Params, ParamsChange, Vm, VmError};
@@ -25,12 +26,14 @@ const RECONNECTS: u32 = 3;
 /// A connection to the VM's hypervisor.
 enum Connection {
     Qemu(Qmp),
+    #[cfg(feature = "libvirt")]
     Libvirt(LibvirtVm),
 }
 
 /// The VM, through whichever connection.
 pub enum AnyVm<'a> {
     Qemu(QmpVm<'a>),
+    #[cfg(feature = "libvirt")]
     Libvirt(&'a LibvirtVm),
 }
 
@@ -43,10 +46,15 @@ impl Backend {
                     .with_context(|| format!("QMP {}", qmp.display()))?;
                 (Connection::Qemu(qmp), agent.clone())
             }
+            #[cfg(feature = "libvirt")]
             Backend::Libvirt { uri, domain } => {
                 let vm = LibvirtVm::open(uri, domain)?;
                 let agent = vm.agent_socket()?;
                 (Connection::Libvirt(vm), PathBuf::from(agent))
+            }
+            #[cfg(not(feature = "libvirt"))]
+            Backend::Libvirt { uri, domain } => {
+                anyhow::bail!("this vfmig-host was built without libvirt: it cannot reach {domain} on {uri}")
             }
         })
     }
@@ -56,7 +64,12 @@ impl Backend {
     pub async fn device_spec(&self, id: &str) -> Result<Option<Value>> {
         match self {
             Backend::Qemu { .. } => Ok(None),
+            #[cfg(feature = "libvirt")]
             Backend::Libvirt { uri, domain } => Ok(LibvirtVm::open(uri, domain)?.device_spec(id)?),
+            #[cfg(not(feature = "libvirt"))]
+            Backend::Libvirt { domain, .. } => {
+                anyhow::bail!("this vfmig-host was built without libvirt: it cannot read {id} of {domain}")
+            }
         }
     }
 
@@ -71,6 +84,7 @@ impl Backend {
             let (connection, agent) = self.connect().await?;
             let vm = match &connection {
                 Connection::Qemu(qmp) => AnyVm::Qemu(QmpVm::new(qmp)),
+                #[cfg(feature = "libvirt")]
                 Connection::Libvirt(vm) => AnyVm::Libvirt(vm),
             };
             match step(&vm, &agent).await {
@@ -90,6 +104,7 @@ macro_rules! either {
     ($vm:expr, $v:ident => $call:expr) => {
         match $vm {
             AnyVm::Qemu($v) => $call,
+            #[cfg(feature = "libvirt")]
             AnyVm::Libvirt($v) => $call,
         }
     };
