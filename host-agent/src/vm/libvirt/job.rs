@@ -1,5 +1,8 @@
 //! The outgoing migration as libvirt's job: `virDomainMigrateToURI3` runs on a thread of its
-//! own (it returns when the migration ends), and the job statistics say how far it got.
+//! own (it returns when the migration ends), and the job's figures say how far it got. They
+//! are read with `virDomainGetJobInfo`: the `virt` crate's reading of
+//! `virDomainGetJobStats` builds a vector from the null pointer libvirt returns when no job
+//! runs (seen aborting vfmig-host on its precondition check).
 //!
 //! A migration counts as ended only once that call has returned: libvirt puts back the
 //! migration parameters it changed as the job ends, so anything vfmig sets after that stands.
@@ -56,7 +59,7 @@ impl Outgoing {
                     _ => Ok(outgoing),
                 };
             }
-            let begun = dom.get_job_stats(0).is_ok_and(|s| migration(&s).is_some());
+            let begun = dom.get_job_info().is_ok_and(|s| migration(&s).is_some());
             if begun || Instant::now() >= until {
                 return Ok(outgoing);
             }
@@ -87,7 +90,7 @@ impl Outgoing {
         }
         // Between the job's end and the call's return (the domain may already be undefined
         // here) there are no statistics: the call's return says how it ended.
-        let stats = match dom.get_job_stats(0) {
+        let stats = match dom.get_job_info() {
             Ok(stats) => stats,
             Err(e) if super::lost(&e) => return Err(vm_error("the migration job's statistics", e)),
             Err(_) => return Ok(ended(MigrationState::Active, None)),
@@ -119,6 +122,7 @@ fn migration(stats: &JobStats) -> Option<Migration> {
             transferred: stats.mem_processed.unwrap_or(0),
             remaining: stats.mem_remaining.unwrap_or(total),
             total,
+            // Not in the job info; vfmig's hold does not need it.
             dirty_sync_count: stats.mem_iteration.unwrap_or(0),
         }),
         error: None,
@@ -130,6 +134,6 @@ fn migration(stats: &JobStats) -> Option<Migration> {
 /// A migration this run did not start: one running (another client's, or one a killed run of
 /// vfmig-host left — libvirt aborts those when their client goes), or none.
 pub fn running(dom: &Domain) -> Result<Option<Migration>, VmError> {
-    let stats = dom.get_job_stats(0).map_err(|e| vm_error("the domain's job", e))?;
+    let stats = dom.get_job_info().map_err(|e| vm_error("the domain's job", e))?;
     Ok(migration(&stats))
 }
