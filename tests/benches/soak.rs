@@ -290,6 +290,7 @@ async fn hop(
                 vfs: saved
                     .into_iter()
                     .map(|saved| FreshVf {
+                        id: VF_ID.into(),
                         device: vf_device_json("e1000e", VF_ID, mac),
                         mac: None,
                         saved,

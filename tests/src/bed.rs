@@ -292,6 +292,7 @@ pub fn plan(uri: &str, fallback: Fallback) -> Plan {
 pub fn fresh_vf(device: serde_json::Value, saved: &Saved) -> PlugSpec {
     PlugSpec {
         vfs: vec![FreshVf {
+            id: device["id"].as_str().unwrap_or(VF_ID).to_owned(),
             device,
             mac: None,
             saved: saved.clone(),

@@ -84,6 +84,7 @@ async fn both_vfs_are_restored_onto_fresh_vfs_and_both_connections_survive() {
             .into_iter()
             .zip(saved)
             .map(|((id, mac), saved)| FreshVf {
+                id: id.into(),
                 device: vf_device_json("e1000e", id, mac),
                 mac: None,
                 saved,

@@ -31,12 +31,9 @@ fn fresh(spec: &PlugSpec) -> Result<Vec<Fresh>, MigrateError> {
                 error: error.into(),
                 saved: f.saved.describe(),
             };
-            let id = f
-                .device
-                .get("id")
-                .and_then(Value::as_str)
-                .filter(|id| !id.is_empty())
-                .ok_or_else(|| unusable("the fresh VF's device has no \"id\""))?;
+            if f.id.is_empty() {
+                return Err(unusable("the fresh VF has no id"));
+            }
             let mac = f
                 .device
                 .get("mac")
@@ -49,7 +46,7 @@ fn fresh(spec: &PlugSpec) -> Result<Vec<Fresh>, MigrateError> {
                     )
                 })?;
             Ok(Fresh {
-                id: id.to_owned(),
+                id: f.id.clone(),
                 device: f.device.clone(),
                 mac,
                 saved: f.saved.clone(),

@@ -83,7 +83,9 @@ pub struct Plan {
 /// A fresh VF for the destination, and the saved state it takes.
 #[derive(Clone, Debug)]
 pub struct FreshVf {
-    /// The spec that adds it (QMP `device_add` arguments, with its `id`).
+    /// Its id in the hypervisor, as the spec adds it.
+    pub id: String,
+    /// The spec that adds it: QMP `device_add` arguments, or `{"xml": …}` for libvirt.
     pub device: Value,
     /// Its MAC when `device` has none (a vfio-pci VF, given its MAC through the PF).
     pub mac: Option<MacAddr>,

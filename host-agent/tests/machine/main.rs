@@ -112,6 +112,7 @@ async fn migrate(world: &Shared, plan: &Plan, timeline: &mut Timeline) -> End {
             .into_iter()
             .enumerate()
             .map(|(i, saved)| FreshVf {
+                id: VFS[i].0.into(),
                 device: fresh_spec(i),
                 mac: None,
                 saved,

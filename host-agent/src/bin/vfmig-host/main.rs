@@ -247,8 +247,11 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         vfs: args
             .plug_devices
             .iter()
+            .zip(&args.vfs)
             .zip(saved)
-            .map(|(device, saved)| fresh(device, saved, &args.plug_macs, described, args.vfs.len()))
+            .map(|((device, replaces), saved)| {
+                fresh(device, replaces, saved, &args.plug_macs, described, args.vfs.len())
+            })
             .collect(),
         restore_mac: args.restore_mac,
         attempts: 3,
@@ -272,19 +275,40 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     finish(restored)
 }
 
+/// The fresh VF that replaces VF `replaces`: its id is the spec's (QMP) or the one it
+/// replaces (libvirt, whose spec names it by alias); its MAC the one given, the spec's, or the
+/// descriptor's.
 fn fresh(
     device: &serde_json::Value,
+    replaces: &str,
     saved: Saved,
     macs: &[(Option<String>, vfmig_protocol::MacAddr)],
     described: Option<vfmig_protocol::MacAddr>,
     n: usize,
 ) -> FreshVf {
-    let id = device.get("id").and_then(|i| i.as_str()).unwrap_or_default();
+    let id = device.get("id").and_then(|i| i.as_str()).unwrap_or(replaces).to_owned();
+    let mac = mac_for(macs, &id, n)
+        .or_else(|| spec_mac(device))
+        .or(described.filter(|_| n == 1));
     FreshVf {
+        id,
         device: device.clone(),
-        mac: mac_for(macs, id, n).or(described.filter(|_| n == 1)),
+        mac,
         saved,
     }
+}
+
+/// The MAC a device spec gives, as QMP arguments or libvirt XML.
+fn spec_mac(device: &serde_json::Value) -> Option<vfmig_protocol::MacAddr> {
+    if let Some(mac) = device.get("mac").and_then(|m| m.as_str()) {
+        return mac.parse().ok();
+    }
+    #[cfg(feature = "libvirt")]
+    if let Some(xml) = device.get("xml").and_then(|x| x.as_str()) {
+        let identity = vfmig_host::vm::libvirt::xml::spec_identity(xml).ok()?;
+        return identity.mac?.parse().ok();
+    }
+    None
 }
 
 /// Exit 0 only when every restore is whole; what the guest could not restore is printed.
@@ -310,8 +334,15 @@ fn finish(result: Result<Vec<Restored>, MigrateError>) -> Result<ExitCode> {
 }
 
 async fn plug(args: PlugArgs) -> Result<ExitCode> {
+    let id = args
+        .device
+        .get("id")
+        .and_then(|i| i.as_str())
+        .unwrap_or_default()
+        .to_owned();
     let spec = PlugSpec {
         vfs: vec![FreshVf {
+            id,
             device: args.device,
             mac: args.mac,
             saved: Saved {
