@@ -8,7 +8,7 @@
 //! kinds) is logged and dropped, never acted on.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,7 +61,6 @@ pub struct Session {
 }
 
 pub struct GuestChannel {
-    path: PathBuf,
     stream: UnixStream,
     decoder: Decoder,
     tracker: RequestTracker,
@@ -76,25 +75,19 @@ fn fresh_nonce() -> u64 {
 }
 
 impl GuestChannel {
+    /// The channel behind the unix socket at `path` (QEMU's chardev).
     pub async fn connect(path: &Path) -> Result<Self, ChannelError> {
-        Ok(Self {
-            path: path.to_owned(),
-            stream: UnixStream::connect(path).await?,
+        Ok(Self::over(UnixStream::connect(path).await?))
+    }
+
+    /// The channel over a stream already connected (libvirt's channel, carried to a socket).
+    pub fn over(stream: UnixStream) -> Self {
+        Self {
+            stream,
             decoder: Decoder::new(),
             tracker: RequestTracker::new(),
             inbox: VecDeque::new(),
-        })
-    }
-
-    /// Drops the connection, connects again and opens a new session. QEMU's chardev serves one
-    /// client at a time and takes the next once this one is gone; whatever was half-sent in
-    /// either direction is left behind (the guest's decoder skips to the next frame).
-    pub async fn reconnect(&mut self, agent: &str, deadline: Duration) -> Result<Session, ChannelError> {
-        self.stream = UnixStream::connect(&self.path).await?;
-        self.decoder = Decoder::new();
-        self.tracker = RequestTracker::new();
-        self.inbox.clear();
-        self.open_session(agent, deadline).await
+        }
     }
 
     /// Syncs with the guest agent and exchanges hellos, within `deadline`.

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokio::net::UnixStream;
+
 use tokio::time::Instant;
 use vfmig_protocol::message::{
     GuestMessage, HostMessage, InterfaceSelector, Keep, PrepareUnplug, Restore, Restored, SavedRef, StandbyRequest,
@@ -21,8 +23,12 @@ use crate::channel::{ChannelError, GuestChannel};
 /// How the host agent names itself in its hello.
 pub const HOST_AGENT: &str = concat!("vfmig-host ", env!("CARGO_PKG_VERSION"));
 
+/// How the channel is reached: the unix socket behind the VM's port, or a stream a manager
+/// hands over (libvirt's), connected anew each time.
+type Dial = Box<dyn Fn() -> std::io::Result<std::os::unix::net::UnixStream>>;
+
 pub struct ChannelGuest {
-    path: PathBuf,
+    dial: Dial,
     channel: Option<GuestChannel>,
     /// The session's version, once a hello was exchanged on the current connection.
     version: Option<ProtocolVersion>,
@@ -60,18 +66,30 @@ fn left(until: Instant) -> Duration {
 impl ChannelGuest {
     /// The guest behind the unix socket at `path`; nothing is connected until the first request.
     pub fn new(path: &Path) -> Self {
+        let path: PathBuf = path.to_owned();
+        Self::dialing(Box::new(move || std::os::unix::net::UnixStream::connect(&path)))
+    }
+
+    /// The guest behind whatever `dial` connects to, each time the channel is opened.
+    pub fn dialing(dial: Dial) -> Self {
         Self {
-            path: path.to_owned(),
+            dial,
             channel: None,
             version: None,
         }
+    }
+
+    fn connect(&self) -> Result<GuestChannel, ChannelError> {
+        let stream = (self.dial)()?;
+        stream.set_nonblocking(true)?;
+        Ok(GuestChannel::over(UnixStream::from_std(stream)?))
     }
 
     /// Connects and opens a session if there is none, by `until`.
     async fn open(&mut self, until: Instant) -> Result<(&mut GuestChannel, GuestInfo), ChannelError> {
         let mut channel = match self.channel.take() {
             Some(c) => c,
-            None => GuestChannel::connect(&self.path).await?,
+            None => self.connect()?,
         };
         let session = channel.open_session(HOST_AGENT, left(until)).await;
         let channel = self.channel.insert(channel);

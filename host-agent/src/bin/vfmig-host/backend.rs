@@ -1,11 +1,12 @@
 //! Which hypervisor the VM runs under, chosen on the command line: bare QEMU through a QMP
 //! socket of vfmig's own, or a libvirt domain. The state machine is the same for both.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
+use vfmig_host::guest::channel::ChannelGuest;
 use vfmig_host::migration::MigrateError;
 use vfmig_host::qmp::Qmp;
 #[cfg(feature = "libvirt")]
@@ -38,19 +39,24 @@ pub enum AnyVm<'a> {
 }
 
 impl Backend {
-    async fn connect(&self) -> Result<(Connection, PathBuf)> {
+    /// Connects to the hypervisor; the guest agent behind the VM's channel.
+    async fn connect(&self) -> Result<(Connection, ChannelGuest)> {
         Ok(match self {
             Backend::Qemu { qmp, agent } => {
                 let qmp = Qmp::connect(qmp)
                     .await
                     .with_context(|| format!("QMP {}", qmp.display()))?;
-                (Connection::Qemu(qmp), agent.clone())
+                (Connection::Qemu(qmp), ChannelGuest::new(agent))
             }
+            // The agent's channel through libvirt: reachable wherever the domain runs.
             #[cfg(feature = "libvirt")]
             Backend::Libvirt { uri, domain } => {
                 let vm = LibvirtVm::open(uri, domain)?;
-                let agent = vm.agent_socket()?;
-                (Connection::Libvirt(vm), PathBuf::from(agent))
+                let (uri, domain) = (uri.clone(), domain.clone());
+                let guest = ChannelGuest::dialing(Box::new(move || {
+                    vfmig_host::vm::libvirt::channel::dial_agent(&uri, &domain)
+                }));
+                (Connection::Libvirt(vm), guest)
             }
             #[cfg(not(feature = "libvirt"))]
             Backend::Libvirt { uri, domain } => {
@@ -73,21 +79,21 @@ impl Backend {
         }
     }
 
-    /// Runs `step` against the VM and its agent's socket, connecting again when the
-    /// connection is lost.
+    /// Runs `step` against the VM and its guest agent, connecting again when the connection
+    /// is lost.
     pub async fn with_vm<T>(
         &self,
-        mut step: impl AsyncFnMut(&AnyVm<'_>, &Path) -> Result<T, MigrateError>,
+        mut step: impl AsyncFnMut(&AnyVm<'_>, ChannelGuest) -> Result<T, MigrateError>,
     ) -> Result<Result<T, MigrateError>> {
         let mut attempt = 0;
         loop {
-            let (connection, agent) = self.connect().await?;
+            let (connection, guest) = self.connect().await?;
             let vm = match &connection {
                 Connection::Qemu(qmp) => AnyVm::Qemu(QmpVm::new(qmp)),
                 #[cfg(feature = "libvirt")]
                 Connection::Libvirt(vm) => AnyVm::Libvirt(vm),
             };
-            match step(&vm, &agent).await {
+            match step(&vm, guest).await {
                 Err(MigrateError::Lost(why)) if attempt < RECONNECTS => {
                     attempt += 1;
                     eprintln!("vfmig-host: {why}; connecting again and taking up the migration from the journal");

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
-use vfmig_host::guest::channel::ChannelGuest;
 use vfmig_host::migration::journal;
 use vfmig_host::migration::{
     run_destination, run_source, Cancel, FreshVf, Journal, MigrateError, Phase, Plan, PlugSpec, Saved, Step, Timeline,
@@ -206,8 +205,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     let mut timeline = Timeline::new();
     let mut observe = observer();
     let source = backend
-        .with_vm(async |vm, agent| {
-            let mut guest = ChannelGuest::new(agent);
+        .with_vm(async |vm, mut guest| {
             run_source(vm, &mut guest, &plan, &mut timeline, &mut observe, cancel.clone()).await
         })
         .await?;
@@ -258,17 +256,9 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         deadlines: args.deadlines.deadlines(),
     };
     let restored = destination
-        .with_vm(async |vm, agent| {
+        .with_vm(async |vm, mut guest| {
             let journal = Some((journal.as_path(), ids.as_slice()));
-            run_destination(
-                vm,
-                &mut ChannelGuest::new(agent),
-                &spec,
-                journal,
-                &mut timeline,
-                &mut observe,
-            )
-            .await
+            run_destination(vm, &mut guest, &spec, journal, &mut timeline, &mut observe).await
         })
         .await?;
     report(&timeline, args.json.as_ref())?;
@@ -362,17 +352,7 @@ async fn plug(args: PlugArgs) -> Result<ExitCode> {
         agent: args.agent,
     };
     let restored = backend
-        .with_vm(async |vm, agent| {
-            run_destination(
-                vm,
-                &mut ChannelGuest::new(agent),
-                &spec,
-                None,
-                &mut timeline,
-                &mut observe,
-            )
-            .await
-        })
+        .with_vm(async |vm, mut guest| run_destination(vm, &mut guest, &spec, None, &mut timeline, &mut observe).await)
         .await?;
     report(&timeline, args.json.as_ref())?;
     finish(restored)

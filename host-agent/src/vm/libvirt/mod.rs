@@ -14,6 +14,7 @@
 //! found by asking QEMU whether the device is still there, which also finds one that happened
 //! while nobody listened.
 
+pub mod channel;
 mod job;
 mod passthrough;
 pub mod xml;
@@ -83,14 +84,6 @@ impl LibvirtVm {
     /// The domain's live XML.
     pub fn xml(&self) -> Result<String, VmError> {
         self.dom.get_xml_desc(0).map_err(|e| vm_error("the domain's XML", e))
-    }
-
-    /// The unix socket of the guest agent's channel, from the domain's XML.
-    pub fn agent_socket(&self) -> Result<String, VmError> {
-        xml::agent_socket(&self.xml()?).map_err(|e| VmError::Refused {
-            request: "the domain's agent channel".into(),
-            error: e.to_string(),
-        })
     }
 
     /// The spec that attaches the device with alias `alias` again: its element in the

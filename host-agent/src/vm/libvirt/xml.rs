@@ -1,18 +1,16 @@
-//! What vfmig reads in libvirt's domain XML: where the guest agent's channel is, a device by
-//! its alias (the QEMU device id of a device the XML names `ua-…`), and what tells two
-//! devices of one alias apart (their MAC, the host VF they pass through).
+//! What vfmig reads in libvirt's domain XML: a device by its alias (the QEMU device id of a
+//! device the XML names `ua-…`), and what tells two devices of one alias apart (their MAC,
+//! the host VF they pass through).
 
 use roxmltree::{Document, Node};
 
-/// The virtio-serial port the guest agent listens on.
+/// The virtio-serial port the guest agent listens on, as the channel's target name.
 pub const AGENT_PORT: &str = "org.vfmig.agent.0";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum XmlError {
     #[error("the domain XML does not parse: {0}")]
     Parse(String),
-    #[error("the domain has no <channel type='unix'> with target name {AGENT_PORT}: give it one (see the example domain XML)")]
-    NoAgentChannel,
 }
 
 fn parse(xml: &str) -> Result<Document<'_>, XmlError> {
@@ -21,17 +19,6 @@ fn parse(xml: &str) -> Result<Document<'_>, XmlError> {
 
 fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
     node.children().find(|c| c.has_tag_name(name))
-}
-
-/// The unix socket of the agent's channel.
-pub fn agent_socket(domain_xml: &str) -> Result<String, XmlError> {
-    let doc = parse(domain_xml)?;
-    doc.descendants()
-        .filter(|n| n.has_tag_name("channel") && n.attribute("type") == Some("unix"))
-        .find(|n| child(*n, "target").and_then(|t| t.attribute("name")) == Some(AGENT_PORT))
-        .and_then(|n| child(n, "source")?.attribute("path"))
-        .map(str::to_owned)
-        .ok_or(XmlError::NoAgentChannel)
 }
 
 /// The device under `<devices>` whose alias is `alias`.
@@ -112,14 +99,6 @@ mod tests {
     </channel>
   </devices>
 </domain>"#;
-
-    #[test]
-    fn the_agents_socket_is_found_by_its_port_name() {
-        assert_eq!(agent_socket(DOMAIN).unwrap(), "/run/libvirt/qemu/vm1-agent.sock");
-        let without = DOMAIN.replace("org.vfmig.agent.0", "org.qemu.guest_agent.0");
-        assert_eq!(agent_socket(&without), Err(XmlError::NoAgentChannel));
-        assert!(matches!(agent_socket("<domain"), Err(XmlError::Parse(_))));
-    }
 
     #[test]
     fn a_device_is_found_by_its_alias_with_what_tells_it_apart() {
