@@ -55,7 +55,8 @@ const ENTER: &str = r#"set -e
 dir=$1
 mount -t sysfs sysfs /sys
 mount -t tmpfs -o mode=755 run /run
-mkdir /run/libvirt
+# /var/lock is /run/lock, where libvirt locks a chardev it hands out (virDomainOpenChannel).
+mkdir /run/libvirt /run/lock
 mount --bind "$dir/etc" /etc/libvirt
 mount --bind "$dir/lib" /var/lib/libvirt
 mount --bind "$dir/cache" /var/cache/libvirt
