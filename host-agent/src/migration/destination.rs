@@ -154,7 +154,8 @@ async fn plug<V: Vm, G: Guest>(
         }
     }
     for (index, f) in vfs.iter().enumerate().filter(|(_, f)| !f.plugged) {
-        let driver = f.device.get("driver").and_then(Value::as_str).unwrap_or("?");
+        // A QMP spec names its driver; a libvirt spec (XML) is named by the device's id.
+        let driver = f.device.get("driver").and_then(Value::as_str).unwrap_or(&f.id);
         if vm.device_present(&f.id).await? {
             if vm.device_is(&f.id, &f.device).await? {
                 record(Phase::Plugged, format!("{driver} {} (already plugged)", f.mac));
