@@ -270,9 +270,12 @@ async fn every_item_that_cannot_be_applied_is_reported_and_the_rest_is_restored(
     }
     state.sort();
     let saved = seal_and_open(state);
-    // The saved name is held by another link: restore keeps the new link's name and says so.
-    ip_batch("link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink add vfa0 type veth peer name other\n")
-        .unwrap();
+    // The saved name is held by another link that carries an address: restore keeps the new
+    // link's name and says so (a bare holder is moved aside: tests/session.rs).
+    ip_batch(
+        "link del vfa0\nlink add vfb0 type veth peer name vfb0p\nlink add vfa0 type veth peer name other\naddress add 203.0.113.9/24 dev vfa0\n",
+    )
+    .unwrap();
     let report = restore(&handle, &saved, index_of("vfb0"), RestoreOptions::default())
         .await
         .unwrap();
