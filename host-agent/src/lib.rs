@@ -11,9 +11,13 @@
 //! - [`migration`]: the state machines of both sides, their journal and timeline.
 //! - [`qmp`], [`channel`]: a thin QMP client; the host's end of the guest channel.
 //! - [`sriov`]: VFs on the host's PF: reading, provisioning for vfio-pci, releasing.
+//! - [`domain_xml`], [`hook`]: libvirt's domain XML as vfmig reads and marks it; what the
+//!   libvirt hook decides about an incoming migration, and the host's configuration.
 
 pub mod channel;
+pub mod domain_xml;
 pub mod guest;
+pub mod hook;
 pub mod migration;
 pub mod qmp;
 pub mod sriov;

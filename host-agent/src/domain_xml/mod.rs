@@ -1,6 +1,13 @@
 //! What vfmig reads in libvirt's domain XML: a device by its alias (the QEMU device id of a
 //! device the XML names `ua-…`), and what tells two devices of one alias apart (their MAC,
-//! the host VF they pass through).
+//! the host VF they pass through); and, in [`metadata`], the VFs the domain says vfmig
+//! migrates and the mark vfmig-host puts on the definition it migrates it with.
+//!
+//! Pure text in, text out: it links no libvirt, so the hook, which libvirt runs, uses it too.
+//! Edits replace byte ranges of the original, so everything vfmig does not touch stays as
+//! libvirt wrote it.
+
+pub mod metadata;
 
 use roxmltree::{Document, Node};
 
@@ -13,16 +20,16 @@ pub enum XmlError {
     Parse(String),
 }
 
-fn parse(xml: &str) -> Result<Document<'_>, XmlError> {
+pub(crate) fn parse(xml: &str) -> Result<Document<'_>, XmlError> {
     Document::parse(xml).map_err(|e| XmlError::Parse(e.to_string()))
 }
 
-fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
+pub(crate) fn child<'a, 'i>(node: Node<'a, 'i>, name: &str) -> Option<Node<'a, 'i>> {
     node.children().find(|c| c.has_tag_name(name))
 }
 
 /// The device under `<devices>` whose alias is `alias`.
-fn device<'a, 'i>(doc: &'a Document<'i>, alias: &str) -> Option<Node<'a, 'i>> {
+pub(crate) fn device<'a, 'i>(doc: &'a Document<'i>, alias: &str) -> Option<Node<'a, 'i>> {
     let devices = doc.root_element().children().find(|n| n.has_tag_name("devices"))?;
     devices
         .children()
@@ -47,17 +54,25 @@ fn identity_of(node: Node<'_, '_>) -> Identity {
     let mac = child(node, "mac")
         .and_then(|m| m.attribute("address"))
         .map(str::to_lowercase);
-    let host_address = child(node, "source").and_then(|s| child(s, "address")).map(|a| {
-        let field = |name| a.attribute(name).unwrap_or("?");
-        format!(
-            "{}:{}:{}.{}",
-            field("domain"),
-            field("bus"),
-            field("slot"),
-            field("function")
-        )
-    });
+    let host_address = child(node, "source")
+        .and_then(|s| child(s, "address"))
+        .map(|a| pci_address(a).unwrap_or_else(|| "an unreadable address".into()));
     Identity { mac, host_address }
+}
+
+/// A PCI `<address>` element as sysfs names the device (`0000:3b:02.1`).
+pub(crate) fn pci_address(a: Node<'_, '_>) -> Option<String> {
+    let field = |name| {
+        let text = a.attribute(name)?;
+        u32::from_str_radix(text.trim_start_matches("0x"), 16).ok()
+    };
+    Some(format!(
+        "{:04x}:{:02x}:{:02x}.{:x}",
+        field("domain")?,
+        field("bus")?,
+        field("slot")?,
+        field("function")?
+    ))
 }
 
 /// The identity of the device with alias `alias` in a domain's XML.
@@ -73,10 +88,10 @@ pub fn spec_identity(device_xml: &str) -> Result<Identity, XmlError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const DOMAIN: &str = r#"<domain type='qemu'>
+    pub(crate) const DOMAIN: &str = r#"<domain type='qemu'>
   <name>vm1</name>
   <devices>
     <interface type='ethernet'>
@@ -118,7 +133,7 @@ mod tests {
             device_identity(DOMAIN, "ua-vf2").unwrap(),
             Some(Identity {
                 mac: Some("52:54:00:aa:00:01".into()),
-                host_address: Some("0x0000:0x3b:0x02.0x1".into())
+                host_address: Some("0000:3b:02.1".into())
             })
         );
         assert_eq!(device_xml(DOMAIN, "ua-none").unwrap(), None);

@@ -74,6 +74,15 @@ pub async fn describe(handle: &Handle, pf: &str, index: u32) -> Result<VfDescrip
     Ok(VfDescriptor::new(pci::pf_model(pf)?, vf))
 }
 
+/// The descriptor of the VF at PCI `address` (as a domain's hostdev names it); none when that
+/// function is no VF.
+pub async fn describe_address(handle: &Handle, address: &str) -> Result<Option<VfDescriptor>, SriovError> {
+    match pci::vf_of(address)? {
+        Some((pf, index)) => Ok(Some(describe(handle, &pf, index).await?)),
+        None => Ok(None),
+    }
+}
+
 /// Whether VF `index` is free: not given to a VM (bound to vfio-pci) and not in use on the
 /// host (an interface of its own that is up). Its MAC says nothing: a host VF driver picks one
 /// itself, and the PF reports that.

@@ -100,6 +100,33 @@ pub fn vf_address(pf: &str, index: u32) -> Result<String, SriovError> {
         })
 }
 
+/// The PF (its interface name) and index of the VF at PCI `address`; none when the function
+/// is no VF (`physfn` absent).
+pub fn vf_of(address: &str) -> Result<Option<(String, u32)>, SriovError> {
+    let dev = Path::new(PCI_DEVICES).join(address);
+    let physfn = dev.join("physfn");
+    let Ok(pf_dev) = fs::canonicalize(&physfn) else {
+        return Ok(None);
+    };
+    let net = pf_dev.join("net");
+    let pf = sysfs(&net, fs::read_dir(&net))?
+        .filter_map(Result::ok)
+        .find_map(|e| e.file_name().to_str().map(str::to_owned))
+        .ok_or_else(|| SriovError::Sysfs {
+            path: net.clone(),
+            error: io::Error::other("the VF's PF has no network interface"),
+        })?;
+    for index in 0..num_vfs(&pf)? {
+        if vf_address(&pf, index)? == address {
+            return Ok(Some((pf, index)));
+        }
+    }
+    Err(SriovError::Sysfs {
+        path: physfn,
+        error: io::Error::other(format!("{address} is none of its PF's VFs")),
+    })
+}
+
 fn driver_at(dev: &Path) -> Result<Option<String>, SriovError> {
     match fs::read_link(dev.join("driver")) {
         Ok(target) => Ok(target.file_name().and_then(|n| n.to_str()).map(str::to_owned)),

@@ -33,8 +33,8 @@ where, and running the same command again takes the migration up from its journa
 #[derive(Args)]
 pub struct MigrateArgs {
     /// The libvirt domain to migrate, by name or UUID: libvirt runs the migration (live,
-    /// peer-to-peer, to the libvirt at --uri), the agent's socket is read from the domain's
-    /// XML, and the destination step (with --plug-device) runs on the destination's libvirt.
+    /// peer-to-peer, to the libvirt at --uri), the agent is reached through the domain's
+    /// channel, and the destination step runs on the destination's libvirt.
     #[arg(long, value_name = "DOMAIN", conflicts_with_all = ["qmp", "agent", "dest_qmp", "dest_agent"])]
     pub libvirt: Option<String>,
     /// The source's libvirt, with --libvirt.
@@ -77,7 +77,9 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub dest_agent: Option<PathBuf>,
     /// device_add arguments (JSON) for a fresh VF on the destination, with its "id" and "mac"
-    /// (for vfio-pci, which has none, see --plug-mac); once per --vf, in the same order.
+    /// (for vfio-pci, which has none, see --plug-mac); once per --vf, in the same order. With
+    /// --libvirt, {"xml": "<interface …>"} or {"xml": "<hostdev …>"}; default: the VF as the
+    /// destination defines it (the one its hook provisioned).
     #[arg(long = "plug-device", value_parser = json_object)]
     pub plug_devices: Vec<Value>,
     /// A VF's MAC, for a VF device without a mac property (vfio-pci), as ID=MAC (or MAC

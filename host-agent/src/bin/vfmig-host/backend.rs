@@ -79,6 +79,18 @@ impl Backend {
         }
     }
 
+    /// Takes vfmig's mark off the migrated domain's definition: the migration is over, and a
+    /// later plain one must not pass for vfmig's.
+    pub async fn unmark(&self) -> Result<()> {
+        match self {
+            Backend::Qemu { .. } => Ok(()),
+            #[cfg(feature = "libvirt")]
+            Backend::Libvirt { uri, domain } => Ok(LibvirtVm::open(uri, domain)?.clear_mark()?),
+            #[cfg(not(feature = "libvirt"))]
+            Backend::Libvirt { .. } => Ok(()),
+        }
+    }
+
     /// Runs `step` against the VM and its guest agent, connecting again when the connection
     /// is lost.
     pub async fn with_vm<T>(

@@ -17,6 +17,7 @@ use vfmig_protocol::message::Restored;
 
 mod args;
 mod backend;
+mod hook;
 mod sriov;
 
 use args::{mac_for, MigrateArgs, PlugArgs, MIGRATE_HELP};
@@ -52,6 +53,10 @@ enum Command {
     /// guest restore the saved state onto it (after `migrate` without --dest-*, or to finish
     /// by hand after a failed plug).
     Plug(PlugArgs),
+    /// What /etc/libvirt/hooks/qemu.d/vfmig runs, with libvirt's arguments and the domain XML
+    /// on standard input: refuses a migration of a domain with VFs for vfmig that vfmig-host
+    /// did not start, provisions the VFs of an incoming one, releases them when it leaves.
+    LibvirtHook(hook::HookArgs),
     #[command(flatten)]
     Sriov(sriov::SriovCommand),
 }
@@ -179,7 +184,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         }
     }
     let destination = match (&args.libvirt, &args.dest_qmp, &args.dest_agent) {
-        (Some(domain), _, _) if !args.plug_devices.is_empty() => Some(Backend::Libvirt {
+        (Some(domain), _, _) => Some(Backend::Libvirt {
             uri: args.uri.clone(),
             domain: domain.clone(),
         }),
@@ -189,7 +194,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         }),
         _ => None,
     };
-    if destination.is_some() && args.plug_devices.len() != args.vfs.len() {
+    if destination.is_some() && !args.plug_devices.is_empty() && args.plug_devices.len() != args.vfs.len() {
         bail!(
             "{} --vf but {} --plug-device: give one fresh VF per VF",
             args.vfs.len(),
@@ -241,9 +246,12 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
+    let plug_devices = match args.plug_devices.is_empty() {
+        false => args.plug_devices.clone(),
+        true => defined_there(&destination, &args.vfs).await?,
+    };
     let spec = PlugSpec {
-        vfs: args
-            .plug_devices
+        vfs: plug_devices
             .iter()
             .zip(&args.vfs)
             .zip(saved)
@@ -261,8 +269,26 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
             run_destination(vm, &mut guest, &spec, journal, &mut timeline, &mut observe).await
         })
         .await?;
+    if let Err(e) = destination.unmark().await {
+        eprintln!("vfmig-host: {e:#}");
+    }
     report(&timeline, args.json.as_ref())?;
     finish(restored)
+}
+
+/// The fresh VFs as the destination defines them, for a libvirt migration given no
+/// --plug-device: the VFs the hook provisioned there, under the source's aliases.
+async fn defined_there(destination: &Backend, vfs: &[String]) -> Result<Vec<serde_json::Value>> {
+    let mut specs = Vec::new();
+    for id in vfs {
+        match destination.device_spec(id).await? {
+            Some(spec) => specs.push(spec),
+            None => bail!(
+                "the destination defines no {id} to plug: give --plug-device, or list it in the domain's vfmig metadata with its network"
+            ),
+        }
+    }
+    Ok(specs)
 }
 
 /// The fresh VF that replaces VF `replaces`: its id is the spec's (QMP) or the one it
@@ -293,9 +319,8 @@ fn spec_mac(device: &serde_json::Value) -> Option<vfmig_protocol::MacAddr> {
     if let Some(mac) = device.get("mac").and_then(|m| m.as_str()) {
         return mac.parse().ok();
     }
-    #[cfg(feature = "libvirt")]
     if let Some(xml) = device.get("xml").and_then(|x| x.as_str()) {
-        let identity = vfmig_host::vm::libvirt::xml::spec_identity(xml).ok()?;
+        let identity = vfmig_host::domain_xml::spec_identity(xml).ok()?;
         return identity.mac?.parse().ok();
     }
     None
@@ -367,6 +392,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Migrate(args) => migrate(*args).await,
         Command::Plug(args) => plug(args).await,
+        Command::LibvirtHook(args) => Ok(hook::run(args).await),
         Command::Sriov(command) => sriov::run(command).await,
     };
     result.unwrap_or_else(|e| {

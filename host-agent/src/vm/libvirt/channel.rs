@@ -16,7 +16,7 @@ use virt::domain::Domain;
 use virt::stream::Stream;
 use virt::sys;
 
-use super::xml::AGENT_PORT;
+use crate::domain_xml::AGENT_PORT;
 
 /// Opens the guest agent's channel of `domain` on the libvirt at `uri`; the local end of it.
 pub fn dial_agent(uri: &str, domain: &str) -> io::Result<UnixStream> {

@@ -40,10 +40,9 @@ const FLAGS: u32 = sys::VIR_MIGRATE_LIVE
 impl Outgoing {
     /// Starts the migration to the libvirt at `target`, and returns once libvirt's job runs
     /// (or the call failed).
-    pub async fn start(dom: &Domain, target: &str) -> Result<Self, VmError> {
+    pub async fn start(dom: &Domain, target: &str, params: MigrateParameters) -> Result<Self, VmError> {
         let (migrating, target) = (dom.clone(), target.to_owned());
-        let call =
-            std::thread::spawn(move || migrating.migrate_to_uri3(Some(&target), MigrateParameters::default(), FLAGS));
+        let call = std::thread::spawn(move || migrating.migrate_to_uri3(Some(&target), params, FLAGS));
         let mut outgoing = Self {
             call: Some(call),
             ended: None,

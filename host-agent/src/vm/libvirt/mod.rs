@@ -17,7 +17,6 @@
 pub mod channel;
 mod job;
 mod passthrough;
-pub mod xml;
 
 use std::cell::RefCell;
 use std::time::Duration;
@@ -26,12 +25,14 @@ use serde_json::Value;
 use tokio::time::Instant;
 use vfmig_protocol::MacAddr;
 use virt::connect::Connect;
-use virt::domain::Domain;
+use virt::domain::{Domain, MigrateParameters};
 use virt::error::{Error as LibvirtError, ErrorNumber};
 use virt::sys;
 
 use super::qemu::Qemu;
 use super::{Migration, Params, ParamsChange, Vm, VmError};
+use crate::domain_xml::{self as xml, metadata};
+use crate::sriov;
 use job::Outgoing;
 use passthrough::Passthrough;
 
@@ -45,6 +46,46 @@ fn lost(e: &LibvirtError) -> bool {
         e.code(),
         ErrorNumber::SystemError | ErrorNumber::Rpc | ErrorNumber::NoConnect | ErrorNumber::InvalidConn
     )
+}
+
+fn unreadable(e: xml::XmlError) -> VmError {
+    VmError::Refused {
+        request: "the domain's XML".into(),
+        error: e.to_string(),
+    }
+}
+
+/// The definition the destination starts the domain from: the live one with vfmig's mark,
+/// so that the destination's hook tells this migration from a plain one and vfmig-host there
+/// tells the source's VFs from the guest's; each VF the domain lists that is an SR-IOV VF here
+/// carries its descriptor, for the hook to check and provision. The persistent definition
+/// there gets no mark.
+async fn marked(live: &str) -> Result<String, VmError> {
+    let mut vfs = Vec::new();
+    for vf in metadata::managed_vfs(live).map_err(unreadable)? {
+        let mut descriptor = None;
+        if let Some(address) = metadata::host_address(live, &vf.alias).map_err(unreadable)? {
+            let refused = |e: &dyn std::fmt::Display| VmError::Refused {
+                request: format!("describing {} ({address})", vf.alias),
+                error: e.to_string(),
+            };
+            let handle = sriov::connect().map_err(|e| refused(&e))?;
+            if let Some(d) = sriov::describe_address(&handle, &address)
+                .await
+                .map_err(|e| refused(&e))?
+            {
+                descriptor = Some(serde_json::to_string(&d).map_err(|e| refused(&e))?);
+            }
+        }
+        vfs.push(metadata::MarkedVf {
+            alias: vf.alias,
+            descriptor,
+        });
+    }
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    metadata::with_mark(live, &metadata::Mark { at, vfs }).map_err(unreadable)
 }
 
 fn vm_error(request: &str, e: LibvirtError) -> VmError {
@@ -96,6 +137,22 @@ impl LibvirtVm {
         Ok(found.map(|xml| serde_json::json!({ "xml": xml })))
     }
 
+    /// Takes vfmig's migration mark off the domain's live definition (the migration that set
+    /// it is over; a later plain migration must not pass for vfmig's).
+    pub fn clear_mark(&self) -> Result<(), VmError> {
+        let kind = sys::VIR_DOMAIN_METADATA_ELEMENT as i32;
+        self.dom
+            .set_metadata(
+                kind,
+                None,
+                None,
+                Some(metadata::MIGRATION_NS),
+                sys::VIR_DOMAIN_AFFECT_LIVE,
+            )
+            .map(drop)
+            .map_err(|e| vm_error("removing vfmig's migration mark", e))
+    }
+
     fn in_definition(&self, alias: &str) -> Result<bool, VmError> {
         let xml = self.xml()?;
         xml::device_xml(&xml, alias)
@@ -136,7 +193,27 @@ impl Vm for LibvirtVm {
     }
 
     async fn start_migration(&self, target: &str) -> Result<(), VmError> {
-        let outgoing = Outgoing::start(&self.dom, target).await?;
+        let live = self
+            .dom
+            .get_xml_desc(sys::VIR_DOMAIN_XML_MIGRATABLE)
+            .map_err(|e| vm_error("the domain's XML", e))?;
+        let mut params = MigrateParameters {
+            dest_xml: Some(marked(&live).await?),
+            ..MigrateParameters::default()
+        };
+        if self
+            .dom
+            .is_persistent()
+            .map_err(|e| vm_error("whether the domain is persistent", e))?
+        {
+            let flags = sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_MIGRATABLE;
+            params.persist_xml = Some(
+                self.dom
+                    .get_xml_desc(flags)
+                    .map_err(|e| vm_error("the domain's persistent XML", e))?,
+            );
+        }
+        let outgoing = Outgoing::start(&self.dom, target, params).await?;
         *self.outgoing.borrow_mut() = Some(outgoing);
         Ok(())
     }
@@ -216,7 +293,14 @@ impl Vm for LibvirtVm {
             error: e.to_string(),
         };
         let wanted = xml::spec_identity(xml).map_err(unreadable)?;
-        let there = xml::device_identity(&self.xml()?, id).map_err(unreadable)?;
+        let live = self.xml()?;
+        // Defined here from the source's XML, as vfmig's mark says: the source's VF, whatever
+        // it looks like (the hook points a hostdev at the VF it provisioned here).
+        let mark = metadata::mark(&live).map_err(unreadable)?;
+        if mark.is_some_and(|m| m.vfs.iter().any(|vf| vf.alias == id)) {
+            return Ok(false);
+        }
+        let there = xml::device_identity(&live, id).map_err(unreadable)?;
         Ok(there.is_some_and(|there| {
             wanted.mac.as_ref().is_none_or(|m| there.mac.as_ref() == Some(m))
                 && wanted
