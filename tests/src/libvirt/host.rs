@@ -33,12 +33,14 @@ use super::{capabilities, BedError};
 
 /// The host's private directories: where each is in the host's directory, and where libvirtd
 /// sees it.
-const PRIVATE: [(&str, &str); 5] = [
+const PRIVATE: [(&str, &str); 7] = [
     ("etc", "/etc/libvirt"),
     ("lib", "/var/lib/libvirt"),
     ("cache", "/var/cache/libvirt"),
     ("log", "/var/log/libvirt"),
     ("run", "/run/libvirt"),
+    ("vfmig-etc", "/etc/vfmig"),
+    ("vfmig-log", "/var/log/vfmig"),
 ];
 
 /// Run by `unshare` in the host's fresh namespaces: mounts what makes the host, then becomes
@@ -62,6 +64,11 @@ mount --bind "$dir/lib" /var/lib/libvirt
 mount --bind "$dir/cache" /var/cache/libvirt
 mount --bind "$dir/log" /var/log/libvirt
 mount --bind "$dir/run" /run/libvirt
+# vfmig's hook configuration and log, where the vfmig-host package puts them (made on the
+# machine if it has no such directories: a bind mount needs somewhere to go).
+mkdir -p /etc/vfmig /var/log/vfmig
+mount --bind "$dir/vfmig-etc" /etc/vfmig
+mount --bind "$dir/vfmig-log" /var/log/vfmig
 mount --bind "$dir/hosts" /etc/hosts
 mount --bind "$dir/resolv.conf" /etc/resolv.conf
 hostname "$2"
@@ -160,7 +167,25 @@ impl Host {
         self.write_executable(&Path::new("/etc/libvirt/hooks/qemu.d").join(name), script)
     }
 
+    /// Installs vfmig's shipped hook (`host-agent/libvirt/vfmig`) as the package does, as
+    /// /etc/libvirt/hooks/qemu.d/vfmig, calling the `vfmig-host` at `binary`; and `config` as
+    /// /etc/vfmig/host.toml.
+    pub fn install_vfmig_hook(&self, binary: &Path, config: &str) -> Result<(), BedError> {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../host-agent/libvirt/vfmig");
+        let script = fs::read_to_string(&shipped).map_err(|error| BedError::Io {
+            what: shipped.display().to_string(),
+            error,
+        })?;
+        let script = script.replace("/usr/bin/vfmig-host", &binary.display().to_string());
+        self.add_hook("vfmig", &script)?;
+        self.write_file(Path::new("/etc/vfmig/host.toml"), config, 0o644)
+    }
+
     fn write_executable(&self, inside: &Path, text: &str) -> Result<(), BedError> {
+        self.write_file(inside, text, 0o755)
+    }
+
+    fn write_file(&self, inside: &Path, text: &str, mode: u32) -> Result<(), BedError> {
         let path = self.path(inside).ok_or_else(|| BedError::Io {
             what: inside.display().to_string(),
             error: io::Error::other("not under the host's private directories"),
@@ -170,7 +195,7 @@ impl Host {
                 fs::create_dir_all(parent)?;
             }
             fs::write(&path, text)?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
         })();
         written.map_err(|error| BedError::Io {
             what: path.display().to_string(),
