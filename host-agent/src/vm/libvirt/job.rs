@@ -73,9 +73,9 @@ impl Outgoing {
             self.ended = Some(match result {
                 Some(Ok(Ok(()))) => ended(MigrationState::Completed, None),
                 Some(Ok(Err(e))) if e.code() == ErrorNumber::OperationAborted => {
-                    ended(MigrationState::Cancelled, Some(e.message().to_owned()))
+                    ended(MigrationState::Cancelled, Some(super::one_line(&e)))
                 }
-                Some(Ok(Err(e))) => ended(MigrationState::Failed, Some(e.message().to_owned())),
+                Some(Ok(Err(e))) => ended(MigrationState::Failed, Some(super::one_line(&e))),
                 Some(Err(_)) | None => ended(MigrationState::Failed, Some("the migration call panicked".into())),
             });
         }

@@ -88,13 +88,20 @@ async fn marked(live: &str) -> Result<String, VmError> {
     metadata::with_mark(live, &metadata::Mark { at, vfs }).map_err(unreadable)
 }
 
+/// libvirt's message on one line: a hook's refusal carries the hook's standard error, newlines
+/// and all, and vfmig-host's message is one line.
+pub(super) fn one_line(e: &LibvirtError) -> String {
+    let lines: Vec<&str> = e.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines.join(" / ")
+}
+
 fn vm_error(request: &str, e: LibvirtError) -> VmError {
     if lost(&e) {
         VmError::Lost(format!("libvirt: {e}"))
     } else {
         VmError::Refused {
             request: request.into(),
-            error: e.message().to_owned(),
+            error: one_line(&e),
         }
     }
 }
