@@ -235,3 +235,104 @@ async fn check_answers_compatible_or_not_with_the_reason() {
         "{out}"
     );
 }
+
+/// A domain as libvirt hands the destination's hook an incoming vfmig migration: its VF a
+/// hostdev on the source's PCI address, listed for vfmig on network "tenant", and vfmig-host's
+/// mark made at `at` with the source VF's descriptor (none: a plain migration).
+fn incoming(at: Option<u64>, descriptor: &Value) -> String {
+    use vfmig_host::domain_xml::metadata::{with_mark, Mark, MarkedVf};
+    let xml = "<domain type='kvm'><name>vm1</name><metadata>\
+        <vfmig:vfs xmlns:vfmig='urn:vfmig:domain:1'><vfmig:vf alias='ua-vf' network='tenant'/></vfmig:vfs>\
+        </metadata><devices><interface type='hostdev' managed='no'><mac address='52:54:00:aa:00:01'/>\
+        <source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source>\
+        <alias name='ua-vf'/></interface></devices></domain>";
+    match at {
+        Some(at) => {
+            let vfs = vec![MarkedVf {
+                alias: "ua-vf".into(),
+                descriptor: Some(descriptor.to_string()),
+            }];
+            with_mark(xml, &Mark { at, vfs }).unwrap()
+        }
+        None => xml.to_owned(),
+    }
+}
+
+/// The hook as libvirt runs it, the domain XML at /tmp/in.xml on its standard input; what it
+/// prints for libvirt goes to /tmp/out.xml, what it says to libvirt's caller is the output.
+fn hook(domain: &str, operation: &str) -> String {
+    format!("libvirt-hook --config /tmp/host.toml {domain} {operation} - < /tmp/in.xml 2>&1 > /tmp/out.xml")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_libvirt_hook_provisions_vfmig_s_migration_and_releases_the_vf_when_the_domain_leaves() {
+    let mut host = SriovHost::boot().await.unwrap_or_else(|e| panic!("{e}"));
+    let pf = host.pf.clone();
+    let before = host.vf_snapshot().await;
+    let d = descriptor(&mut host, 0).await;
+    let config = |vlans: &str| {
+        format!(
+            "[networks.tenant]\npf = \"{pf}\"\nallow_vlans = [{vlans}]\nallow_trust = true\n\n\
+             [hook]\nlog = \"/tmp/hook.log\"\nstate_dir = \"/tmp/hook-state\"\n"
+        )
+    };
+    let now: u64 = host.shell.ok("date +%s").await.unwrap().trim().parse().unwrap();
+
+    // A plain migration: refused, naming vfmig, nothing taken.
+    host.write("/tmp/host.toml", &config("100")).await;
+    host.write("/tmp/in.xml", &incoming(None, &d)).await;
+    let (rc, out) = host.vfmig(&hook("vm1", "migrate begin")).await;
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("vfmig-host migrate --libvirt vm1"), "{out}");
+    // vfmig's, but VLAN 100 is not allowed here: refused with the reason, nothing taken.
+    host.write("/tmp/host.toml", &config("200")).await;
+    host.write("/tmp/in.xml", &incoming(Some(now), &d)).await;
+    let (rc, out) = host.vfmig(&hook("vm1", "migrate begin")).await;
+    assert_eq!(rc, 1, "{out}");
+    assert!(
+        out.contains("ua-vf on network tenant") && out.contains("VLAN 100"),
+        "{out}"
+    );
+    assert_eq!(host.vf_snapshot().await, before, "a refusal took a VF");
+
+    // Allowed: a VF like the source's, bound to vfio-pci, and the definition libvirt starts
+    // the domain from names it.
+    host.write("/tmp/host.toml", &config("100")).await;
+    let (rc, out) = host.vfmig(&hook("vm1", "migrate begin")).await;
+    assert_eq!(rc, 0, "{out}");
+    let line = host.ip_vf_line(0).await;
+    for want in [
+        &format!("link/ether {MAC}"),
+        "vlan 100",
+        "spoof checking off",
+        "trust on",
+    ] {
+        assert!(line.contains(want), "{want:?} missing from {line}");
+    }
+    let (address, driver) = host.vf_driver(0).await;
+    assert_eq!(driver, "vfio-pci");
+    let definition = host.shell.ok("cat /tmp/out.xml").await.unwrap();
+    assert_eq!(
+        vfmig_host::domain_xml::metadata::host_address(&definition, "ua-vf").unwrap(),
+        Some(address.clone()),
+        "{definition}"
+    );
+    let log = host.shell.ok("cat /tmp/hook.log").await.unwrap();
+    assert!(
+        log.contains(&format!("vm1: ua-vf: provisioned {pf} VF 0 ({address})")),
+        "{log}"
+    );
+
+    // Other operations pass and change nothing; the domain leaving hands the VF back.
+    let (rc, out) = host.vfmig(&hook("vm1", "started begin")).await;
+    assert_eq!(rc, 0, "{out}");
+    let (rc, out) = host.vfmig(&hook("vm1", "release end")).await;
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(host.vf_snapshot().await, before, "released: the VFs as they were");
+    let (rc, out) = host
+        .shell
+        .run("test -e /tmp/hook-state/vm1.json", std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_ne!(rc, 0, "the record outlived the release: {out}");
+}
