@@ -118,5 +118,10 @@ install_packaging_deps() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     fi
+    # dpkg-shlibdeps: the host package's dependencies on the libraries it links (libvirt0).
+    if ! command -v dpkg-shlibdeps >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev >/dev/null
+    fi
     command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
 }
