@@ -1,8 +1,11 @@
 //! `vfmig-bed demo`: vfmig's main job on the local QEMU test bed. Boots a guest on a source
 //! QEMU with an e1000e VF and a standby virtio-net, a destination QEMU waiting with an empty
 //! root port, and a peer host probing the guest; then runs `vfmig-host migrate` exactly as a
-//! migration hook would and reports what the peer saw. Everything it starts lives in network namespaces it makes and
-//! is killed when it ends.
+//! migration hook would and reports what the peer saw. `vfmig-bed demo --libvirt` does the
+//! same between two libvirt hosts ([`libvirt`]). Everything it starts lives in network
+//! namespaces it makes and is killed when it ends.
+
+mod libvirt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,18 +15,24 @@ use std::time::Duration;
 use serde_json::json;
 use vfmig_testbed::fabric::{Fabric, GUEST_V4};
 use vfmig_testbed::image::guest_image;
-use vfmig_testbed::probe::{wait_answering, Probe, TcpProbe};
+use vfmig_testbed::probe::{wait_answering, Probe, ProbeReport, TcpProbe};
 use vfmig_testbed::vm::{vf_device_json, ScratchDir, Vm, VmConfig, VF_ID};
 
 const SOURCE_MAC: &str = "52:54:00:10:00:01";
 const FRESH_MAC: &str = "52:54:00:20:00:02";
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() != Some("demo") {
-        eprintln!("usage: vfmig-bed demo   (as root; runs vfmig-host from beside this binary)");
-        return ExitCode::from(2);
-    }
-    match demo() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args[..] {
+        ["demo"] => demo(),
+        ["demo", "--libvirt"] => libvirt::demo(),
+        _ => {
+            eprintln!("usage: vfmig-bed demo [--libvirt]   (as root; runs vfmig-host from beside this binary)");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("vfmig-bed: {e}");
@@ -32,10 +41,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo() -> Result<ExitCode, String> {
-    let host_bin = std::env::current_exe()
+/// The vfmig-host beside this binary.
+fn host_bin() -> Result<PathBuf, String> {
+    Ok(std::env::current_exe()
         .map_err(|e| e.to_string())?
-        .with_file_name("vfmig-host");
+        .with_file_name("vfmig-host"))
+}
+
+/// What the peer saw, and the exit status: vfmig-host's success and a live connection.
+fn peer_saw(report: &ProbeReport, alive: &Result<(), String>, timeline: &std::path::Path, migrated: bool) -> ExitCode {
+    println!("\nwhat the peer saw:");
+    println!(
+        "  longest blackout {} ms; {} of {} probes lost",
+        report.max_gap.as_millis(),
+        report.lost(),
+        report.sent
+    );
+    match alive {
+        Ok(()) => println!("  the TCP connection opened before the migration passed data both ways after it"),
+        Err(e) => println!("  the TCP connection opened before the migration broke: {e}"),
+    }
+    let json: PathBuf = std::env::temp_dir().join("vfmig-demo-timeline.json");
+    if std::fs::copy(timeline, &json).is_ok() {
+        println!("  timeline as JSON: {}", json.display());
+    }
+    if migrated && alive.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn demo() -> Result<ExitCode, String> {
+    let host_bin = host_bin()?;
     let image = guest_image()?;
     let fabric = Fabric::new().map_err(|e| e.to_string())?;
     // Each host has the VF's tap and the standby virtio-net's.
@@ -108,26 +146,6 @@ fn demo() -> Result<ExitCode, String> {
         .map_err(|e| format!("running {}: {e}", host_bin.display()))?;
     std::thread::sleep(Duration::from_millis(500));
     let report = probe.stop();
-    let alive = tcp.round_trip("after\n");
-
-    println!("\nwhat the peer saw:");
-    println!(
-        "  longest blackout {} ms; {} of {} probes lost",
-        report.max_gap.as_millis(),
-        report.lost(),
-        report.sent
-    );
-    match &alive {
-        Ok(()) => println!("  the TCP connection opened before the migration passed data both ways after it"),
-        Err(e) => println!("  the TCP connection opened before the migration broke: {e}"),
-    }
-    let json: PathBuf = std::env::temp_dir().join("vfmig-demo-timeline.json");
-    if std::fs::copy(&timeline, &json).is_ok() {
-        println!("  timeline as JSON: {}", json.display());
-    }
-    Ok(if status.success() && alive.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    let alive = tcp.round_trip("after\n").map_err(|e| e.to_string());
+    Ok(peer_saw(&report, &alive, &timeline, status.success()))
 }
