@@ -126,11 +126,14 @@ impl SriovHost {
         out
     }
 
-    /// Writes `text` to `path` in the host VM.
+    /// Writes `text` to `path` in the host VM, line by line (the shell takes one command line).
     pub async fn write(&mut self, path: &str, text: &str) {
-        let text = text.replace('\n', " ").replace('\'', "'\\''");
+        let lines: Vec<String> = text
+            .lines()
+            .map(|l| format!("'{}'", l.replace('\'', "'\\''")))
+            .collect();
         self.shell
-            .ok(&format!("printf '%s' '{text}' > {path}"))
+            .ok(&format!("printf '%s\\n' {} > {path}", lines.join(" ")))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }

@@ -177,14 +177,12 @@ impl Timeline {
             );
         }
         if let Some(q) = &self.qemu {
-            let _ = writeln!(
-                out,
-                "QEMU: {}, total {} ms, downtime {} ms, {} MiB transferred",
-                q.status.as_deref().unwrap_or("?"),
-                q.total_time_ms.map_or("?".into(), |v| v.to_string()),
-                q.downtime_ms.map_or("?".into(), |v| v.to_string()),
-                mib(q.ram_transferred)
-            );
+            // What the hypervisor reported, and only that (libvirt's job info has no downtime).
+            let mut said = vec![q.status.clone().unwrap_or_else(|| "?".into())];
+            said.extend(q.total_time_ms.map(|v| format!("total {v} ms")));
+            said.extend(q.downtime_ms.map(|v| format!("downtime {v} ms")));
+            said.extend(q.ram_transferred.map(|v| format!("{} MiB transferred", mib(Some(v)))));
+            let _ = writeln!(out, "QEMU: {}", said.join(", "));
         }
         out
     }
