@@ -14,7 +14,7 @@ use std::time::Duration;
 use vfmig_testbed::bed::{echo, BOOT, NETWORK};
 use vfmig_testbed::host_bin;
 use vfmig_testbed::host_cli::{reached, run_until};
-use vfmig_testbed::libvirt::{fresh_vf_xml, BedError, GuestDomain, Host, LibvirtBed};
+use vfmig_testbed::libvirt::{BedError, GuestDomain, Host, LibvirtBed};
 use vfmig_testbed::probe::{wait_answering, TcpProbe};
 use vfmig_testbed::shell::GuestShell;
 
@@ -99,32 +99,13 @@ async fn shell(host: &Host, guest: &GuestDomain) -> GuestShell {
 
 /// `vfmig-host migrate --libvirt` of the guest from host 1 to host 2, run on host 1.
 fn vfmig(bed: &LibvirtBed) -> Command {
-    let [one, two] = &bed.hosts;
-    let plug = serde_json::json!({ "xml": fresh_vf_xml(FRESH_MAC) }).to_string();
     let journal = bed.dir.join("vfmig.journal");
-    let mut cmd = one.command(&host_bin()).expect("host 1 runs");
-    cmd.args([
-        "migrate",
-        "--libvirt",
-        NAME,
-        "--connect",
-        &one.uri(),
-        "--uri",
-        &two.uri(),
-    ])
-    .args([
-        "--vf",
-        "ua-vf",
-        "--plug-device",
-        &plug,
-        "--agent-timeout",
-        "20",
-        "--journal",
-    ])
-    .arg(&journal)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = bed.vfmig_migrate(&host_bin(), NAME, FRESH_MAC).expect("host 1 runs");
+    cmd.args(["--agent-timeout", "20", "--journal"])
+        .arg(&journal)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd
 }
 

@@ -124,6 +124,30 @@ impl LibvirtBed {
         })?;
         Ok(path)
     }
+    /// `vfmig-host migrate --libvirt DOMAIN --vf ua-vf` run on host 1 towards host 2, as an
+    /// operator runs it there, the fresh VF an emulated NIC with `fresh_mac`; `None` when host 1
+    /// does not run.
+    pub fn vfmig_migrate(
+        &self,
+        host_bin: &std::path::Path,
+        domain: &str,
+        fresh_mac: &str,
+    ) -> Option<std::process::Command> {
+        let [one, two] = &self.hosts;
+        let plug = serde_json::json!({ "xml": fresh_vf_xml(fresh_mac) }).to_string();
+        let mut cmd = one.command(host_bin)?;
+        cmd.args([
+            "migrate",
+            "--libvirt",
+            domain,
+            "--connect",
+            &one.uri(),
+            "--uri",
+            &two.uri(),
+        ])
+        .args(["--vf", "ua-vf", "--plug-device", &plug]);
+        Some(cmd)
+    }
 
     /// What the bed has on the machine, to check afterwards that none of it is left.
     pub fn footprint(&self) -> Footprint {

@@ -4,13 +4,12 @@
 //! it, while the peer probes it. Then what libvirt and the hook say on each host.
 
 use std::process::{ExitCode, Stdio};
-use std::time::Duration;
 
 use vfmig_testbed::bed::{echo, BOOT};
-use vfmig_testbed::libvirt::{fresh_vf_xml, GuestDomain, LibvirtBed};
+use vfmig_testbed::libvirt::{GuestDomain, LibvirtBed};
 use vfmig_testbed::probe::{wait_answering, Probe, TcpProbe};
 
-use super::{host_bin, peer_saw, FRESH_MAC, SOURCE_MAC};
+use super::{host_bin, peer_saw, run_probed, FRESH_MAC, SOURCE_MAC};
 
 const NAME: &str = "vfmig-guest";
 
@@ -33,31 +32,16 @@ pub fn demo() -> Result<ExitCode, String> {
     let probe = Probe::start(&bed.peer, echo()).map_err(|e| e.to_string())?;
 
     let timeline = bed.dir.join("timeline.json");
-    let plug = serde_json::json!({ "xml": fresh_vf_xml(FRESH_MAC) }).to_string();
-    let mut cmd = one.command(&host_bin).ok_or("host 1 is not running")?;
-    cmd.args([
-        "migrate",
-        "--libvirt",
-        NAME,
-        "--connect",
-        &one.uri(),
-        "--uri",
-        &two.uri(),
-    ])
-    .args(["--vf", "ua-vf", "--plug-device", &plug, "--json"])
-    .arg(&timeline)
-    .stdin(Stdio::null());
+    let mut cmd = bed
+        .vfmig_migrate(&host_bin, NAME, FRESH_MAC)
+        .ok_or("host 1 is not running")?;
+    cmd.arg("--json").arg(&timeline).stdin(Stdio::null());
     println!(
         "\n$ vfmig-host migrate --libvirt {NAME} --connect {} --uri {} --vf ua-vf --plug-device '{{\"xml\":\"<interface …><mac address=\\\"{FRESH_MAC}\\\"/>…\"}}'",
         one.uri(),
         two.uri()
     );
-    let status = cmd
-        .status()
-        .map_err(|e| format!("running {}: {e}", host_bin.display()))?;
-    std::thread::sleep(Duration::from_millis(500));
-    let report = probe.stop();
-    let alive = tcp.round_trip("after\n").map_err(|e| e.to_string());
+    let (migrated, report, alive) = run_probed(cmd, &host_bin, probe, &mut tcp)?;
 
     println!("\nwhat libvirt says:");
     for host in [one, two] {
@@ -92,7 +76,7 @@ pub fn demo() -> Result<ExitCode, String> {
         two.name,
         log.lines().last().unwrap_or("(nothing logged)")
     );
-    let code = peer_saw(&report, &alive, &timeline, status.success());
+    let code = peer_saw(&report, &alive, &timeline, migrated);
     bed.stop();
     Ok(code)
 }

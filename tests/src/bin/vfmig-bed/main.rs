@@ -141,11 +141,22 @@ fn demo() -> Result<ExitCode, String> {
         .arg("--json")
         .arg(&timeline);
     println!("\n$ vfmig-host migrate --vf {VF_ID} --uri {uri} --dest-… --plug-device '{{\"driver\":\"e1000e\",\"mac\":\"{FRESH_MAC}\",…}}'");
+    let (migrated, report, alive) = run_probed(cmd, &host_bin, probe, &mut tcp)?;
+    Ok(peer_saw(&report, &alive, &timeline, migrated))
+}
+
+/// Runs vfmig-host, then stops the peer's probe and passes data over its TCP connection.
+fn run_probed(
+    mut cmd: Command,
+    host_bin: &std::path::Path,
+    probe: Probe,
+    tcp: &mut TcpProbe,
+) -> Result<(bool, ProbeReport, Result<(), String>), String> {
     let status = cmd
         .status()
         .map_err(|e| format!("running {}: {e}", host_bin.display()))?;
     std::thread::sleep(Duration::from_millis(500));
     let report = probe.stop();
     let alive = tcp.round_trip("after\n").map_err(|e| e.to_string());
-    Ok(peer_saw(&report, &alive, &timeline, status.success()))
+    Ok((status.success(), report, alive))
 }
