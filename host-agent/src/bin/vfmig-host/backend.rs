@@ -39,19 +39,20 @@ pub enum AnyVm<'a> {
 }
 
 impl Backend {
-    /// Connects to the hypervisor; the guest agent behind the VM's channel.
-    async fn connect(&self) -> Result<(Connection, ChannelGuest)> {
+    /// Connects to the hypervisor; the guest agent behind the VM's channel. `side` (source,
+    /// destination) names which in an error.
+    async fn connect(&self, side: &str) -> Result<(Connection, ChannelGuest)> {
         Ok(match self {
             Backend::Qemu { qmp, agent } => {
                 let qmp = Qmp::connect(qmp)
                     .await
-                    .with_context(|| format!("QMP {}", qmp.display()))?;
+                    .with_context(|| format!("{side} QMP {}", qmp.display()))?;
                 (Connection::Qemu(qmp), ChannelGuest::new(agent))
             }
             // The agent's channel through libvirt: reachable wherever the domain runs.
             #[cfg(feature = "libvirt")]
             Backend::Libvirt { uri, domain } => {
-                let vm = LibvirtVm::open(uri, domain)?;
+                let vm = LibvirtVm::open(uri, domain).with_context(|| format!("the {side}"))?;
                 let (uri, domain) = (uri.clone(), domain.clone());
                 let guest = ChannelGuest::dialing(Box::new(move || {
                     vfmig_host::vm::libvirt::channel::dial_agent(&uri, &domain)
@@ -95,11 +96,12 @@ impl Backend {
     /// is lost.
     pub async fn with_vm<T>(
         &self,
+        side: &str,
         mut step: impl AsyncFnMut(&AnyVm<'_>, ChannelGuest) -> Result<T, MigrateError>,
     ) -> Result<Result<T, MigrateError>> {
         let mut attempt = 0;
         loop {
-            let (connection, guest) = self.connect().await?;
+            let (connection, guest) = self.connect(side).await?;
             let vm = match &connection {
                 Connection::Qemu(qmp) => AnyVm::Qemu(QmpVm::new(qmp)),
                 #[cfg(feature = "libvirt")]

@@ -210,7 +210,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
     let mut timeline = Timeline::new();
     let mut observe = observer();
     let source = backend
-        .with_vm(async |vm, mut guest| {
+        .with_vm("source", async |vm, mut guest| {
             run_source(vm, &mut guest, &plan, &mut timeline, &mut observe, cancel.clone()).await
         })
         .await?;
@@ -264,7 +264,7 @@ async fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         deadlines: args.deadlines.deadlines(),
     };
     let restored = destination
-        .with_vm(async |vm, mut guest| {
+        .with_vm("destination", async |vm, mut guest| {
             let journal = Some((journal.as_path(), ids.as_slice()));
             run_destination(vm, &mut guest, &spec, journal, &mut timeline, &mut observe).await
         })
@@ -377,7 +377,9 @@ async fn plug(args: PlugArgs) -> Result<ExitCode> {
         agent: args.agent,
     };
     let restored = backend
-        .with_vm(async |vm, mut guest| run_destination(vm, &mut guest, &spec, None, &mut timeline, &mut observe).await)
+        .with_vm("destination", async |vm, mut guest| {
+            run_destination(vm, &mut guest, &spec, None, &mut timeline, &mut observe).await
+        })
         .await?;
     report(&timeline, args.json.as_ref())?;
     finish(restored)
