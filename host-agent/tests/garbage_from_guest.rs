@@ -99,7 +99,8 @@ async fn a_guest_flooding_garbage_costs_a_few_log_lines() {
         elapsed.as_millis(),
         lines.len()
     );
-    // The first drop, a summary for each second begun, and the rest when the wait ends.
+    // The first drop, a summary for each second begun, and the rest when the channel goes,
+    // however many sync retries the flood spans.
     let allowed = 2 + elapsed.as_secs_f64().ceil() as usize;
     assert!(
         lines.len() <= allowed,

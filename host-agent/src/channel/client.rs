@@ -65,6 +65,10 @@ pub struct GuestChannel {
     decoder: Decoder,
     tracker: RequestTracker,
     inbox: VecDeque<(message::Envelope<GuestMessage>, Progress)>,
+    /// One tally for the channel's life, not one per wait: a flood that spans the sync's
+    /// retries costs a line when it starts, a summary a second, and one for the rest when
+    /// the channel is dropped, however many waits it crossed.
+    drops: vfmig_droplog::DropLog,
 }
 
 fn fresh_nonce() -> u64 {
@@ -87,6 +91,7 @@ impl GuestChannel {
             decoder: Decoder::new(),
             tracker: RequestTracker::new(),
             inbox: VecDeque::new(),
+            drops: vfmig_droplog::DropLog::new("the guest"),
         }
     }
 
@@ -182,9 +187,6 @@ impl GuestChannel {
         waiting_for: &'static str,
     ) -> Result<(message::Envelope<GuestMessage>, Progress), ChannelError> {
         let mut buf = vec![0u8; 64 << 10];
-        // A tally per wait: a guest flooding the channel costs a line when the wait starts
-        // dropping, a summary a second, and one for the rest when the wait ends.
-        let mut drops = vfmig_droplog::DropLog::new("the guest");
         loop {
             if let Some(r) = self.inbox.pop_front() {
                 return Ok(r);
@@ -214,20 +216,20 @@ impl GuestChannel {
                 let payload = match frame {
                     Ok(p) => p,
                     Err(e) => {
-                        drops.note(e.kind(), &e);
+                        self.drops.note(e.kind(), &e);
                         continue;
                     }
                 };
                 let env = match message::decode(&payload) {
                     Ok(env) => env,
                     Err(e) => {
-                        drops.note("undecodable message", &e);
+                        self.drops.note("undecodable message", &e);
                         continue;
                     }
                 };
                 match self.tracker.accept(&env) {
                     Ok(progress) => self.inbox.push_back((env, progress)),
-                    Err(e) => drops.note("unexpected reply", &e),
+                    Err(e) => self.drops.note("unexpected reply", &e),
                 }
             }
         }
