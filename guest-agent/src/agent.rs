@@ -9,7 +9,7 @@ use vfmig_protocol::message::{
     Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, InterfaceSelector, Keep, Kept, Phase, PrepareUnplug,
     Restore, Restored, StandbyRequest, StateSaved, Status, TrackDma, UnplugReady, MAX_FAILURES, MAX_TEXT,
 };
-use vfmig_protocol::netstate::{differences, digest, SavedState};
+use vfmig_protocol::netstate::{check, differences, digest, SavedState};
 use vfmig_protocol::version::{negotiate, SUPPORTED};
 use vfmig_protocol::ErrorCode;
 
@@ -44,8 +44,24 @@ pub struct Agent {
 fn error(code: ErrorCode, message: impl std::fmt::Display) -> GuestMessage {
     GuestMessage::Error(ErrorReply {
         code,
-        message: message.to_string(),
+        message: bounded(message.to_string()),
     })
+}
+
+/// Items joined with "; ", as many as fit well inside one message, the rest counted: the
+/// agent's log has every one.
+fn listing(items: &[String]) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if out.len() + item.len() > MAX_TEXT / 2 {
+            return format!("{out}; and {} more (the agent's log lists each)", items.len() - i);
+        }
+        if i > 0 {
+            out.push_str("; ");
+        }
+        out.push_str(item);
+    }
+    out
 }
 
 /// A failure line cut to what the host accepts, at a character boundary.
@@ -191,14 +207,28 @@ impl Agent {
             Ok(c) => c,
             Err(e) => return vec![error(ErrorCode::CaptureFailed, e)],
         };
-        for skipped in &captured.skipped {
-            tracing::warn!(skipped, "not saved");
+        let name = captured.state.identity.name.clone();
+        // Whatever restore would refuse or leave out is refused now, while the VF is still
+        // there, never found out after the unplug.
+        if let Err(inconsistency) = check(&captured.state) {
+            let why = format!("the state of {name} would not restore ({inconsistency}); nothing was saved");
+            return vec![error(ErrorCode::Unrestorable, why)];
         }
+        for item in &captured.unrestorable {
+            tracing::warn!(item, accepted = p.accept_loss, "restore would not put this back");
+        }
+        if !captured.unrestorable.is_empty() && !p.accept_loss {
+            let why = format!(
+                "{name} holds what restore would not put back: {}; nothing was saved (the host may accept the loss)",
+                listing(&captured.unrestorable)
+            );
+            return vec![error(ErrorCode::Unrestorable, why)];
+        }
+        let lost = captured.unrestorable;
         let state = SavedState {
             captured_unix_ms: netstate::unix_ms_now(),
             interface: captured.state,
         };
-        let name = state.interface.identity.name.clone();
         if let Err(e) = store::save(&store::path_for(&self.store_dir, &name), &state) {
             return vec![error(ErrorCode::StorageFailed, e)];
         }
@@ -217,7 +247,8 @@ impl Agent {
             None => None,
         };
         self.set_phase(Phase::Saved);
-        let saved = self.state_saved(&name, &state, moved);
+        let mut saved = self.state_saved(&name, &state, moved);
+        saved.lost = lost.into_iter().take(MAX_FAILURES).collect();
         self.events.emit(Event::Saved(saved.clone()));
         vec![
             GuestMessage::StateSaved(saved),
@@ -236,6 +267,7 @@ impl Agent {
             neighbours: count(s.neighbours.len()),
             standby,
             location: Some(store::path_for(&self.store_dir, name).display().to_string()),
+            lost: Vec::new(),
         }
     }
 
@@ -251,17 +283,18 @@ impl Agent {
     }
 
     /// Loads the state saved under `name`, refusing it when it is not the one the host names.
-    fn load_named(&self, name: &str, digest_wanted: Option<&str>) -> Result<SavedState, GuestMessage> {
-        let saved =
-            store::load(&store::path_for(&self.store_dir, name)).map_err(|e| error(ErrorCode::InvalidState, e))?;
+    /// The refusal is boxed: a message is large beside a state handed back on success.
+    fn load_named(&self, name: &str, digest_wanted: Option<&str>) -> Result<SavedState, Box<GuestMessage>> {
+        let saved = store::load(&store::path_for(&self.store_dir, name))
+            .map_err(|e| Box::new(error(ErrorCode::InvalidState, e)))?;
         match digest_wanted {
-            Some(wanted) if digest(&saved) != wanted => Err(error(
+            Some(wanted) if digest(&saved) != wanted => Err(Box::new(error(
                 ErrorCode::StateMismatch,
                 format!(
                     "the state saved for {name} has digest {}, not {wanted}: it is not the one the host means; nothing was changed",
                     digest(&saved)
                 ),
-            )),
+            ))),
             _ => Ok(saved),
         }
     }
@@ -269,7 +302,7 @@ impl Agent {
     async fn restore(&mut self, r: Restore) -> GuestMessage {
         let saved = match self.load_named(&r.saved, r.digest.as_deref()) {
             Ok(s) => s,
-            Err(refusal) => return refusal,
+            Err(refusal) => return *refusal,
         };
         let index = match self.wait_for_link(&r.onto).await {
             Ok(i) => i,
@@ -288,7 +321,7 @@ impl Agent {
             Some(named) => match self.load_named(&named.interface, Some(&named.digest)) {
                 Ok(state) => Some((named.interface.clone(), state)),
                 Err(_) if !store::path_for(&self.store_dir, &named.interface).exists() => None,
-                Err(refusal) => return refusal,
+                Err(refusal) => return *refusal,
             },
             // Unnamed (the host gave up before it heard of a save): only a save still awaiting
             // its restore is undone, never an older state a finished migration left on record.

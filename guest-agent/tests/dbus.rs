@@ -118,6 +118,7 @@ async fn the_service_shows_what_the_agent_saved_and_restored_and_signals_each() 
             },
             deadline_ms: 5000,
             standby: StandbyRequest::Off,
+            accept_loss: false,
         }))
         .await;
     let GuestMessage::StateSaved(told_host) = &replies[0] else {

@@ -117,6 +117,7 @@ async fn a_link_with_a_saved_mac_is_restored_without_the_host() {
         interface: by_name,
         deadline_ms: 5000,
         standby: StandbyRequest::Off,
+        accept_loss: false,
     }))
     .await;
     host.reply().await;
@@ -180,6 +181,7 @@ async fn hello_prepare_unplug_and_restore_over_a_stream() {
             interface: by_name,
             deadline_ms: 5000,
             standby: StandbyRequest::Off,
+            accept_loss: false,
         }))
         .await;
     let (saved, progress) = host.reply().await;
@@ -282,6 +284,7 @@ async fn a_standby_carries_the_vfs_state_through_the_gap_and_gives_it_back() {
         interface: by_name("vfa0"),
         deadline_ms: 5000,
         standby: StandbyRequest::Use(by_name("sb0")),
+        accept_loss: false,
     }))
     .await;
     let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
@@ -360,6 +363,7 @@ async fn a_named_standby_that_is_missing_or_down_is_refused_and_auto_goes_withou
             interface: by_name("vfa0"),
             deadline_ms: 5000,
             standby: StandbyRequest::Use(by_name(standby)),
+            accept_loss: false,
         }))
         .await;
         let GuestMessage::Error(e) = host.reply().await.0.msg else {
@@ -381,6 +385,7 @@ async fn a_named_standby_that_is_missing_or_down_is_refused_and_auto_goes_withou
         interface: by_name("vfa0"),
         deadline_ms: 5000,
         standby: StandbyRequest::Auto,
+        accept_loss: false,
     }))
     .await;
     let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
@@ -422,12 +427,18 @@ async fn a_vf_enslaved_to_a_master_is_left_alone() {
         },
         deadline_ms: 5000,
         standby: StandbyRequest::Auto,
+        accept_loss: true,
     }))
     .await;
     let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
         panic!("not saved")
     };
     assert_eq!(s.standby, None, "moved off a VF its master fails over");
+    assert_eq!(
+        s.lost,
+        ["vfa0 is a port of br0 (bridge): the fresh VF would not rejoin it"],
+        "the loss the host accepted is named"
+    );
     let standby = capture(&handle, "sb0").await.unwrap().state;
     assert!(standby.addresses.is_empty() && standby.routes.is_empty(), "{standby:?}");
     std::fs::remove_dir_all(store).unwrap();
@@ -447,6 +458,7 @@ impl Host {
             interface: by_name("vfa0"),
             deadline_ms: 5000,
             standby,
+            accept_loss: false,
         }))
         .await;
         let GuestMessage::StateSaved(s) = self.reply().await.0.msg else {
@@ -695,6 +707,7 @@ async fn fresh_vfs_that_arrive_with_each_others_names_get_their_own() {
             interface: by_name(name),
             deadline_ms: 5000,
             standby: StandbyRequest::Off,
+            accept_loss: false,
         }))
         .await;
         host.reply().await;
@@ -726,5 +739,51 @@ async fn fresh_vfs_that_arrive_with_each_others_names_get_their_own() {
             Vec::<String>::new()
         );
     }
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+/// A state restore would not wholly put back is refused before anything is saved, each item
+/// named, with the VF as it was; a host that accepts the loss gets the save, the loss named.
+#[tokio::test(flavor = "current_thread")]
+async fn a_state_restore_cannot_put_back_is_refused_with_nothing_saved_unless_the_loss_is_accepted() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    ip_batch("link add vfa0.10 link vfa0 type macvlan\naddr add 198.18.40.2/24 dev vfa0.10\n").unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-unrestorable-{}", std::process::id()));
+    let mut host = start_agent(&handle, &store).await;
+    let before = capture(&handle, "vfa0").await.unwrap().state;
+    let ask = |accept_loss| {
+        HostMessage::PrepareUnplug(PrepareUnplug {
+            interface: by_name("vfa0"),
+            deadline_ms: 5000,
+            standby: StandbyRequest::Off,
+            accept_loss,
+        })
+    };
+    host.send(ask(false)).await;
+    let GuestMessage::Error(e) = host.reply().await.0.msg else {
+        panic!("not refused")
+    };
+    assert_eq!(e.code, ErrorCode::Unrestorable);
+    assert_eq!(
+        e.message,
+        "vfa0 holds what restore would not put back: vfa0.10 (macvlan) is stacked on vfa0: upper devices \
+         are not restored; nothing was saved (the host may accept the loss)"
+    );
+    assert!(
+        !store.exists() || std::fs::read_dir(&store).unwrap().next().is_none(),
+        "something was saved"
+    );
+    assert_eq!(capture(&handle, "vfa0").await.unwrap().state, before, "the VF changed");
+
+    host.send(ask(true)).await;
+    let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
+        panic!("not saved")
+    };
+    assert_eq!(
+        s.lost,
+        ["vfa0.10 (macvlan) is stacked on vfa0: upper devices are not restored"]
+    );
     std::fs::remove_dir_all(store).unwrap();
 }

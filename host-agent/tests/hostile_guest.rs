@@ -165,6 +165,7 @@ async fn misbehave(stream: &mut UnixStream, id: u64, how: Hostile) {
                 neighbours: 1,
                 standby: None,
                 location: None,
+                lost: vec![],
             });
             loop {
                 if Instant::now() > until || send(stream, id, &saved).await.is_err() {
@@ -242,6 +243,7 @@ async fn every_hostile_guest_gets_a_bounded_outcome_within_the_deadline() {
         },
         deadline_ms: 2000,
         standby: StandbyRequest::Off,
+        accept_loss: false,
     });
     let base = peak_rss_kib();
     println!("{:<18} {:>8}  outcome", "guest", "ms");

@@ -35,6 +35,9 @@ pub enum ErrorCode {
     StandbyUnusable,
     /// The saved state on record is not the one the host named (another digest).
     StateMismatch,
+    /// The interface's state holds what restore cannot put back (an upper device, a master,
+    /// a multipath leg, …); the message names each item and nothing was saved (1.2).
+    Unrestorable,
     /// A code this build does not know.
     Other(u16),
 }
@@ -54,6 +57,7 @@ impl ErrorCode {
             Self::HookUnavailable => 10,
             Self::StandbyUnusable => 11,
             Self::StateMismatch => 12,
+            Self::Unrestorable => 13,
             Self::Other(n) => n,
         }
     }
@@ -72,6 +76,7 @@ impl ErrorCode {
             10 => Self::HookUnavailable,
             11 => Self::StandbyUnusable,
             12 => Self::StateMismatch,
+            13 => Self::Unrestorable,
             n => Self::Other(n),
         }
     }

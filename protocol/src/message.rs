@@ -85,6 +85,10 @@ pub struct PrepareUnplug {
     /// (an older host) means automatic.
     #[serde(default)]
     pub standby: StandbyRequest,
+    /// Save even what restore cannot put back, reporting it in `state_saved.lost` (1.2).
+    /// Unset, such a state is refused with error 13 naming each item, and nothing changes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_loss: bool,
 }
 
 /// The standby path: a paravirtual NIC on the same network carries the VF's addresses from
@@ -164,6 +168,10 @@ pub struct StateSaved {
     /// Where in the guest the state is kept (1.1), for an operator who has to finish by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// What the state held that restore will not put back, one line each (1.2): only ever
+    /// non-empty when the host asked with `accept_loss`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,25 +379,14 @@ impl Message for GuestMessage {
                 validate_ifname("interface", &s.interface)?;
                 validate_digest(&s.digest)?;
                 s.location.as_deref().map_or(Ok(()), |l| validate_text("location", l))?;
+                validate_lines("lost", &s.lost)?;
                 s.standby.as_deref().map_or(Ok(()), |n| validate_ifname("standby", n))
             }
             Self::UnplugReady(u) => validate_ifname("interface", &u.interface),
             Self::Restored(r) => {
                 validate_ifname("interface", &r.interface)?;
-                if r.failed.len() > MAX_FAILURES {
-                    return Err(format!(
-                        "{} failure lines, at most {MAX_FAILURES} allowed",
-                        r.failed.len()
-                    ));
-                }
-                if r.mismatches.len() > MAX_FAILURES {
-                    return Err(format!(
-                        "{} mismatch lines, at most {MAX_FAILURES} allowed",
-                        r.mismatches.len()
-                    ));
-                }
-                r.failed.iter().try_for_each(|f| validate_text("failed", f))?;
-                r.mismatches.iter().try_for_each(|f| validate_text("mismatches", f))?;
+                validate_lines("failed", &r.failed)?;
+                validate_lines("mismatches", &r.mismatches)?;
                 r.standby_released
                     .as_deref()
                     .map_or(Ok(()), |n| validate_ifname("standby_released", n))
@@ -413,13 +410,7 @@ impl Message for GuestMessage {
                 t.devices.iter().try_for_each(|d| validate_pci_address(&d.pci_address))
             }
             Self::Kept(k) => {
-                if k.failed.len() > MAX_FAILURES {
-                    return Err(format!(
-                        "{} failure lines, at most {MAX_FAILURES} allowed",
-                        k.failed.len()
-                    ));
-                }
-                k.failed.iter().try_for_each(|f| validate_text("failed", f))?;
+                validate_lines("failed", &k.failed)?;
                 k.saved.as_deref().map_or(Ok(()), |n| validate_ifname("saved", n))?;
                 k.standby_released
                     .as_deref()
@@ -437,6 +428,14 @@ pub fn validate_digest(digest: &str) -> Result<(), String> {
         return Err("digest must be 64 hex digits".into());
     }
     Ok(())
+}
+
+/// A list of free-text lines: at most [`MAX_FAILURES`] of them, each a valid text.
+fn validate_lines(field: &str, lines: &[String]) -> Result<(), String> {
+    if lines.len() > MAX_FAILURES {
+        return Err(format!("{} {field} lines, at most {MAX_FAILURES} allowed", lines.len()));
+    }
+    lines.iter().try_for_each(|l| validate_text(field, l))
 }
 
 fn validate_text(field: &str, s: &str) -> Result<(), String> {

@@ -41,14 +41,19 @@ impl fmt::Display for VersionRange {
 }
 
 /// The range this build speaks. 1.1 added `keep`, the digest a `restore` names and the
-/// location a `state_saved` reports; a 1.0 peer is still served without them.
+/// location a `state_saved` reports; 1.2 the refusal of state restore cannot put back
+/// (`accept_loss`, `lost`, error 13). Older peers are still served without them.
 pub const SUPPORTED: VersionRange = VersionRange {
     min: ProtocolVersion::new(1, 0),
-    max: ProtocolVersion::new(1, 1),
+    max: ProtocolVersion::new(1, 2),
 };
 
 /// The first version with `keep` and the checked digest on `restore`.
 pub const KEEP: ProtocolVersion = ProtocolVersion::new(1, 1);
+
+/// The first version whose agent refuses, before anything is saved, a state it could not
+/// restore; an older agent saves what it can and drops the rest with a line in its log.
+pub const REFUSES_LOSS: ProtocolVersion = ProtocolVersion::new(1, 2);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NegotiationError {

@@ -28,6 +28,7 @@ fn host_messages() -> Vec<HostMessage> {
                 name: Some("eth1".into()),
                 ..Default::default()
             }),
+            accept_loss: true,
         }),
         HostMessage::Restore(Restore {
             saved: "eth1".into(),
@@ -67,6 +68,7 @@ fn guest_messages() -> Vec<GuestMessage> {
             neighbours: 50,
             standby: Some("eth2".into()),
             location: Some("/run/vfmig/eth1.json".into()),
+            lost: vec!["eth1.10 (vlan) is stacked on eth1: upper devices are not restored".into()],
         }),
         GuestMessage::UnplugReady(UnplugReady {
             interface: "eth1".into(),
@@ -300,6 +302,7 @@ fn replies_must_match_an_outstanding_request_of_the_right_kind() {
             interface: selector(),
             deadline_ms: 100,
             standby: StandbyRequest::Auto,
+            accept_loss: false,
         }))
         .unwrap();
     assert_ne!(sync.id, prep.id);

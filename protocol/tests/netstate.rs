@@ -246,3 +246,16 @@ fn a_kernel_route_is_saved_only_as_the_prefix_route_of_a_noprefixroute_address()
         assert!(err.contains("never saved"), "{route:?}: {err}");
     }
 }
+
+/// Routes that share the kernel's key and differ only in their source (a DHCP client's second
+/// lease leaves two such default routes) are a state the kernel holds, so one that opens.
+#[test]
+fn routes_differing_only_in_their_source_are_a_valid_state() {
+    let mut state = sample();
+    let mut second = state.interface.routes[0].clone();
+    state.interface.routes[0].source = Some(ip("198.18.0.10"));
+    second.source = Some(ip("198.18.0.11"));
+    state.interface.routes.push(second);
+    let opened = open(seal(&state).as_bytes()).expect("two routes told apart by their source");
+    assert_eq!(opened, state);
+}

@@ -274,6 +274,7 @@ async fn hop(
         hold_margin: 64 << 20,
         journal: Some(dir.join(format!("hop-{n}.vfmig-journal"))),
         standby: vfmig_protocol::message::StandbyRequest::Auto,
+        accept_loss: false,
     };
     let mut timeline = Timeline::new();
     let outcome = source(src, src_qmp, &dst, &plan, fault, &mut timeline).await;

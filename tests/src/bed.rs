@@ -285,6 +285,7 @@ pub fn plan(uri: &str, fallback: Fallback) -> Plan {
         hold_margin: 64 << 20,
         journal: None,
         standby: vfmig_protocol::message::StandbyRequest::Auto,
+        accept_loss: false,
     }
 }
 

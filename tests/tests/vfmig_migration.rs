@@ -199,6 +199,7 @@ async fn without_vfmig_the_guest_loses_its_addresses() {
         },
         deadline_ms: 1000,
         standby: StandbyRequest::Off,
+        accept_loss: false,
     });
     let replies = channel.request(look, Duration::from_secs(20)).await.unwrap();
     let Some(GuestMessage::StateSaved(now)) = replies.first() else {

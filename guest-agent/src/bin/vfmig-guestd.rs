@@ -171,6 +171,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("capturing {interface}"))?;
             let captured_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
             let path = out.unwrap_or_else(|| store::path_for(store::DEFAULT_DIR.as_ref(), &interface));
+            // What a restore would refuse is not written in the first place.
+            vfmig_protocol::netstate::check(&captured.state)
+                .with_context(|| format!("the state of {interface} would not restore"))?;
             let state = SavedState {
                 captured_unix_ms,
                 interface: captured.state,
@@ -185,8 +188,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 started.elapsed().as_millis(),
                 path.display()
             );
-            for skipped in &captured.skipped {
-                println!("  not saved: {skipped}");
+            for item in &captured.unrestorable {
+                println!("  restore would not put back: {item}");
             }
             Ok(ExitCode::SUCCESS)
         }

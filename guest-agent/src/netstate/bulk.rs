@@ -16,7 +16,8 @@ use std::io;
 use std::time::Duration;
 
 use rtnetlink::packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
@@ -29,12 +30,32 @@ const RECV_BUFFER: usize = 1 << 20;
 /// The kernel answers a chunk in milliseconds; past this something is badly wrong.
 const CHUNK_DEADLINE: Duration = Duration::from_secs(10);
 
-/// One change: what to call it in a report, the message, and whether it replaces an existing
-/// object (NLM_F_REPLACE) or must create a new one (NLM_F_EXCL).
+/// One change: what to call it in a report, the message, and how it meets what exists.
 pub(crate) struct Change {
     pub what: String,
     pub msg: RouteNetlinkMessage,
-    pub replace: bool,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Replaces the object with the same key, or creates it (NLM_F_REPLACE).
+    Replace,
+    /// Creates it; one with the same key already there is an error (NLM_F_EXCL).
+    Create,
+    /// Adds it beside others with the same key (NLM_F_APPEND): routes told apart by their
+    /// gateway or source only.
+    Append,
+}
+
+impl Mode {
+    fn flags(self) -> u16 {
+        match self {
+            Self::Replace => NLM_F_REPLACE,
+            Self::Create => NLM_F_EXCL,
+            Self::Append => NLM_F_APPEND,
+        }
+    }
 }
 
 pub(crate) struct Bulk {
@@ -83,7 +104,7 @@ impl Bulk {
         let mut buf = Vec::new();
         for (i, change) in chunk.iter().enumerate() {
             let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_CREATE | if change.replace { NLM_F_REPLACE } else { NLM_F_EXCL };
+            header.flags = NLM_F_REQUEST | NLM_F_CREATE | change.mode.flags();
             if i + 1 == chunk.len() {
                 header.flags |= NLM_F_ACK;
             }

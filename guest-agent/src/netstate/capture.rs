@@ -17,17 +17,18 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, sysfs, NetstateError};
+use super::{errno, stacking, sysfs, NetstateError};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
 
-/// A captured state, and what was seen but could not be represented (reported, not dropped
-/// silently).
+/// A captured state, and what was seen that restore would not put back, one line each: the
+/// agent refuses to save such a state unless the host accepts the loss, and never drops it
+/// silently.
 #[derive(Debug, Clone)]
 pub struct Captured {
     pub state: InterfaceState,
-    pub skipped: Vec<String>,
+    pub unrestorable: Vec<String>,
 }
 
 pub(super) fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetstateError {
@@ -142,10 +143,10 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
     }
     let mac = mac.ok_or_else(|| NetstateError::NotEthernet { name: name.clone() })?;
     let (driver, pci) = sysfs::identity(&name, index);
-    let mut skipped = Vec::new();
+    let mut unrestorable = stacking::stacked(&all_links(handle).await?, index);
 
     let addresses = dump_addresses(handle, index).await?;
-    let routes = dump_routes(handle, index, &addresses, &mut skipped).await?;
+    let routes = dump_routes(handle, index, &addresses, &mut unrestorable).await?;
     let neighbours = dump_neighbours(handle, index).await?;
 
     let mut state = InterfaceState {
@@ -164,7 +165,7 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
         neighbours,
     };
     state.sort();
-    Ok(Captured { state, skipped })
+    Ok(Captured { state, unrestorable })
 }
 
 async fn dump_addresses(handle: &Handle, index: u32) -> Result<Vec<Address>, NetstateError> {
@@ -226,7 +227,7 @@ async fn dump_routes(
     handle: &Handle,
     index: u32,
     addresses: &[Address],
-    skipped: &mut Vec<String>,
+    unrestorable: &mut Vec<String>,
 ) -> Result<Vec<Route>, NetstateError> {
     let mut routes = Vec::new();
     // Table 0 asks for every table; a non-strict dump returns them all anyway.
@@ -242,7 +243,7 @@ async fn dump_routes(
             .await
             .map_err(netlink("dumping routes"))?;
         for m in &messages {
-            if let Some(route) = route_from(m, index, addresses, skipped) {
+            if let Some(route) = route_from(m, index, addresses, unrestorable) {
                 routes.push(route);
             }
         }
@@ -258,7 +259,7 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], skipped: &mut Vec<String>) -> Option<Route> {
+fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable: &mut Vec<String>) -> Option<Route> {
     let h = &m.header;
     let mut table = u32::from(h.table);
     let (mut oif, mut destination, mut gateway, mut metric, mut source) = (None, None, None, None, None);
@@ -287,7 +288,7 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], skipped: &mut
     });
     let describe = || format!("route {destination}/{} table {table}", h.destination_prefix_length);
     if multipath {
-        skipped.push(format!("{}: multipath routes are not saved", describe()));
+        unrestorable.push(format!("{}: multipath routes are not restored", describe()));
         return None;
     }
     if oif != Some(index) || table == RT_TABLE_LOCAL || kind != RTN_UNICAST {
@@ -313,15 +314,15 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], skipped: &mut
         return None;
     }
     if via {
-        skipped.push(format!(
-            "{}: a gateway of another address family (via) is not saved",
+        unrestorable.push(format!(
+            "{}: a gateway of another address family (via) is not restored",
             describe()
         ));
         return None;
     }
     if metrics {
-        skipped.push(format!(
-            "{}: route metrics (mtu, window, …) are not saved; the route is",
+        unrestorable.push(format!(
+            "{}: route metrics (mtu, advmss, …) are not restored",
             describe()
         ));
     }

@@ -7,6 +7,7 @@ mod capture;
 mod errno;
 mod rename;
 mod restore;
+mod stacking;
 pub mod standby;
 mod sysfs;
 mod udev;

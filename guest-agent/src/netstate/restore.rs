@@ -7,7 +7,7 @@
 //! routes, neighbours) go through [`super::bulk`], many to a datagram, which is where the speed
 //! over `ip -batch` comes from; the link itself is set through rtnetlink's handle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use vfmig_protocol::netstate::consts::*;
 use vfmig_protocol::netstate::{Address, InterfaceState, Neighbour, Route, SavedState};
 use vfmig_protocol::MacAddr;
 
-use super::bulk::{Bulk, Change};
+use super::bulk::{Bulk, Change, Mode};
 use super::capture::capture_index;
 use super::rename::make_room;
 use super::{announce, errno, NetstateError};
@@ -108,6 +108,8 @@ pub async fn restore(
         restore_link(handle, &mut report, saved, &current, onto, opts).await
     };
     let name = link.name;
+    // Addresses that are not on the link after all: never announced as if they were.
+    let mut missing = HashSet::new();
     {
         // The addresses are moving with their owner, not newly claimed: duplicate address
         // detection would only keep IPv6 unusable for a second (and refuse routes that use
@@ -126,7 +128,7 @@ pub async fn restore(
             .iter()
             .map(|a| ((a.address, a.prefix_len), a))
             .collect();
-        let mut changes = Vec::new();
+        let (mut changes, mut sent) = (Vec::new(), Vec::new());
         for a in &want.addresses {
             let what = format!("address {}/{}", a.address, a.prefix_len);
             let existing = have.get(&(a.address, a.prefix_len));
@@ -135,15 +137,32 @@ pub async fn restore(
                 continue;
             }
             match address_message(onto, a, elapsed_secs) {
-                Ok(msg) => changes.push(Change {
-                    what,
-                    msg,
-                    replace: existing.is_some(),
-                }),
-                Err(why) => report.failed.push(format!("{what}: {why}")),
+                Ok(msg) => {
+                    changes.push(Change {
+                        what,
+                        msg,
+                        mode: if existing.is_some() {
+                            Mode::Replace
+                        } else {
+                            Mode::Create
+                        },
+                    });
+                    sent.push(a.address);
+                }
+                Err(why) => {
+                    report.failed.push(format!("{what}: {why}"));
+                    missing.insert(a.address);
+                }
             }
         }
-        report.record(bulk.apply(changes).await);
+        let outcomes = bulk.apply(changes).await;
+        missing.extend(
+            sent.into_iter()
+                .zip(&outcomes)
+                .filter(|(_, (_, o))| o.is_err())
+                .map(|(a, _)| a),
+        );
+        report.record(outcomes);
     }
 
     if opts.carrier_first && want.admin_up && !wait_for_carrier(handle, onto).await {
@@ -151,21 +170,32 @@ pub async fn restore(
             .failed
             .push(format!("{name} has no carrier after {CARRIER_WAIT:?}"));
     }
-    let have: HashMap<_, _> = current.routes.iter().map(|r| (r.key(), r)).collect();
+    let have: HashSet<&Route> = current.routes.iter().collect();
+    let mut sharing: HashMap<_, usize> = HashMap::new();
+    for r in &want.routes {
+        *sharing.entry(r.key()).or_default() += 1;
+    }
     for gateway_routes in [false, true] {
         let mut changes = Vec::new();
         for r in want.routes.iter().filter(|r| r.gateway.is_some() == gateway_routes) {
             let what = describe_route(r);
-            match have.get(&r.key()) {
-                Some(existing) if *existing == r => report.unchanged.push(what),
-                // Replace, not add: the same route through another link (a standby carrying
-                // it for the VF gap) moves here in one step instead of failing as a duplicate.
-                _ => changes.push(Change {
-                    what,
-                    msg: route_message(onto, r),
-                    replace: true,
-                }),
+            if have.contains(r) {
+                report.unchanged.push(what);
+                continue;
             }
+            // Replace, not add: the same route through another link (a standby carrying it
+            // for the VF gap) moves here in one step instead of failing as a duplicate. Routes
+            // that share their key are appended, each beside the others, as they were made.
+            let mode = if sharing[&r.key()] > 1 {
+                Mode::Append
+            } else {
+                Mode::Replace
+            };
+            changes.push(Change {
+                what,
+                msg: route_message(onto, r),
+                mode,
+            });
         }
         report.record(bulk.apply(changes).await);
     }
@@ -181,13 +211,18 @@ pub async fn restore(
         changes.push(Change {
             what,
             msg: neighbour_message(onto, n),
-            replace: true,
+            mode: Mode::Replace,
         });
     }
     report.record(bulk.apply(changes).await);
 
     if opts.announce && want.admin_up {
-        let addresses: Vec<IpAddr> = want.addresses.iter().map(|a| a.address).collect();
+        let addresses: Vec<IpAddr> = want
+            .addresses
+            .iter()
+            .map(|a| a.address)
+            .filter(|a| !missing.contains(a))
+            .collect();
         if wait_for_carrier(handle, onto).await {
             // A hot-plugged NIC reports carrier off, then on, a moment after it is up, and the
             // kernel flushes every neighbour but permanent ones on a change without carrier:
@@ -200,7 +235,7 @@ pub async fn restore(
                 .map(|n| Change {
                     what: format!("neighbour {} lladdr {} (after carrier)", n.address, n.lladdr),
                     msg: neighbour_message(onto, n),
-                    replace: true,
+                    mode: Mode::Replace,
                 })
                 .collect();
             for (what, outcome) in bulk.apply(again).await {

@@ -184,6 +184,7 @@ impl Guest for ChannelGuest {
         &mut self,
         mac: MacAddr,
         standby: &StandbyRequest,
+        accept_loss: bool,
         unplug: Duration,
         deadline: Duration,
     ) -> Result<StateSaved, GuestError> {
@@ -191,6 +192,7 @@ impl Guest for ChannelGuest {
             interface: by_mac(mac),
             deadline_ms: u32::try_from(unplug.as_millis()).unwrap_or(u32::MAX).max(1),
             standby: standby.clone(),
+            accept_loss,
         });
         let replies = self.ask(msg, deadline).await?;
         last("prepare_unplug", replies, |r| match r {

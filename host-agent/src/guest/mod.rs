@@ -97,11 +97,13 @@ pub trait Guest {
     async fn track_dma(&mut self, mac: MacAddr, deadline: Duration) -> Result<Vec<TrackedDevice>, GuestError>;
     /// Stops the DMA hook; what it tracked, with its counters.
     async fn stop_dma(&mut self, deadline: Duration) -> Result<Vec<TrackedDevice>, GuestError>;
-    /// Saves the VF's state for an unplug due within `unplug`, moving it to a standby as asked.
+    /// Saves the VF's state for an unplug due within `unplug`, moving it to a standby as asked;
+    /// a state restore cannot wholly put back is refused unless `accept_loss`.
     async fn save(
         &mut self,
         mac: MacAddr,
         standby: &StandbyRequest,
+        accept_loss: bool,
         unplug: Duration,
         deadline: Duration,
     ) -> Result<StateSaved, GuestError>;

@@ -78,6 +78,10 @@ pub struct Plan {
     pub journal: Option<PathBuf>,
     /// Whether the guest moves each VF's addresses to a standby NIC for the VF gap.
     pub standby: StandbyRequest,
+    /// Go ahead when the guest's state holds what restore cannot put back (an upper device,
+    /// a multipath leg, …), which the guest then names; otherwise the migration is refused
+    /// before the unplug.
+    pub accept_loss: bool,
 }
 
 /// A fresh VF for the destination, and the saved state it takes.

@@ -174,7 +174,7 @@ pub(super) async fn save<V: Vm, G: Guest>(
     for (index, run) in m.vfs.iter().enumerate().filter(|(_, r)| r.saved.is_none()) {
         let left = until.saturating_duration_since(Instant::now());
         let answer = tokio::select! {
-            answer = ctx.guest.save(run.vf.mac, &plan.standby, plan.deadlines.unplug, left) => answer,
+            answer = ctx.guest.save(run.vf.mac, &plan.standby, plan.accept_loss, plan.deadlines.unplug, left) => answer,
             why = watch_hold(vm, held) => {
                 events.push(Event::Failed(why?));
                 return Ok(());
@@ -194,10 +194,13 @@ pub(super) async fn save<V: Vm, G: Guest>(
         };
         let now = vm.migration().await?;
         let digest = saved.digest.get(..19).unwrap_or(&saved.digest);
-        let detail = format!(
+        let mut detail = format!(
             "{}: {} addresses, {} routes, {} neighbours, {digest}",
             saved.interface, saved.addresses, saved.routes, saved.neighbours
         );
+        if !saved.lost.is_empty() {
+            detail += &format!("; accepted as lost: {}", saved.lost.join("; "));
+        }
         ctx.record(Phase::StateSaved, now.as_ref(), detail);
         if let Some(standby) = &saved.standby {
             let detail = format!(

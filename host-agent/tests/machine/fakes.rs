@@ -757,6 +757,7 @@ impl Guest for FakeGuest {
         &mut self,
         mac: MacAddr,
         standby: &StandbyRequest,
+        _accept_loss: bool,
         _unplug: Duration,
         deadline: Duration,
     ) -> Result<StateSaved, GuestError> {
@@ -770,6 +771,7 @@ impl Guest for FakeGuest {
                 neighbours: 5,
                 standby: rec.on_standby.then(|| STANDBY.to_owned()),
                 location: Some(format!("/run/vfmig/{name}.json")),
+                lost: Vec::new(),
             }),
             _ => unreachable!("a save answers with the saved state"),
         }

@@ -66,6 +66,7 @@ fn plan(vfs: usize, journal: PathBuf, fallback: Fallback) -> Plan {
         hold_margin: 64 << 20,
         journal: Some(journal),
         standby: StandbyRequest::Auto,
+        accept_loss: false,
     }
 }
 

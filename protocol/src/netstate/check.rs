@@ -1,7 +1,7 @@
 //! Internal consistency of a state: what a document must satisfy beyond parsing and its digest,
 //! so that restore never feeds the kernel something it would half-apply.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -105,7 +105,7 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
         }
     }
 
-    let mut seen = HashSet::new();
+    let mut seen_routes = BTreeSet::new();
     for (i, r) in s.routes.iter().enumerate() {
         let at = || format!("routes[{i}] ({}/{} table {})", r.destination, r.prefix_len, r.table);
         if r.prefix_len > bits(r.destination) {
@@ -135,7 +135,10 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
         if r.onlink && r.gateway.is_none() {
             return Err(bad(at(), "onlink without a gateway"));
         }
-        if !seen.insert(r.key()) {
+        // Only a route equal in every field is a duplicate: the kernel keeps routes sharing
+        // their key side by side when added with append (a second DHCP lease's default route,
+        // differing only in its source), and restore appends them the same way.
+        if !seen_routes.insert(r) {
             return Err(bad(at(), "listed twice"));
         }
     }

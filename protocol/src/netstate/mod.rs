@@ -137,7 +137,7 @@ pub fn is_link_local_v6(a: IpAddr) -> bool {
     matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Route {
     pub table: u32,
     pub destination: IpAddr,
@@ -158,7 +158,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// The fields the kernel uses to tell two routes apart.
+    /// The fields the kernel finds a route by. Several routes may share them (added with
+    /// NLM_F_APPEND, as a DHCP client's second lease adds its default route), told apart by
+    /// their gateway or source; restore adds the first of such a group and appends the rest.
     pub fn key(&self) -> (u32, IpAddr, u8, u8, Option<u32>) {
         (self.table, self.destination, self.prefix_len, self.tos, self.metric)
     }

@@ -64,6 +64,11 @@ pub struct MigrateArgs {
     /// is up), "off", or the guest interface to use, by name or MAC (then required).
     #[arg(long, default_value = "auto", value_parser = standby)]
     pub standby: StandbyRequest,
+    /// Migrate even when the guest's network state holds what restore cannot put back (an
+    /// upper device on the VF, its bond or bridge, a multipath route through it, …). Without
+    /// it such a migration is refused before the VF is unplugged, each item named.
+    #[arg(long)]
+    pub accept_loss: bool,
     /// Hold pre-copy when this many MiB are left (at most a quarter of RAM is used).
     #[arg(long, default_value_t = 64)]
     pub hold_margin_mib: u64,

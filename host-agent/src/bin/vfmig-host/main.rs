@@ -171,6 +171,7 @@ async fn plan(args: &MigrateArgs, backend: &Backend, described: Option<vfmig_pro
         hold_margin: args.hold_margin_mib << 20,
         journal: Some(args.journal.clone().unwrap_or_else(|| default_journal(args))),
         standby: args.standby.clone(),
+        accept_loss: args.accept_loss,
     })
 }
 

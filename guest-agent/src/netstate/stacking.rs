@@ -1,0 +1,81 @@
+//! What is stacked on the VF or above it: upper devices made on top of it (VLAN, macvlan,
+//! ipvlan, …) and the master it is a port of (bond, bridge, team). They go with the unplug,
+//! and restore does not make them again, so a capture names each as state it would lose.
+//!
+//! A `net_failover` master is the exception: the kernel enslaves the fresh VF to it by its MAC
+//! by itself, which is that device's whole purpose.
+
+use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
+
+/// One link as far as stacking is concerned.
+struct Link {
+    index: u32,
+    name: String,
+    kind: Option<String>,
+    /// IFLA_LINK: the device this one is made on, in this namespace.
+    lower: Option<u32>,
+    /// IFLA_MASTER: the bond, bridge or team it is a port of.
+    controller: Option<u32>,
+}
+
+fn link(m: &LinkMessage) -> Link {
+    let mut l = Link {
+        index: m.header.index,
+        name: String::new(),
+        kind: None,
+        lower: None,
+        controller: None,
+    };
+    let mut elsewhere = false;
+    for attr in &m.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Link(i) => l.lower = Some(*i),
+            LinkAttribute::LinkNetNsId(_) => elsewhere = true,
+            LinkAttribute::Controller(i) => l.controller = Some(*i),
+            LinkAttribute::LinkInfo(infos) => {
+                l.kind = infos.iter().find_map(|i| match i {
+                    LinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                });
+            }
+            _ => {}
+        }
+    }
+    // An IFLA_LINK into another namespace (a veth's peer) names no device here.
+    if elsewhere {
+        l.lower = None;
+    }
+    l
+}
+
+/// What is stacked on the link with index `vf`, among `links`, one line each.
+pub(super) fn stacked(links: &[LinkMessage], vf: u32) -> Vec<String> {
+    let links: Vec<Link> = links.iter().map(link).collect();
+    let Some(me) = links.iter().find(|l| l.index == vf) else {
+        return Vec::new();
+    };
+    let kind = |l: &Link| l.kind.clone().unwrap_or_else(|| "device".into());
+    let mut lost = Vec::new();
+    // Two links naming each other are a pair (veth), not a stack.
+    let upper = |l: &&Link| l.index != vf && l.lower == Some(vf) && me.lower != Some(l.index);
+    for upper in links.iter().filter(upper) {
+        lost.push(format!(
+            "{} ({}) is stacked on {}: upper devices are not restored",
+            upper.name,
+            kind(upper),
+            me.name
+        ));
+    }
+    if let Some(master) = me.controller.and_then(|c| links.iter().find(|l| l.index == c)) {
+        if master.kind.as_deref() != Some("net_failover") {
+            lost.push(format!(
+                "{} is a port of {} ({}): the fresh VF would not rejoin it",
+                me.name,
+                master.name,
+                kind(master)
+            ));
+        }
+    }
+    lost
+}
