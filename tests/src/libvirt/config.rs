@@ -1,6 +1,6 @@
 //! What each libvirt host is configured with: libvirtd.conf, qemu.conf, its /etc/hosts and the
 //! script that puts a guest's tap on the host's bridge. The settings are the ones measured to
-//! work here (shared/libvirt-bed.md); each says why it is there.
+//! work here (docs/testing.md, "The libvirt test bed"); each says why it is there.
 
 use std::net::Ipv4Addr;
 
