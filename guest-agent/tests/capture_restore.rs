@@ -366,8 +366,8 @@ fn peer_entries() -> Vec<(IpAddr, String)> {
 }
 
 /// What restore would not put back is named by the capture, each item once: an upper device
-/// made on the VF, the bridge it is a port of, a multipath route with a leg through it, a
-/// route carrying metrics. A veth's peer is a pair, not an upper, and is not named.
+/// made on the VF, the bridge it is a port of, a multipath route with a leg through it. A
+/// veth's peer is a pair, not an upper, and is not named.
 #[tokio::test(flavor = "current_thread")]
 async fn what_restore_would_not_put_back_is_named_by_the_capture() {
     enter_fresh().unwrap();
@@ -377,7 +377,6 @@ async fn what_restore_would_not_put_back_is_named_by_the_capture() {
 addr add 198.18.30.2/24 dev other
 link add mv0 link vfa0 type macvlan mode bridge
 route add 192.0.2.0/24 nexthop via 198.18.10.1 dev vfa0 nexthop via 198.18.30.1 dev other
-route add 198.51.110.0/24 via 198.18.10.1 dev vfa0 mtu 1300
 link add vfc0 type veth peer name vfc0p
 link add br0 type bridge
 link set vfc0 master br0
@@ -391,12 +390,10 @@ link set vfc0 master br0
         [
             "mv0 (macvlan) is stacked on vfa0: upper devices are not restored",
             "route 192.0.2.0/24 table 254: multipath routes are not restored",
-            "route 198.51.110.0/24 table 254: route metrics (mtu, advmss, …) are not restored",
         ]
     );
-    // The route with metrics is kept without them, the multipath route not at all; what a
-    // save would keep opens.
-    assert_eq!(captured.state.routes.len(), 9, "{:#?}", captured.state.routes);
+    // The multipath route is not in the state; what a save would keep opens.
+    assert_eq!(captured.state.routes.len(), 8, "{:#?}", captured.state.routes);
     seal_and_open(captured.state);
     let port = capture(&handle, "vfc0").await.unwrap();
     assert_eq!(
@@ -438,5 +435,44 @@ route append default via 198.18.10.1 dev vfa0 src 198.18.11.2 metric 100
     assert_eq!(comparable(&restored), comparable(&saved.interface));
     let again = restore(&handle, &saved, onto, RestoreOptions::default()).await.unwrap();
     assert_clean(&again);
+    assert!(again.applied.is_empty(), "{:#?}", again.applied);
+}
+
+/// A route's metrics — mtu (locked), advmss, window, initcwnd, the congestion control
+/// algorithm — are saved and come back with the route, in both families.
+#[tokio::test(flavor = "current_thread")]
+async fn route_metrics_are_saved_and_restored() {
+    enter_fresh().unwrap();
+    ip_batch(&setup_interface_a()).unwrap();
+    ip_batch(
+        "route add 198.51.110.0/24 via 198.18.10.1 dev vfa0 mtu lock 1300 advmss 1200 window 65535 initcwnd 10
+route add 198.51.111.0/24 via 198.18.10.1 dev vfa0 congctl reno rto_min 50ms
+route add 2001:db8:300::/48 via 2001:db8:10::1 dev vfa0 mtu 1400 hoplimit 32
+",
+    )
+    .unwrap();
+    let handle = connect().unwrap();
+    let captured = capture(&handle, "vfa0").await.unwrap();
+    assert!(captured.unrestorable.is_empty(), "{:?}", captured.unrestorable);
+    let with_metrics: Vec<_> = captured.state.routes.iter().filter(|r| !r.metrics.is_empty()).collect();
+    assert_eq!(with_metrics.len(), 3, "{:#?}", captured.state.routes);
+    assert!(
+        captured
+            .state
+            .routes
+            .iter()
+            .any(|r| r.congestion_control.as_deref() == Some("reno")),
+        "{:#?}",
+        captured.state.routes
+    );
+    let saved = seal_and_open(captured.state);
+
+    ip_batch("link add vfb0 type veth peer name vfb0p\nlink set vfb0p up\nlink del vfa0\n").unwrap();
+    let onto = index_of("vfb0");
+    let report = restore(&handle, &saved, onto, RestoreOptions::default()).await.unwrap();
+    assert_clean(&report);
+    let restored = capture(&handle, "vfa0").await.unwrap().state;
+    assert_eq!(comparable(&restored), comparable(&saved.interface));
+    let again = restore(&handle, &saved, onto, RestoreOptions::default()).await.unwrap();
     assert!(again.applied.is_empty(), "{:#?}", again.applied);
 }

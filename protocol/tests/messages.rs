@@ -252,7 +252,7 @@ fn an_unknown_major_version_is_refused_but_hello_still_negotiates() {
     };
     let err = vfmig_protocol::version::negotiate(vfmig_protocol::version::SUPPORTED, h.versions).unwrap_err();
     assert!(
-        err.to_string().contains("1.0..=1.1") && err.to_string().contains("7.0..=9.1"),
+        err.to_string().contains("1.0..=1.2") && err.to_string().contains("7.0..=9.1"),
         "{err}"
     );
 }

@@ -64,6 +64,8 @@ fn sample() -> SavedState {
             scope: 0,
             kind: RTN_UNICAST,
             source: Some(ip("198.18.0.10")),
+            metrics: Default::default(),
+            congestion_control: None,
         }],
         neighbours: vec![Neighbour {
             address: ip("198.18.0.1"),
@@ -178,6 +180,16 @@ fn an_inconsistent_state_says_where() {
         (|s| s.routes[0].protocol = RTPROT_KERNEL, "routes[0]", "never saved"),
         (|s| s.routes.push(s.routes[0].clone()), "routes[1]", "listed twice"),
         (
+            |s| drop(s.routes[0].metrics.insert(RTAX_CC_ALGO, 1)),
+            "routes[0]",
+            "not a numeric RTAX",
+        ),
+        (
+            |s| s.routes[0].congestion_control = Some("a name far too long".into()),
+            "routes[0]",
+            "congestion control must be",
+        ),
+        (
             |s| s.neighbours[0].state = NUD_FAILED,
             "neighbours[0]",
             "no usable link-layer address",
@@ -224,6 +236,8 @@ fn a_kernel_route_is_saved_only_as_the_prefix_route_of_a_noprefixroute_address()
         scope: 0,
         kind: RTN_UNICAST,
         source: None,
+        metrics: Default::default(),
+        congestion_control: None,
     };
     // 2001:db8::10/64 carries NOPREFIXROUTE in the sample; 198.18.0.10/24 does not.
     let mut ok = sample();

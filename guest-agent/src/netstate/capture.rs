@@ -17,7 +17,7 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, stacking, sysfs, NetstateError};
+use super::{errno, metrics, stacking, sysfs, NetstateError};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
@@ -263,7 +263,7 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
     let h = &m.header;
     let mut table = u32::from(h.table);
     let (mut oif, mut destination, mut gateway, mut metric, mut source) = (None, None, None, None, None);
-    let (mut multipath, mut via, mut metrics) = (false, false, false);
+    let (mut multipath, mut via, mut route_metrics) = (false, false, None);
     for attr in &m.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
@@ -274,7 +274,7 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
             RouteAttribute::PrefSource(s) => source = ip_of(s),
             RouteAttribute::MultiPath(hops) => multipath = hops.iter().any(|hop| hop.interface_index == index),
             RouteAttribute::Via(_) => via = true,
-            RouteAttribute::Metrics(list) => metrics = !list.is_empty(),
+            RouteAttribute::Metrics(list) => route_metrics = Some(metrics::from_kernel(list)),
             _ => {}
         }
     }
@@ -297,7 +297,7 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
     if protocol == RTPROT_RA {
         return None;
     }
-    let route = Route {
+    let mut route = Route {
         table,
         destination,
         prefix_len: h.destination_prefix_length,
@@ -309,6 +309,8 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
         scope: h.scope.into(),
         kind,
         source,
+        metrics: Default::default(),
+        congestion_control: None,
     };
     if protocol == RTPROT_KERNEL && !handmade_prefix_route(&route, addresses) {
         return None;
@@ -320,11 +322,16 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
         ));
         return None;
     }
-    if metrics {
-        unrestorable.push(format!(
-            "{}: route metrics (mtu, advmss, …) are not restored",
-            describe()
-        ));
+    if let Some(m) = route_metrics {
+        if !m.unknown.is_empty() {
+            unrestorable.push(format!(
+                "{}: route metric kinds {:?} are not known to this build",
+                describe(),
+                m.unknown
+            ));
+        }
+        route.metrics = m.numbers;
+        route.congestion_control = m.congestion_control;
     }
     Some(route)
 }

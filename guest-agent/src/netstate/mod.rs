@@ -5,6 +5,7 @@ mod announce;
 mod bulk;
 mod capture;
 mod errno;
+mod metrics;
 mod rename;
 mod restore;
 mod stacking;

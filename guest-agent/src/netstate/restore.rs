@@ -27,7 +27,7 @@ use vfmig_protocol::MacAddr;
 use super::bulk::{Bulk, Change, Mode};
 use super::capture::capture_index;
 use super::rename::make_room;
-use super::{announce, errno, NetstateError};
+use super::{announce, errno, metrics, NetstateError};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RestoreOptions {
@@ -450,6 +450,10 @@ fn route_message(onto: u32, r: &Route) -> RouteNetlinkMessage {
     }
     if let Some(s) = r.source {
         m.attributes.push(RouteAttribute::PrefSource(s.into()));
+    }
+    let metrics = metrics::to_kernel(r);
+    if !metrics.is_empty() {
+        m.attributes.push(RouteAttribute::Metrics(metrics));
     }
     RouteNetlinkMessage::NewRoute(m)
 }

@@ -132,6 +132,22 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
         if r.source.is_some_and(|g| !same_family(g, r.destination)) {
             return Err(bad(at(), "source is of another address family"));
         }
+        if let Some(kind) = r
+            .metrics
+            .keys()
+            .find(|k| !(1..=RTAX_MAX).contains(*k) || **k == RTAX_CC_ALGO)
+        {
+            return Err(bad(at(), format!("metric kind {kind} is not a numeric RTAX_* metric")));
+        }
+        if r.congestion_control
+            .as_deref()
+            .is_some_and(|c| c.is_empty() || c.len() > CC_NAME_MAX || !c.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(bad(
+                at(),
+                format!("congestion control must be 1..={CC_NAME_MAX} printable ASCII bytes"),
+            ));
+        }
         if r.onlink && r.gateway.is_none() {
             return Err(bad(at(), "onlink without a gateway"));
         }

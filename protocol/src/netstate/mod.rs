@@ -16,6 +16,7 @@ mod check;
 mod compare;
 mod seal;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
@@ -155,6 +156,12 @@ pub struct Route {
     pub kind: u8,
     /// Preferred source address.
     pub source: Option<IpAddr>,
+    /// RTA_METRICS: each RTAX_* kind the route sets (mtu, advmss, window, initcwnd, the lock
+    /// bits, …) and its value; the congestion control algorithm, the one that is a name, apart.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<u16, u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub congestion_control: Option<String>,
 }
 
 impl Route {
@@ -204,6 +211,12 @@ pub mod consts {
     pub const RTN_UNICAST: u8 = 1;
     pub const RTPROT_KERNEL: u8 = 2;
     pub const RTPROT_RA: u8 = 9;
+    /// The last numeric RTAX_* route metric kind (RTAX_FASTOPEN_NO_COOKIE); 0 is unspecified.
+    pub const RTAX_MAX: u16 = 17;
+    /// RTAX_CC_ALGO, the congestion control algorithm: a name, kept apart from the numbers.
+    pub const RTAX_CC_ALGO: u16 = 16;
+    /// The longest congestion control algorithm name (TCP_CA_NAME_MAX less its NUL).
+    pub const CC_NAME_MAX: usize = 15;
     pub const NUD_INCOMPLETE: u16 = 0x01;
     pub const NUD_REACHABLE: u16 = 0x02;
     pub const NUD_STALE: u16 = 0x04;
