@@ -148,9 +148,6 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
                 format!("congestion control must be 1..={CC_NAME_MAX} printable ASCII bytes"),
             ));
         }
-        if r.onlink && r.gateway.is_none() {
-            return Err(bad(at(), "onlink without a gateway"));
-        }
         // Only a route equal in every field is a duplicate: the kernel keeps routes sharing
         // their key side by side when added with append (a second DHCP lease's default route,
         // differing only in its source), and restore appends them the same way.
