@@ -78,7 +78,8 @@ pub(super) async fn all_links(handle: &Handle) -> Result<Vec<LinkMessage>, Netst
 }
 
 /// The index of the one link that matches every field `selector` sets (name, MAC, PCI
-/// address). No match and several matches are both errors: the host must name one link.
+/// address). No match and several matches are both errors — the host must name one link —
+/// except that of several, the one PCI device is taken: uppers share their lower's MAC.
 pub async fn find_link(handle: &Handle, selector: &InterfaceSelector) -> Result<u32, NetstateError> {
     let links = all_links(handle).await?;
     let mut found = Vec::new();
@@ -97,9 +98,15 @@ pub async fn find_link(handle: &Handle, selector: &InterfaceSelector) -> Result<
             && selector.mac.is_none_or(|m| mac == Some(m))
             && selector.pci_address.as_ref().is_none_or(|p| pci().as_ref() == Some(p))
         {
-            found.push(link.header.index);
+            found.push((link.header.index, pci().is_some()));
         }
     }
+    // A VLAN, a bond or a bridge takes its lower's MAC: of several links with the MAC asked
+    // for, the VF is the one a PCI device stands behind.
+    if found.len() > 1 && found.iter().filter(|(_, pci)| *pci).count() == 1 {
+        found.retain(|(_, pci)| *pci);
+    }
+    let found: Vec<u32> = found.into_iter().map(|(index, _)| index).collect();
     match found[..] {
         [index] => Ok(index),
         [] => Err(NetstateError::NoSuchInterface(format!("matching {selector:?}"))),
