@@ -46,11 +46,8 @@ async fn a_vlan_on_the_vf_is_refused_before_the_unplug_unless_the_loss_is_accept
     let mut shell = bed.source.shell(Duration::from_secs(30)).await.unwrap();
     assert_eq!(shell.ok(NETWORK).await.unwrap(), before, "the guest's network changed");
     assert_eq!(shell.ok(VLAN_SHOWN).await.unwrap().trim(), "198.18.10.10/24");
-    assert_eq!(
-        shell.ok("ls -A /run/vfmig").await.unwrap().trim(),
-        "",
-        "something was saved"
-    );
+    let saved = shell.ok("ls -A /run/vfmig 2>/dev/null; true").await.unwrap();
+    assert_eq!(saved.trim(), "", "something was saved");
     drop(shell);
     wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
     tcp.round_trip("after the refusal\n")
