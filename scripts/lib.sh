@@ -111,8 +111,8 @@ install_deps() {
     fi
 }
 
-# What building and testing the Debian package needs: cargo-deb, and debootstrap for the
-# Debian test guest it is installed into.
+# What building and testing the Debian package needs: cargo-deb, debootstrap for the Debian
+# test guest it is installed into, and man to read the man pages it installs.
 install_packaging_deps() {
     if ! command -v debootstrap >/dev/null; then
         apt-get update -qq
@@ -122,6 +122,11 @@ install_packaging_deps() {
     if ! command -v dpkg-shlibdeps >/dev/null; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg-dev >/dev/null
+    fi
+    # The host package's test reads its man page as `man` shows it.
+    if ! command -v man >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq man-db >/dev/null
     fi
     command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
 }

@@ -1,5 +1,6 @@
 //! The command line as an operator meets it: `--help` says how to migrate several VFs and
-//! what each exit status means, and an error is printed once, with its cause once.
+//! what each exit status means, an error is printed once, with its cause once, and the man
+//! pages the package installs are rendered from it.
 
 use std::process::Command;
 
@@ -47,4 +48,33 @@ fn an_error_and_its_cause_are_printed_once() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
     assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
+}
+
+#[test]
+fn man_pages_are_the_command_line_one_per_subcommand() {
+    let dir = std::env::temp_dir().join(format!("vfmig-man-{}", std::process::id()));
+    let (code, _, stderr) = vfmig_host(&["man-pages", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    // One per subcommand an operator runs; none for the hidden `man-pages` nor for `help`.
+    for page in [
+        "vfmig-host.1",
+        "vfmig-host-migrate.1",
+        "vfmig-host-plug.1",
+        "vfmig-host-libvirt-hook.1",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} missing: {pages:?}");
+    }
+    assert!(
+        !pages.iter().any(|p| p.contains("man-pages") || p.contains("help")),
+        "{pages:?}"
+    );
+    let migrate = std::fs::read_to_string(dir.join("vfmig-host-migrate.1")).unwrap();
+    assert!(migrate.contains(".TH vfmig-host-migrate 1"), "{migrate}");
+    assert!(migrate.contains("plug\\-device"), "{migrate}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

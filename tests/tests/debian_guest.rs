@@ -2,7 +2,8 @@
 //! NetworkManager, installed with debootstrap from Debian's packages, vfmig-guest installed
 //! with `dpkg -i`): udev starts the unit when the host's port is there, the agent answers the
 //! host over it, `vfmig-guestd status` reads the agent over the real system bus (as root and
-//! as an unprivileged user), and `dpkg -r` / `dpkg --purge` / `dpkg -i` do what a user expects.
+//! as an unprivileged user), `man vfmig-guestd` shows its page, and `dpkg -r` / `dpkg --purge`
+//! / `dpkg -i` do what a user expects.
 
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,12 @@ async fn the_package_starts_on_the_port_shows_on_the_system_bus_and_removes_clea
     assert!(
         status.contains("\"phase\": \"idle\""),
         "read by an unprivileged user: {status}"
+    );
+    // `man vfmig-guestd` as a user runs it (the image has man-db, as a standard Debian has).
+    let page = ok(&mut shell, "MANWIDTH=100 man vfmig-guestd").await;
+    assert!(
+        page.contains("vfmig-guestd - vfmig guest agent") && page.contains("vfmig-guestd-run(8)"),
+        "{page}"
     );
     let caps = ok(
         &mut shell,

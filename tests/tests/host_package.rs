@@ -1,7 +1,8 @@
 //! The host package as an operator gets it: `scripts/package host` builds the .deb, which holds
-//! the binary, the libvirt hook where libvirt runs it and the configuration as conffiles, and
-//! depends on the libvirt the binary links; the packaged binary, unpacked, answers libvirt's
-//! hook call for a plain migration of a vfmig domain with its refusal.
+//! the binary, its man pages, the libvirt hook where libvirt runs it and the configuration as
+//! conffiles, and depends on the libvirt the binary links; `man vfmig-host` finds and renders
+//! its page; the packaged binary, unpacked, answers libvirt's hook call for a plain migration of a
+//! vfmig domain with its refusal.
 
 use std::io::Write;
 use std::path::Path;
@@ -28,6 +29,8 @@ fn the_host_package_installs_the_binary_the_hook_and_the_configuration() {
         "./etc/libvirt/hooks/qemu.d/vfmig",
         "./etc/vfmig/host.toml",
         "./usr/share/doc/vfmig-host/examples/domain.xml",
+        "./usr/share/man/man1/vfmig-host.1.gz",
+        "./usr/share/man/man1/vfmig-host-migrate.1.gz",
     ] {
         assert!(contents.contains(path), "{path} missing from {deb}:\n{contents}");
     }
@@ -52,6 +55,26 @@ fn the_host_package_installs_the_binary_the_hook_and_the_configuration() {
         );
     }
     run(Command::new("dpkg-deb").args(["--extract", deb]).arg(&unpacked));
+    // `man vfmig-host` where the package is installed: man finds the page by name in the
+    // package's man directory, as in /usr/share/man, and renders it naming the command and
+    // pointing to the subcommands' pages. (scripts/package installed man.)
+    let man = |name: &str| {
+        run(Command::new("man")
+            .arg("-M")
+            .arg(unpacked.join("usr/share/man"))
+            .arg(name)
+            .env("MANWIDTH", "100"))
+    };
+    let page = man("vfmig-host");
+    for said in [
+        "vfmig-host - Live-migrate a VM with SR-IOV VFs",
+        "SYNOPSIS",
+        "vfmig-host-migrate(1)",
+    ] {
+        assert!(page.contains(said), "{said:?} missing from the man page:\n{page}");
+    }
+    let migrate = man("vfmig-host-migrate");
+    assert!(migrate.contains("--plug-device"), "{migrate}");
     let hook = std::fs::read_to_string(unpacked.join("etc/libvirt/hooks/qemu.d/vfmig")).unwrap();
     assert!(hook.contains("exec /usr/bin/vfmig-host libvirt-hook \"$@\""), "{hook}");
 

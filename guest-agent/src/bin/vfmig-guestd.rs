@@ -4,12 +4,12 @@
 //! can save and restore an interface without a host, and so the benchmark and the demo drive
 //! the same code as production. `status` asks the running daemon, over D-Bus, what it did.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use vfmig_guest::agent::Agent;
 use vfmig_guest::channel;
 use vfmig_guest::dbus::{self, Bus, Serve};
@@ -104,6 +104,37 @@ enum Command {
         #[arg(long)]
         no_announce: bool,
     },
+    /// Write the man pages, rendered from this command line, into DIR: vfmig-guestd.8 and one
+    /// per subcommand. Hidden: scripts/package runs it when it builds the Debian package, so
+    /// the pages it installs always describe the daemon beside them.
+    #[command(hide = true)]
+    ManPages {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// The man pages of `vfmig-guestd` and of each of its subcommands (section 8: a daemon in
+/// /usr/sbin, which clap_mangen's own `generate_to` cannot choose), as clap_mangen renders them,
+/// each footed with vfmig's version; hidden subcommands, and the help subcommand, have none.
+fn man_pages(dir: &Path) -> Result<ExitCode> {
+    fn write(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub.clone(), dir)?;
+        }
+        clap_mangen::Man::new(cmd)
+            .section("8")
+            .source(concat!("vfmig ", env!("CARGO_PKG_VERSION")))
+            .manual("vfmig")
+            .generate_to(dir)
+            .map(drop)
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Built first: a subcommand's page is then titled with its full name (vfmig-guestd-run).
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    write(cmd, dir).with_context(|| format!("writing man pages into {}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -127,6 +158,7 @@ fn rtnetlink() -> Result<rtnetlink::Handle> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::ManPages { dir } => man_pages(&dir),
         Command::Status { bus, json } => status(&bus, json).await,
         Command::UdevArrival { mac, store } => {
             if let Some(arrival) = pending::arrival(&store, &mac) {

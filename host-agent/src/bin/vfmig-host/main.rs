@@ -1,11 +1,11 @@
 //! `vfmig-host`: the host agent's command line, made to be called from a migration hook.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio::signal::unix::{signal, SignalKind};
 use vfmig_host::migration::journal;
 use vfmig_host::migration::{
@@ -59,6 +59,38 @@ enum Command {
     LibvirtHook(hook::HookArgs),
     #[command(flatten)]
     Sriov(sriov::SriovCommand),
+    /// Write the man pages, rendered from this command line, into DIR: vfmig-host.1 and one
+    /// per subcommand. Hidden: scripts/package runs it when it builds the Debian package, so
+    /// the pages it installs always describe the binary beside them.
+    #[command(hide = true)]
+    ManPages {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// The man pages of `vfmig-host` and of each of its subcommands (section 1, as the binary is
+/// in /usr/bin), as clap_mangen renders them, each footed with vfmig's version (clap_mangen's
+/// own `generate_to` leaves a subcommand's footer without one); hidden subcommands, and the
+/// help subcommand, have none.
+fn man_pages(dir: &Path) -> Result<ExitCode> {
+    fn write(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub.clone(), dir)?;
+        }
+        clap_mangen::Man::new(cmd)
+            .section("1")
+            .source(concat!("vfmig ", env!("CARGO_PKG_VERSION")))
+            .manual("vfmig")
+            .generate_to(dir)
+            .map(drop)
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Built first: a subcommand's page is then titled with its full name (vfmig-host-migrate).
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    write(cmd, dir).with_context(|| format!("writing man pages into {}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints each phase as it is reached, and pre-copy progress on a terminal.
@@ -397,6 +429,7 @@ async fn main() -> ExitCode {
         Command::Plug(args) => plug(args).await,
         Command::LibvirtHook(args) => Ok(hook::run(args).await),
         Command::Sriov(command) => sriov::run(command).await,
+        Command::ManPages { dir } => man_pages(&dir),
     };
     result.unwrap_or_else(|e| {
         eprintln!("vfmig-host: {e:#}");
