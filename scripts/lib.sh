@@ -59,6 +59,30 @@ install_libvirt() {
     fi
 }
 
+# with_heartbeat LABEL COMMAND...: runs COMMAND, and while it runs says "... LABEL: N s" on
+# standard error every 5 s when that is no terminal (a log, a pipe), so that a reader sees a
+# long step going on: apt-get installs quietly, and cargo compiles some crates for longer than
+# the 10 s a reader should wait for a sign of life. On a terminal COMMAND runs as it is, and
+# cargo's own progress bar is that sign.
+with_heartbeat() {
+    local label=$1 start ticker rc=0
+    shift
+    if [ -t 2 ]; then
+        "$@"
+        return
+    fi
+    start=$(date +%s)
+    # The ticker stops by itself should this shell die without stopping it.
+    (while sleep 5 && kill -0 $$ 2>/dev/null; do
+        echo "    ... $label: $(($(date +%s) - start)) s" >&2
+    done) &
+    ticker=$!
+    "$@" || rc=$?
+    kill "$ticker" 2>/dev/null || true
+    wait "$ticker" 2>/dev/null || true
+    return $rc
+}
+
 # Debian packages the build and the tests need; apt-get runs only when something is missing.
 install_deps() {
     local missing=() missing_qemu=
@@ -89,16 +113,18 @@ install_deps() {
         # qemu-img makes the disk overlay a migrating Debian guest's two QEMUs share.
         qemu_is_new_enough && command -v qemu-img >/dev/null || missing_qemu=1
         echo "installing: ${missing[*]}${missing_qemu:+ qemu-system-x86 qemu-utils (bookworm-backports)}${missing_libvirt:+ ${libvirt_pkgs[*]} (bookworm-backports)}"
-        apt-get update -qq
+        with_heartbeat "apt-get update" apt-get update -qq
         if [ ${#missing[@]} -gt 0 ]; then
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+            with_heartbeat installing env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq "${missing[@]}" >/dev/null
         fi
         if [ -n "${missing_qemu:-}" ]; then
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
+            with_heartbeat "installing QEMU" env DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq -t bookworm-backports qemu-system-x86 qemu-utils >/dev/null
         fi
         # After QEMU: the QEMU driver depends on a qemu-system that must be the backports one.
         if [ -n "$missing_libvirt" ]; then
-            install_libvirt
+            with_heartbeat "installing libvirt" install_libvirt
         fi
     fi
     # Debian bookworm's rustc (1.63) is too old for the dependencies; a rustup toolchain is needed.

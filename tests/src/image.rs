@@ -1,7 +1,8 @@
 //! The test guest image, built (or found in its cache) by `images/build`.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 #[derive(Debug, Clone)]
@@ -47,8 +48,14 @@ impl GuestImage {
 
 /// Builds the image once per test process; later calls return the same one.
 pub fn guest_image() -> Result<&'static GuestImage, String> {
+    guest_image_showing(&mut |_| {})
+}
+
+/// [`guest_image`], handing each line the build prints on its standard error (its stages,
+/// cargo's progress) to `show` as it comes: the demo shows a first build's minutes with them.
+pub fn guest_image_showing(show: &mut dyn FnMut(&str)) -> Result<&'static GuestImage, String> {
     static IMAGE: OnceLock<Result<GuestImage, String>> = OnceLock::new();
-    IMAGE.get_or_init(build).as_ref().map_err(Clone::clone)
+    IMAGE.get_or_init(|| build(show)).as_ref().map_err(Clone::clone)
 }
 
 /// The Debian guest (images/build-debian): systemd, udev, D-Bus, NetworkManager and the
@@ -57,7 +64,7 @@ pub fn debian_image() -> Result<&'static GuestImage, String> {
     static IMAGE: OnceLock<Result<GuestImage, String>> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let dir = run("images/build-debian")?;
+            let dir = run("images/build-debian", &mut |_| {})?;
             Ok(GuestImage {
                 kernel: dir.join("vmlinuz"),
                 initramfs: dir.join("initrd.img"),
@@ -68,8 +75,8 @@ pub fn debian_image() -> Result<&'static GuestImage, String> {
         .map_err(Clone::clone)
 }
 
-fn build() -> Result<GuestImage, String> {
-    let dir = run("images/build")?;
+fn build(show: &mut dyn FnMut(&str)) -> Result<GuestImage, String> {
+    let dir = run("images/build", show)?;
     Ok(GuestImage {
         kernel: dir.join("vmlinuz"),
         initramfs: dir.join("initramfs.gz"),
@@ -77,25 +84,48 @@ fn build() -> Result<GuestImage, String> {
     })
 }
 
-/// Runs an image build script and returns the directory it printed last, checked to hold
-/// the kernel.
-fn run(script: &str) -> Result<PathBuf, String> {
+/// Runs an image build script, handing its standard error to `show` line by line, and returns
+/// the directory it printed last, checked to hold the kernel.
+fn run(script: &str, show: &mut dyn FnMut(&str)) -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the workspace");
-    let out = Command::new(root.join(script))
-        .output()
+    let mut child = Command::new(root.join(script))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("running {script}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("{script} failed: {}", String::from_utf8_lossy(&out.stderr)));
+    let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(format!("{script}: no pipes to read"));
+    };
+    // Standard output (the directory) is read on a thread of its own while standard error is
+    // shown, so that neither pipe can fill and stall the script.
+    let printed = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    // What the script said, for its failure's message; cargo's line per crate it compiles is
+    // progress, not why it failed.
+    let mut said = String::new();
+    for line in BufReader::new(stderr).split(b'\n') {
+        let line = line.map_err(|e| format!("reading {script}'s output: {e}"))?;
+        let line = String::from_utf8_lossy(&line);
+        show(&line);
+        if !line.trim_start().starts_with("Compiling ") {
+            said.push_str(&line);
+            said.push('\n');
+        }
     }
-    let dir = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
+    let status = child.wait().map_err(|e| format!("waiting for {script}: {e}"))?;
+    let out = printed
+        .join()
+        .map_err(|_| format!("reading {script}'s output panicked"))?
+        .map_err(|e| format!("reading {script}'s output: {e}"))?;
+    if !status.success() {
+        return Err(format!("{script} failed: {said}"));
+    }
+    let dir = PathBuf::from(out.lines().last().unwrap_or_default().trim());
     if !dir.join("vmlinuz").exists() {
         return Err(format!("{script} printed {}, which holds no image", dir.display()));
     }
