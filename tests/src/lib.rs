@@ -33,6 +33,13 @@ pub struct Exclusive {
 /// time, whether the harness runs them on parallel threads or two test runs share the machine.
 /// It is a lock on a file, so it is released by the kernel even if the holder dies.
 pub fn exclusive() -> Exclusive {
+    exclusive_or(|| ()).0
+}
+
+/// [`exclusive`], calling `waiting` first when another holds the lock, and handing back what it
+/// returned once the lock is had: the demo says that it waits for a test, and when it stops.
+pub fn exclusive_or<T>(waiting: impl FnOnce() -> T) -> (Exclusive, Option<T>) {
+    use nix::fcntl::{Flock, FlockArg};
     let path = std::env::temp_dir().join("vfmig-testbed.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -40,8 +47,14 @@ pub fn exclusive() -> Exclusive {
         .write(true)
         .open(&path)
         .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
-        Ok(lock) => Exclusive { _lock: lock },
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => return (Exclusive { _lock: lock }, None),
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+        Err((_, e)) => panic!("locking {}: {e}", path.display()),
+    };
+    let waited = waiting();
+    match Flock::lock(file, FlockArg::LockExclusive) {
+        Ok(lock) => (Exclusive { _lock: lock }, Some(waited)),
         Err((_, e)) => panic!("locking {}: {e}", path.display()),
     }
 }

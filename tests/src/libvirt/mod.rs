@@ -82,8 +82,16 @@ impl LibvirtBed {
     /// Both hosts, each given to `prepare` (to add hooks, say) before its libvirtd starts.
     /// Host 1 starts first: with no capability cache to seed it, it probes QEMU and its cache
     /// then seeds host 2.
-    pub fn start_with(mut prepare: impl FnMut(&Host) -> Result<(), BedError>) -> Result<Self, BedError> {
-        let one = exclusive();
+    pub fn start_with(prepare: impl FnMut(&Host) -> Result<(), BedError>) -> Result<Self, BedError> {
+        Self::start_holding(exclusive(), prepare)
+    }
+
+    /// [`LibvirtBed::start_with`], the machine's VM lock already taken (the demo takes it
+    /// itself, to show that it waits for it).
+    pub fn start_holding(
+        one: Exclusive,
+        mut prepare: impl FnMut(&Host) -> Result<(), BedError>,
+    ) -> Result<Self, BedError> {
         let image = guest_image().map_err(BedError::Image)?.clone();
         let started = Instant::now();
         let scratch = ScratchDir::new("libvirt").map_err(|error| BedError::Io {

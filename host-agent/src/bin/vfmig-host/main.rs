@@ -100,7 +100,8 @@ fn observer() -> impl FnMut(&Step) {
         let progress = match (step.ram_total, step.ram_remaining) {
             (Some(total), Some(remaining)) => {
                 let done = total.saturating_sub(remaining) as f64 / total.max(1) as f64;
-                format!(" (pre-copy {:.0}%)", done * 100.0)
+                let left = remaining as f64 / 1048576.0;
+                format!(" (pre-copy {:.0}%, {left:.1} MiB left)", done * 100.0)
             }
             _ => String::new(),
         };
