@@ -290,7 +290,7 @@ fn summary(run: &Run, timeline: &Path, before: &str, after: &Result<String, Stri
             let equal = was == is;
             match equal {
                 true => println!(
-                    "  guest state equal      yes     {} addresses, routes and permanent neighbours, the same before (source) and after (destination)",
+                    "  guest state equal      yes     the same {} lines of addresses, routes and permanent neighbours before (source) and after (destination)",
                     was.len()
                 ),
                 false => {
