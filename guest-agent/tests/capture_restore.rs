@@ -113,6 +113,19 @@ fn assert_clean(report: &RestoreReport) {
     assert!(report.failed.is_empty(), "restore failed items: {:#?}", report.failed);
 }
 
+/// `vfa0` replaced by a fresh link, `saved` restored onto it: clean, equal to what was saved,
+/// and a second restore changes nothing.
+async fn assert_restores_equal_onto_a_fresh_link(handle: &rtnetlink::Handle, saved: &SavedState) {
+    ip_batch("link add vfb0 type veth peer name vfb0p\nlink set vfb0p up\nlink del vfa0\n").unwrap();
+    let onto = index_of("vfb0");
+    assert_clean(&restore(handle, saved, onto, RestoreOptions::default()).await.unwrap());
+    let restored = capture(handle, "vfa0").await.unwrap().state;
+    assert_eq!(comparable(&restored), comparable(&saved.interface));
+    let again = restore(handle, saved, onto, RestoreOptions::default()).await.unwrap();
+    assert_clean(&again);
+    assert!(again.applied.is_empty(), "{:#?}", again.applied);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn restore_onto_a_new_link_reproduces_the_captured_state_and_is_idempotent() {
     enter_fresh().unwrap();
@@ -427,15 +440,7 @@ route append default via 198.18.10.1 dev vfa0 src 198.18.11.2 metric 100
     assert_eq!(defaults(&captured.state), 2, "{:#?}", captured.state.routes);
     let saved = seal_and_open(captured.state);
 
-    ip_batch("link add vfb0 type veth peer name vfb0p\nlink set vfb0p up\nlink del vfa0\n").unwrap();
-    let onto = index_of("vfb0");
-    let report = restore(&handle, &saved, onto, RestoreOptions::default()).await.unwrap();
-    assert_clean(&report);
-    let restored = capture(&handle, "vfa0").await.unwrap().state;
-    assert_eq!(comparable(&restored), comparable(&saved.interface));
-    let again = restore(&handle, &saved, onto, RestoreOptions::default()).await.unwrap();
-    assert_clean(&again);
-    assert!(again.applied.is_empty(), "{:#?}", again.applied);
+    assert_restores_equal_onto_a_fresh_link(&handle, &saved).await;
 }
 
 /// A route's metrics — mtu (locked), advmss, window, initcwnd, the congestion control
@@ -467,14 +472,7 @@ route add 2001:db8:300::/48 via 2001:db8:10::1 dev vfa0 mtu 1400 hoplimit 32
     );
     let saved = seal_and_open(captured.state);
 
-    ip_batch("link add vfb0 type veth peer name vfb0p\nlink set vfb0p up\nlink del vfa0\n").unwrap();
-    let onto = index_of("vfb0");
-    let report = restore(&handle, &saved, onto, RestoreOptions::default()).await.unwrap();
-    assert_clean(&report);
-    let restored = capture(&handle, "vfa0").await.unwrap().state;
-    assert_eq!(comparable(&restored), comparable(&saved.interface));
-    let again = restore(&handle, &saved, onto, RestoreOptions::default()).await.unwrap();
-    assert!(again.applied.is_empty(), "{:#?}", again.applied);
+    assert_restores_equal_onto_a_fresh_link(&handle, &saved).await;
 }
 
 /// A small deterministic generator: the cases are the same on every run, and a failing one
