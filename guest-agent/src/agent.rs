@@ -39,6 +39,10 @@ pub struct Agent {
     phase: Phase,
     events: Events,
     network_manager: nm::Use,
+    /// The saved state last restored, by its name, and the link it went onto: the appearance
+    /// of that same link, seen after the host's restore, is not a reason to restore again
+    /// (which would report a restore that did nothing as the last one, without the hand-back).
+    restored_onto: Option<(String, u32)>,
 }
 
 fn error(code: ErrorCode, message: impl std::fmt::Display) -> GuestMessage {
@@ -98,6 +102,7 @@ impl Agent {
             phase: Phase::Idle,
             events: Events::default(),
             network_manager: nm::Use::Off,
+            restored_onto: None,
         }
     }
 
@@ -247,6 +252,7 @@ impl Agent {
             None => None,
         };
         self.set_phase(Phase::Saved);
+        self.restored_onto = None;
         let mut saved = self.state_saved(&name, &state, moved);
         saved.lost = lost.into_iter().take(MAX_FAILURES).collect();
         self.events.emit(Event::Saved(saved.clone()));
@@ -450,6 +456,7 @@ impl Agent {
             (None, _) => {}
         }
         self.set_phase(Phase::Restored);
+        self.restored_onto = Some((name.clone(), index));
         let restored = Restored {
             interface: saved.interface.identity.name,
             applied: count(report.applied.len()),
@@ -531,6 +538,10 @@ impl Agent {
         let Some((name, saved)) = self.saved_for(&by_mac) else {
             return;
         };
+        if self.restored_onto.as_ref() == Some(&(name.clone(), link.index)) {
+            tracing::info!(saved = %name, index = link.index, "a link with a saved MAC appeared, already restored onto");
+            return;
+        }
         tracing::info!(saved = %name, index = link.index, mac = %link.mac, "a link with a saved MAC appeared; restoring");
         self.udev_settled(link.index).await;
         match self.restore_onto(saved, link.index, false, Trigger::LinkAppeared).await {

@@ -8,8 +8,9 @@ use tokio::net::UnixStream;
 use vfmig_guest::agent::Agent;
 use vfmig_guest::channel::session::serve;
 use vfmig_guest::dma_hook::DmaHook;
+use vfmig_guest::events::{Event, Trigger};
 use vfmig_guest::netstate::standby::StandbyConfig;
-use vfmig_guest::netstate::{capture, connect, new_links};
+use vfmig_guest::netstate::{capture, connect, new_links, NewLink};
 use vfmig_protocol::frame::{self, Decoder};
 use vfmig_protocol::message::*;
 use vfmig_protocol::request::{Progress, RequestTracker};
@@ -785,5 +786,63 @@ async fn a_state_restore_cannot_put_back_is_refused_with_nothing_saved_unless_th
         s.lost,
         ["vfa0.10 (macvlan) is stacked on vfa0: upper devices are not restored"]
     );
+    std::fs::remove_dir_all(store).unwrap();
+}
+
+/// The fresh VF's link is restored onto by the host's request; its appearance, seen by the
+/// agent only afterwards (as CI once saw it), does not restore it a second time: one restore,
+/// the host's, is the last one reported.
+#[tokio::test(flavor = "current_thread")]
+async fn a_link_the_host_restored_onto_is_not_restored_again_when_its_appearance_comes_late() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-late-{}", std::process::id()));
+    let mut agent = Agent::new(
+        handle.clone(),
+        store.clone(),
+        Capabilities::default(),
+        DmaHook::default(),
+        StandbyConfig::Off,
+    );
+    let mut events = agent.events();
+    let saved = agent
+        .handle(HostMessage::PrepareUnplug(PrepareUnplug {
+            interface: by_name("vfa0"),
+            deadline_ms: 5000,
+            standby: StandbyRequest::Off,
+            accept_loss: false,
+        }))
+        .await;
+    assert!(matches!(saved[0], GuestMessage::StateSaved(_)), "{saved:?}");
+    // The fresh VF: the saved MAC, another index.
+    ip_batch("link del vfa0\nlink add vfb0 address 02:00:00:00:0a:01 type veth peer name vfb0p\nlink set vfb0p up\n")
+        .unwrap();
+    let index = nix::net::if_::if_nametoindex("vfb0").unwrap();
+    let restored = agent
+        .handle(HostMessage::Restore(Restore {
+            saved: "vfa0".into(),
+            onto: by_name("vfb0"),
+            restore_mac: false,
+            digest: None,
+        }))
+        .await;
+    assert!(
+        matches!(&restored[0], GuestMessage::Restored(r) if r.failed.is_empty()),
+        "{restored:?}"
+    );
+    agent
+        .link_appeared(NewLink {
+            index,
+            mac: "02:00:00:00:0a:01".parse().unwrap(),
+        })
+        .await;
+    let mut restores = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let Event::Restored { by, .. } = event {
+            restores.push(by);
+        }
+    }
+    assert_eq!(restores, [Trigger::Host], "restored by whom, in order");
     std::fs::remove_dir_all(store).unwrap();
 }
