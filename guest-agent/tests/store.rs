@@ -33,6 +33,10 @@ fn state() -> SavedState {
             }],
             routes: vec![],
             neighbours: vec![],
+            uppers: vec![],
+            port: None,
+            rules: vec![],
+            sysctls: Default::default(),
         },
     }
 }

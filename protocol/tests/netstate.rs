@@ -66,6 +66,7 @@ fn sample() -> SavedState {
             source: Some(ip("198.18.0.10")),
             metrics: Default::default(),
             congestion_control: None,
+            nexthops: Vec::new(),
         }],
         neighbours: vec![Neighbour {
             address: ip("198.18.0.1"),
@@ -73,6 +74,10 @@ fn sample() -> SavedState {
             state: NUD_PERMANENT,
             router: false,
         }],
+        uppers: Vec::new(),
+        port: None,
+        rules: Vec::new(),
+        sysctls: Default::default(),
     };
     interface.sort();
     SavedState {
@@ -240,6 +245,7 @@ fn a_kernel_route_is_saved_only_as_the_prefix_route_of_a_noprefixroute_address()
         source: None,
         metrics: Default::default(),
         congestion_control: None,
+        nexthops: Vec::new(),
     };
     // 2001:db8::10/64 carries NOPREFIXROUTE in the sample; 198.18.0.10/24 does not.
     let mut ok = sample();

@@ -170,6 +170,10 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
         addresses,
         routes,
         neighbours,
+        uppers: Vec::new(),
+        port: None,
+        rules: Vec::new(),
+        sysctls: Default::default(),
     };
     state.sort();
     Ok(Captured { state, unrestorable })
@@ -318,6 +322,7 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
         source,
         metrics: Default::default(),
         congestion_control: None,
+        nexthops: Vec::new(),
     };
     if protocol == RTPROT_KERNEL && !handmade_prefix_route(&route, addresses) {
         return None;

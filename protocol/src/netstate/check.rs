@@ -6,7 +6,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use super::consts::*;
-use super::{handmade_prefix_route, is_link_local_v6, InterfaceState, Neighbour};
+use super::{
+    handmade_prefix_route, is_link_local_v6, InterfaceState, Neighbour, PortOptions, UpperKind, TUNED_SYSCTLS,
+};
 use crate::message::{validate_ifname, validate_pci_address};
 
 /// The first problem found, with the item it is in.
@@ -53,7 +55,49 @@ fn host_bits_clear(a: IpAddr, len: u8) -> bool {
     value & mask == 0
 }
 
+/// Deepest stack of uppers a state may hold: far above any real one (a VLAN on a VLAN on a VF is
+/// three), low enough that a hostile document cannot recurse without end.
+pub const MAX_UPPER_DEPTH: usize = 8;
+
 pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
+    check_at(s, "", 0)
+}
+
+fn check_at(s: &InterfaceState, path: &str, depth: usize) -> Result<(), Inconsistency> {
+    let bad = |at: String, problem: String| bad(format!("{path}{at}"), problem);
+    check_own(s).map_err(|e| bad(e.at, e.problem))?;
+    let mut names = HashSet::new();
+    for (i, u) in s.uppers.iter().enumerate() {
+        let at = format!("uppers[{i}] ({})", u.state.identity.name);
+        if depth + 1 >= MAX_UPPER_DEPTH {
+            return Err(bad(at, format!("uppers nest deeper than {MAX_UPPER_DEPTH}")));
+        }
+        if !names.insert(&u.state.identity.name) || u.state.identity.name == s.identity.name {
+            return Err(bad(at, "name listed twice".into()));
+        }
+        match u.kind {
+            UpperKind::Vlan { id, protocol, .. } => {
+                if !(1..=4094).contains(&id) {
+                    return Err(bad(at, format!("VLAN id {id} is outside 1..=4094")));
+                }
+                if protocol != 0x8100 && protocol != 0x88a8 {
+                    return Err(bad(
+                        at,
+                        format!("VLAN protocol {protocol:#06x} is neither 802.1Q nor 802.1ad"),
+                    ));
+                }
+            }
+            UpperKind::Macvlan { .. } | UpperKind::Ipvlan { .. } => {}
+        }
+        if u.state.port.is_some() {
+            return Err(bad(at, "an upper that is a port of a master is not restored".into()));
+        }
+        check_at(&u.state, &format!("{path}{at}."), depth + 1)?;
+    }
+    Ok(())
+}
+
+fn check_own(s: &InterfaceState) -> Result<(), Inconsistency> {
     let id = &s.identity;
     validate_ifname("name", &id.name).map_err(|p| bad("identity.name", p))?;
     if id.mac.is_zero() || id.mac.is_multicast() {
@@ -151,8 +195,68 @@ pub fn check(s: &InterfaceState) -> Result<(), Inconsistency> {
         // Only a route equal in every field is a duplicate: the kernel keeps routes sharing
         // their key side by side when added with append (a second DHCP lease's default route,
         // differing only in its source), and restore appends them the same way.
+        if !r.nexthops.is_empty() {
+            if r.gateway.is_some() || r.nexthops.len() < 2 {
+                return Err(bad(
+                    at(),
+                    "a multipath route has two legs or more and no gateway of its own",
+                ));
+            }
+            if !r.nexthops.iter().any(|n| n.device.is_none()) {
+                return Err(bad(at(), "no leg of the multipath route uses this interface"));
+            }
+            for n in &r.nexthops {
+                if n.gateway.is_some_and(|g| !same_family(g, r.destination)) {
+                    return Err(bad(at(), "a leg's gateway is of another address family"));
+                }
+                if !(1..=256).contains(&n.weight) {
+                    return Err(bad(at(), format!("a leg's weight {} is outside 1..=256", n.weight)));
+                }
+                if let Some(d) = &n.device {
+                    validate_ifname("device", d).map_err(|p| bad(at(), p))?;
+                }
+            }
+        }
         if !seen_routes.insert(r) {
             return Err(bad(at(), "listed twice"));
+        }
+    }
+
+    if let Some(port) = &s.port {
+        validate_ifname("master", &port.master).map_err(|p| bad("port.master", p))?;
+        if let PortOptions::Bridge { priority, .. } = port.options {
+            if priority > 63 {
+                return Err(bad(
+                    "port.options",
+                    format!("bridge port priority {priority} is above 63"),
+                ));
+            }
+        }
+    }
+    let mut seen_rules = BTreeSet::new();
+    for (i, r) in s.rules.iter().enumerate() {
+        let at = || format!("rules[{i}] (priority {})", r.priority);
+        for (prefix, what) in [(r.source, "source"), (r.destination, "destination")] {
+            if let Some((a, len)) = prefix {
+                if a.is_ipv6() != r.ipv6 || len > bits(a) {
+                    return Err(bad(at(), format!("{what} {a}/{len} does not fit the rule's family")));
+                }
+            }
+        }
+        for name in [&r.iif, &r.oif].into_iter().flatten() {
+            validate_ifname("interface", name).map_err(|p| bad(at(), p))?;
+        }
+        if !seen_rules.insert(r) {
+            return Err(bad(at(), "listed twice"));
+        }
+    }
+    for (key, value) in &s.sysctls {
+        let at = || format!("sysctls.{key}");
+        if !TUNED_SYSCTLS.contains(&key.as_str()) {
+            return Err(bad(at(), "not a setting restore carries over"));
+        }
+        if value.is_empty() || value.len() > 11 || value.parse::<i64>().is_err() {
+            return Err(bad(at(), format!("{value:?} is not a number")));
         }
     }
 

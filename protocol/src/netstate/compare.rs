@@ -59,6 +59,42 @@ pub fn differences(saved: &InterfaceState, now: &InterfaceState) -> Vec<String> 
             .map(|n| (n.address.to_string(), n.restore_key())),
         now.neighbours.iter().map(|n| (n.address.to_string(), n.restore_key())),
     );
+    if saved.port != now.port {
+        out.push(format!("port is {:?}, saved {:?}", now.port, saved.port));
+    }
+    diff(
+        &mut out,
+        "rule",
+        saved.rules.iter().map(|r| (format!("{r:?}"), ())),
+        now.rules.iter().map(|r| (format!("{r:?}"), ())),
+    );
+    diff(&mut out, "sysctl", saved.sysctls.iter(), now.sysctls.iter());
+    let now_uppers: BTreeMap<_, _> = now.uppers.iter().map(|u| (&u.state.identity.name, u)).collect();
+    for u in &saved.uppers {
+        let name = &u.state.identity.name;
+        match now_uppers.get(name) {
+            None => out.push(format!("upper {name} is missing")),
+            Some(have) if have.kind != u.kind => {
+                out.push(format!("upper {name} is {:?}, saved {:?}", have.kind, u.kind))
+            }
+            Some(have) => out.extend(
+                differences(&u.state, &have.state)
+                    .into_iter()
+                    .map(|d| format!("upper {name}: {d}")),
+            ),
+        }
+    }
+    out.extend(
+        now.uppers
+            .iter()
+            .filter(|u| {
+                !saved
+                    .uppers
+                    .iter()
+                    .any(|s| s.state.identity.name == u.state.identity.name)
+            })
+            .map(|u| format!("upper {} was not in the saved state", u.state.identity.name)),
+    );
     out
 }
 

@@ -15,6 +15,7 @@
 mod check;
 mod compare;
 mod seal;
+mod stack;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,6 +27,7 @@ use crate::mac::MacAddr;
 pub use check::{check, Inconsistency};
 pub use compare::differences;
 pub use seal::{digest, open, seal, StateError, FORMAT_VERSION, MAX_DOCUMENT};
+pub use stack::{Port, PortOptions, Rule, Sysctls, Upper, UpperKind, TUNED_SYSCTLS};
 
 /// A captured interface and when it was captured.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +46,20 @@ pub struct InterfaceState {
     pub addresses: Vec<Address>,
     pub routes: Vec<Route>,
     pub neighbours: Vec<Neighbour>,
+    // What follows came after the first release: absent in its documents, which read as
+    // having none of it.
+    /// Devices made on this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uppers: Vec<Upper>,
+    /// The bond or bridge this interface is a port of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<Port>,
+    /// Policy rules naming this interface or its addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+    /// The [`TUNED_SYSCTLS`] as read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: Sysctls,
 }
 
 /// Who the interface was. The host compares it with the fresh VF; `ifindex` is informational
@@ -162,6 +178,20 @@ pub struct Route {
     pub metrics: BTreeMap<u16, u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub congestion_control: Option<String>,
+    /// A multipath route's legs (`gateway` is then `None`); empty for a single path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nexthops: Vec<Nexthop>,
+}
+
+/// One leg of a multipath route.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Nexthop {
+    /// The link the leg leaves by, when it is not the interface the state is of.
+    pub device: Option<String>,
+    pub gateway: Option<IpAddr>,
+    /// 1..=256 (the kernel's rtnh_hops plus one).
+    pub weight: u16,
+    pub onlink: bool,
 }
 
 impl Route {
@@ -235,5 +265,11 @@ impl InterfaceState {
         self.addresses.sort();
         self.routes.sort();
         self.neighbours.sort();
+        self.rules.sort();
+        for upper in &mut self.uppers {
+            upper.state.sort();
+        }
+        self.uppers
+            .sort_by(|a, b| a.state.identity.name.cmp(&b.state.identity.name));
     }
 }
