@@ -281,3 +281,225 @@ fn routes_differing_only_in_their_source_are_a_valid_state() {
     let opened = open(seal(&state).as_bytes()).expect("two routes told apart by their source");
     assert_eq!(opened, state);
 }
+
+/// A VF with a VLAN carrying its own state (and a macvlan on that), a bridge membership, a
+/// rule, tuned sysctls and a two-legged route: everything issue 23 added to the model.
+fn stacked() -> SavedState {
+    let mut saved = sample();
+    let s = &mut saved.interface;
+    let mut vlan = sample().interface;
+    vlan.identity.name = "eth1.10".into();
+    vlan.identity.pci = None;
+    vlan.identity.driver = None;
+    let mut macvlan = sample().interface;
+    macvlan.identity.name = "mv0".into();
+    macvlan.identity.mac = "02:00:00:aa:bb:02".parse().unwrap();
+    vlan.uppers.push(Upper {
+        kind: UpperKind::Macvlan { mode: 4, flags: 0 },
+        state: macvlan,
+    });
+    s.uppers.push(Upper {
+        kind: UpperKind::Vlan {
+            id: 10,
+            protocol: 0x8100,
+            flags: 1,
+        },
+        state: vlan,
+    });
+    s.port = Some(Port {
+        master: "br0".into(),
+        options: PortOptions::Bridge {
+            cost: 100,
+            priority: 32,
+            learning: true,
+            unicast_flood: true,
+            hairpin: false,
+            guard: false,
+            protect: false,
+            fast_leave: false,
+        },
+    });
+    s.rules.push(Rule {
+        ipv6: false,
+        priority: 100,
+        table: 100,
+        action: 1,
+        source: Some((ip("198.18.0.10"), 32)),
+        destination: None,
+        iif: None,
+        oif: Some("eth1".into()),
+        fwmark: None,
+        fwmask: None,
+        tos: 0,
+        flags: 0,
+        suppress_prefix_len: None,
+    });
+    s.sysctls.insert("ipv4/rp_filter".into(), "2".into());
+    s.sysctls.insert("ipv6/accept_ra".into(), "0".into());
+    let mut multipath = s.routes[0].clone();
+    multipath.destination = ip("203.0.113.0");
+    multipath.prefix_len = 24;
+    multipath.gateway = None;
+    multipath.nexthops = vec![
+        Nexthop {
+            device: None,
+            gateway: Some(ip("198.18.0.1")),
+            weight: 1,
+            onlink: false,
+        },
+        Nexthop {
+            device: Some("sb0".into()),
+            gateway: Some(ip("198.18.1.1")),
+            weight: 2,
+            onlink: false,
+        },
+    ];
+    s.routes.push(multipath);
+    s.sort();
+    saved
+}
+
+#[test]
+fn a_stacked_state_opens_to_the_same_state() {
+    let state = stacked();
+    assert_eq!(open(seal(&state).as_bytes()).unwrap(), state);
+    assert!(differences(&state.interface, &state.interface).is_empty());
+}
+
+/// A document written before uppers, ports, rules, sysctls and legs existed reads as having
+/// none of them.
+#[test]
+fn a_document_without_the_newer_fields_still_opens() {
+    let state = sample();
+    let doc = seal(&state);
+    for field in ["uppers", "port", "rules", "sysctls", "nexthops"] {
+        assert!(!doc.contains(&format!("\"{field}\"")), "{field} is written while empty");
+    }
+    assert_eq!(open(doc.as_bytes()).unwrap(), state);
+}
+
+#[test]
+fn an_inconsistent_stack_says_where() {
+    type Edit = fn(&mut InterfaceState);
+    let cases: Vec<(Edit, &str, &str)> = vec![
+        (
+            |s| {
+                s.uppers[0].kind = UpperKind::Vlan {
+                    id: 4095,
+                    protocol: 0x8100,
+                    flags: 0,
+                }
+            },
+            "uppers[0] (eth1.10)",
+            "outside 1..=4094",
+        ),
+        (
+            |s| {
+                s.uppers[0].kind = UpperKind::Vlan {
+                    id: 10,
+                    protocol: 0x0800,
+                    flags: 0,
+                }
+            },
+            "uppers[0] (eth1.10)",
+            "neither 802.1Q nor 802.1ad",
+        ),
+        (
+            |s| s.uppers[0].state.uppers[0].state.mtu = 10,
+            "uppers[0] (eth1.10).uppers[0] (mv0).mtu",
+            "outside",
+        ),
+        (
+            |s| s.uppers[0].state.identity.name = "eth1".into(),
+            "uppers[0] (eth1)",
+            "listed twice",
+        ),
+        (
+            |s| s.uppers[0].state.port = s.port.clone(),
+            "uppers[0] (eth1.10)",
+            "port of a master",
+        ),
+        (
+            |s| s.port.as_mut().unwrap().master = "".into(),
+            "port.master",
+            "interface name",
+        ),
+        (
+            |s| {
+                let r = s.routes.iter_mut().find(|r| !r.nexthops.is_empty()).unwrap();
+                r.nexthops[0].device = Some("eth2".into());
+            },
+            "routes[",
+            "no leg of the multipath route uses this interface",
+        ),
+        (
+            |s| {
+                let r = s.routes.iter_mut().find(|r| !r.nexthops.is_empty()).unwrap();
+                r.nexthops[1].weight = 0;
+            },
+            "routes[",
+            "outside 1..=256",
+        ),
+        (
+            |s| {
+                let r = s.routes.iter_mut().find(|r| !r.nexthops.is_empty()).unwrap();
+                r.nexthops.pop();
+            },
+            "routes[",
+            "two legs or more",
+        ),
+        (
+            |s| s.rules[0].source = Some((ip("2001:db8::1"), 128)),
+            "rules[0] (priority 100)",
+            "does not fit the rule's family",
+        ),
+        (|s| s.rules.push(s.rules[0].clone()), "rules[1]", "listed twice"),
+        (
+            |s| {
+                s.sysctls.insert("ipv4/../../../kernel/core_pattern".into(), "1".into());
+            },
+            "sysctls.ipv4/../../../kernel/core_pattern",
+            "not a setting restore carries over",
+        ),
+        (
+            |s| {
+                s.sysctls.insert("ipv4/rp_filter".into(), "2; reboot".into());
+            },
+            "sysctls.ipv4/rp_filter",
+            "not a number",
+        ),
+    ];
+    for (edit, at, problem) in cases {
+        let mut state = stacked();
+        edit(&mut state.interface);
+        let err = open(seal(&state).as_bytes()).unwrap_err();
+        let StateError::Inconsistent(inc) = &err else {
+            panic!("{err} is not an inconsistency")
+        };
+        assert!(
+            inc.at.starts_with(at) && inc.problem.contains(problem),
+            "{err}: want {at}: {problem}"
+        );
+    }
+}
+
+/// Uppers nested past the bound are refused, so a hostile document cannot make restore
+/// recurse without end.
+#[test]
+fn uppers_nested_too_deep_are_refused() {
+    let mut state = sample();
+    let mut inner = sample().interface;
+    for depth in 0..MAX_UPPER_DEPTH {
+        let mut outer = sample().interface;
+        outer.identity.name = format!("u{depth}");
+        inner.identity.name = format!("u{depth}x");
+        outer.uppers.push(Upper {
+            kind: UpperKind::Macvlan { mode: 4, flags: 0 },
+            state: inner,
+        });
+        inner = outer;
+    }
+    state.interface.uppers = inner.uppers;
+    let err = open(seal(&state).as_bytes()).unwrap_err().to_string();
+    assert!(err.contains("nest deeper than"), "{err}");
+}
