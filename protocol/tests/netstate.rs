@@ -127,6 +127,9 @@ fn an_altered_document_fails_its_digest() {
     assert!(matches!(open(doc.as_bytes()), Err(StateError::DigestMismatch { .. })));
     let doc = seal(&sample()).replace("\"mtu\":1500", "\"mtu\":9000");
     assert!(matches!(open(doc.as_bytes()), Err(StateError::DigestMismatch { .. })));
+    // The digest covers the state's bytes as written: even an equal state, re-spaced, is altered.
+    let doc = seal(&sample()).replace("\"mtu\":1500", "\"mtu\": 1500");
+    assert!(matches!(open(doc.as_bytes()), Err(StateError::DigestMismatch { .. })));
 }
 
 #[test]
