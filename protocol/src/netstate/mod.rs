@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
 
-pub use check::{check, Inconsistency};
+pub use check::{check, Inconsistency, MAX_UPPER_DEPTH};
 pub use compare::differences;
 pub use seal::{digest, open, seal, StateError, FORMAT_VERSION, MAX_DOCUMENT};
 pub use stack::{Port, PortOptions, Rule, Sysctls, Upper, UpperKind, TUNED_SYSCTLS};
