@@ -388,7 +388,7 @@ async fn what_restore_would_not_put_back_is_named_by_the_capture() {
     ip_batch(
         "link add other type veth peer name otherp\nlink set other up\nlink set otherp up
 addr add 198.18.30.2/24 dev other
-link add mv0 link vfa0 type macvlan mode bridge
+link add mvt0 link vfa0 type macvtap mode bridge
 route add 192.0.2.0/24 nexthop via 198.18.10.1 dev vfa0 nexthop via 198.18.30.1 dev other
 link add vfc0 type veth peer name vfc0p
 link add br0 type bridge
@@ -401,7 +401,7 @@ link set vfc0 master br0
     assert_eq!(
         captured.unrestorable,
         [
-            "mv0 (macvlan) is stacked on vfa0: upper devices are not restored",
+            "mvt0 (macvtap) is stacked on vfa0: upper devices are not restored",
             "route 192.0.2.0/24 table 254: multipath routes are not restored",
         ]
     );

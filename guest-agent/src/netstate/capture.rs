@@ -17,7 +17,7 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, metrics, stacking, sysfs, NetstateError};
+use super::{errno, metrics, stacking, sysfs, uppers, NetstateError};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
@@ -137,6 +137,16 @@ pub async fn pci_address(handle: &Handle, selector: &InterfaceSelector) -> Resul
 }
 
 async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, NetstateError> {
+    capture_at(handle, link, &all_links(handle).await?, 0).await
+}
+
+/// Captures `link`, one of `links`, `depth` uppers above the VF.
+pub(super) async fn capture_at(
+    handle: &Handle,
+    link: LinkMessage,
+    links: &[LinkMessage],
+    depth: usize,
+) -> Result<Captured, NetstateError> {
     let index = link.header.index;
     let (mut name, mut mac, mut permanent_mac, mut mtu) = (String::new(), None, None, 0);
     for attr in &link.attributes {
@@ -150,11 +160,12 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
     }
     let mac = mac.ok_or_else(|| NetstateError::NotEthernet { name: name.clone() })?;
     let (driver, pci) = sysfs::identity(&name, index);
-    let mut unrestorable = stacking::stacked(&all_links(handle).await?, index);
+    let mut unrestorable = stacking::stacked(links, index);
 
     let addresses = dump_addresses(handle, index).await?;
     let routes = dump_routes(handle, index, &addresses, &mut unrestorable).await?;
     let neighbours = dump_neighbours(handle, index).await?;
+    let uppers = uppers::capture(handle, links, index, depth, &mut unrestorable).await?;
 
     let mut state = InterfaceState {
         identity: Identity {
@@ -170,7 +181,7 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
         addresses,
         routes,
         neighbours,
-        uppers: Vec::new(),
+        uppers,
         port: None,
         rules: Vec::new(),
         sysctls: Default::default(),

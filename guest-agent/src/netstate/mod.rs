@@ -12,6 +12,7 @@ mod stacking;
 pub mod standby;
 mod sysfs;
 mod udev;
+mod uppers;
 mod watch;
 
 pub use announce::announce;

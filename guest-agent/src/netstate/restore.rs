@@ -260,6 +260,10 @@ pub async fn restore(
             ));
         }
     }
+    // Uppers belong to the VF's own link: a standby keeping its link gets none of them.
+    if !opts.keep_link {
+        super::uppers::restore_uppers(handle, &mut report, saved, onto, opts).await;
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }

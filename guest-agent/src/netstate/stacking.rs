@@ -59,6 +59,8 @@ pub(super) fn stacked(links: &[LinkMessage], vf: u32) -> Vec<String> {
     let mut lost = Vec::new();
     // Two links naming each other are a pair (veth), not a stack.
     let upper = |l: &&Link| l.index != vf && l.lower == Some(vf) && me.lower != Some(l.index);
+    // Those of the kinds restore makes again are captured by `uppers` instead.
+    let upper = |l: &&Link| upper(l) && !l.kind.as_deref().is_some_and(|k| super::uppers::KINDS.contains(&k));
     for upper in links.iter().filter(upper) {
         lost.push(format!(
             "{} ({}) is stacked on {}: upper devices are not restored",
