@@ -17,7 +17,7 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, metrics, stacking, sysfs, NetstateError};
+use super::{errno, metrics, ports, stacking, sysfs, NetstateError};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
@@ -151,6 +151,8 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
     let mac = mac.ok_or_else(|| NetstateError::NotEthernet { name: name.clone() })?;
     let (driver, pci) = sysfs::identity(&name, index);
     let mut unrestorable = stacking::stacked(&all_links(handle).await?, index);
+    let (port, lost) = ports::capture(handle, &link).await?;
+    unrestorable.extend(lost);
 
     let addresses = dump_addresses(handle, index).await?;
     let routes = dump_routes(handle, index, &addresses, &mut unrestorable).await?;
@@ -171,7 +173,7 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
         routes,
         neighbours,
         uppers: Vec::new(),
-        port: None,
+        port,
         rules: Vec::new(),
         sysctls: Default::default(),
     };
