@@ -17,7 +17,7 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, metrics, stacking, sysfs, uppers, NetstateError};
+use super::{errno, metrics, ports, stacking, sysfs, uppers, NetstateError};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
@@ -161,6 +161,8 @@ pub(super) async fn capture_at(
     let mac = mac.ok_or_else(|| NetstateError::NotEthernet { name: name.clone() })?;
     let (driver, pci) = sysfs::identity(&name, index);
     let mut unrestorable = stacking::stacked(links, index);
+    let (port, lost) = ports::capture(handle, &link).await?;
+    unrestorable.extend(lost);
 
     let addresses = dump_addresses(handle, index).await?;
     let routes = dump_routes(handle, index, &addresses, &mut unrestorable).await?;
@@ -182,7 +184,7 @@ pub(super) async fn capture_at(
         routes,
         neighbours,
         uppers,
-        port: None,
+        port,
         rules: Vec::new(),
         sysctls: Default::default(),
     };

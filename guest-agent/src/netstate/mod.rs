@@ -6,6 +6,7 @@ mod bulk;
 mod capture;
 mod errno;
 mod metrics;
+mod ports;
 mod rename;
 mod restore;
 mod stacking;

@@ -27,7 +27,7 @@ use vfmig_protocol::MacAddr;
 use super::bulk::{Bulk, Change, Mode};
 use super::capture::capture_index;
 use super::rename::make_room;
-use super::{announce, errno, metrics, NetstateError};
+use super::{announce, errno, metrics, ports, NetstateError};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RestoreOptions {
@@ -98,6 +98,7 @@ pub async fn restore(
     let current = capture_index(handle, onto).await?.state;
     let mut bulk = Bulk::open().map_err(NetstateError::Socket)?;
 
+    let mut master = None;
     let link = if opts.keep_link {
         LinkResult {
             name: current.identity.name.clone(),
@@ -105,7 +106,13 @@ pub async fn restore(
             mac: current.identity.mac,
         }
     } else {
-        restore_link(handle, &mut report, saved, &current, onto, opts).await
+        let mut link = restore_link(handle, &mut report, saved, &current, onto, opts).await;
+        // After the rename: a bond takes a port named as its `primary` as primary.
+        let (want, have) = (want.port.as_ref(), current.port.as_ref());
+        let joined = ports::restore(handle, &mut report, want, have, onto, &link.name, link.up).await;
+        link.up &= !joined.took_down;
+        master = joined.master;
+        link
     };
     let name = link.name;
     // Addresses that are not on the link after all: never announced as if they were.
@@ -243,14 +250,29 @@ pub async fn restore(
                     report.failed.push(format!("{what}: {e}"));
                 }
             }
+            // A port's addresses are its master's, announced there.
+            let master = match master {
+                Some(index) => match ports::master_addresses(handle, index).await {
+                    Ok((mac, addresses)) => Some((index, mac, addresses)),
+                    Err(e) => {
+                        report.failed.push(format!("announce the master's addresses: {e}"));
+                        None
+                    }
+                },
+                None => None,
+            };
             let mut failures = Vec::new();
             for round in 0..ANNOUNCE_ROUNDS {
                 if round > 0 {
                     tokio::time::sleep(ANNOUNCE_SPACING).await;
                 }
                 failures = announce(onto, link.mac, &addresses);
+                if let Some((index, mac, addresses)) = &master {
+                    failures.extend(announce(*index, *mac, addresses));
+                }
             }
-            report.announced = addresses.len() - failures.len();
+            let on_master = master.map_or(0, |(_, _, a)| a.len());
+            report.announced = addresses.len() + on_master - failures.len();
             report
                 .failed
                 .extend(failures.into_iter().map(|(ip, e)| format!("announce {ip}: {e}")));

@@ -1,9 +1,6 @@
-//! What is stacked on the VF or above it: upper devices made on top of it (VLAN, macvlan,
-//! ipvlan, …) and the master it is a port of (bond, bridge, team). They go with the unplug,
-//! and restore does not make them again, so a capture names each as state it would lose.
-//!
-//! A `net_failover` master is the exception: the kernel enslaves the fresh VF to it by its MAC
-//! by itself, which is that device's whole purpose.
+//! What is stacked on the VF: upper devices made on top of it (VLAN, macvlan, ipvlan, …). They
+//! go with the unplug, and restore does not make them again, so a capture names each as state
+//! it would lose. The master the VF is a port of is [`super::ports`]'s.
 
 use rtnetlink::packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
 
@@ -14,8 +11,6 @@ struct Link {
     kind: Option<String>,
     /// IFLA_LINK: the device this one is made on, in this namespace.
     lower: Option<u32>,
-    /// IFLA_MASTER: the bond, bridge or team it is a port of.
-    controller: Option<u32>,
 }
 
 fn link(m: &LinkMessage) -> Link {
@@ -24,7 +19,6 @@ fn link(m: &LinkMessage) -> Link {
         name: String::new(),
         kind: None,
         lower: None,
-        controller: None,
     };
     let mut elsewhere = false;
     for attr in &m.attributes {
@@ -32,7 +26,6 @@ fn link(m: &LinkMessage) -> Link {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Link(i) => l.lower = Some(*i),
             LinkAttribute::LinkNetNsId(_) => elsewhere = true,
-            LinkAttribute::Controller(i) => l.controller = Some(*i),
             LinkAttribute::LinkInfo(infos) => {
                 l.kind = infos.iter().find_map(|i| match i {
                     LinkInfo::Kind(k) => Some(k.to_string()),
@@ -68,16 +61,6 @@ pub(super) fn stacked(links: &[LinkMessage], vf: u32) -> Vec<String> {
             kind(upper),
             me.name
         ));
-    }
-    if let Some(master) = me.controller.and_then(|c| links.iter().find(|l| l.index == c)) {
-        if master.kind.as_deref() != Some("net_failover") {
-            lost.push(format!(
-                "{} is a port of {} ({}): the fresh VF would not rejoin it",
-                me.name,
-                master.name,
-                kind(master)
-            ));
-        }
     }
     lost
 }

@@ -9,8 +9,9 @@
 //! standby's MAC, which may differ from the VF's. Moving back is restoring onto the fresh VF
 //! (routes replaced back) and then removing from the standby what was put there.
 //!
-//! A VF enslaved to a bond, team or net_failover master is left alone: its addresses live on
-//! the master, which does its own failover; the agent then only coordinates timing.
+//! A VF that is a port of a master (bond, bridge, team, net_failover) is left alone: it has no
+//! addresses of its own to move — they live on the master, which stays through the gap (a bond
+//! fails over to its other ports by itself) — and the fresh VF rejoins the master on restore.
 
 use std::net::IpAddr;
 
@@ -103,7 +104,8 @@ pub async fn choose(
     let all = links(handle).await?;
     if all.iter().any(|l| l.index == vf && l.enslaved) {
         return Ok(Err(
-            "the VF is enslaved to a bond, team or failover master, which fails over by itself".into(),
+            "the VF is a port of a master (bond, bridge, team, failover), which keeps its addresses through the gap"
+                .into(),
         ));
     }
     let usable = |l: &Link| -> Result<Standby, String> {

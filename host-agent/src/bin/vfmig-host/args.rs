@@ -65,8 +65,9 @@ pub struct MigrateArgs {
     #[arg(long, default_value = "auto", value_parser = standby)]
     pub standby: StandbyRequest,
     /// Migrate even when the guest's network state holds what restore cannot put back (an
-    /// upper device on the VF, its bond or bridge, a multipath route through it, …). Without
-    /// it such a migration is refused before the VF is unplugged, each item named.
+    /// upper device on the VF, a master other than a bond or bridge, a multipath route through
+    /// it, …). Without it such a migration is refused before the VF is unplugged, each item
+    /// named.
     #[arg(long)]
     pub accept_loss: bool,
     /// Hold pre-copy when this many MiB are left (at most a quarter of RAM is used).
