@@ -379,8 +379,9 @@ fn peer_entries() -> Vec<(IpAddr, String)> {
 }
 
 /// What restore would not put back is named by the capture, each item once: an upper device
-/// made on the VF, the VLAN membership of a port of a VLAN-filtering bridge, a multipath route
-/// with a leg through it (a bridge port itself is restored: guest-agent/tests/ports.rs). A
+/// made on the VF of a kind restore does not make, the VLAN membership of a port of a
+/// VLAN-filtering bridge, a route through a nexthop object (a bridge port itself is restored:
+/// guest-agent/tests/ports.rs; a multipath route with a leg through the VF is state now). A
 /// veth's peer is a pair, not an upper, and is not named.
 #[tokio::test(flavor = "current_thread")]
 async fn what_restore_would_not_put_back_is_named_by_the_capture() {
@@ -391,6 +392,8 @@ async fn what_restore_would_not_put_back_is_named_by_the_capture() {
 addr add 198.18.30.2/24 dev other
 link add mvt0 link vfa0 type macvtap mode bridge
 route add 192.0.2.0/24 nexthop via 198.18.10.1 dev vfa0 nexthop via 198.18.30.1 dev other
+nexthop add id 7 via 198.18.10.1 dev vfa0
+route add 192.0.3.0/24 nhid 7
 link add vfc0 type veth peer name vfc0p
 link add br0 type bridge vlan_filtering 1
 link set vfc0 master br0
@@ -403,11 +406,16 @@ link set vfc0 master br0
         captured.unrestorable,
         [
             "mvt0 (macvtap) is stacked on vfa0: upper devices are not restored",
-            "route 192.0.2.0/24 table 254: multipath routes are not restored",
+            "route 192.0.3.0/24 table 254: it uses nexthop object 7; nexthop objects are not restored",
         ]
     );
-    // The multipath route is not in the state; what a save would keep opens.
-    assert_eq!(captured.state.routes.len(), 8, "{:#?}", captured.state.routes);
+    // The multipath route is in the state, the nexthop object's route not; what a save would
+    // keep opens.
+    assert_eq!(captured.state.routes.len(), 9, "{:#?}", captured.state.routes);
+    assert_eq!(
+        captured.state.routes.iter().filter(|r| r.nexthops.len() == 2).count(),
+        1
+    );
     seal_and_open(captured.state);
     let port = capture(&handle, "vfc0").await.unwrap();
     assert_eq!(

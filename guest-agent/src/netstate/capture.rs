@@ -2,6 +2,7 @@
 //!
 //! Dumps run one after another: the kernel serves one dump at a time per netlink socket.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
@@ -17,7 +18,7 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, metrics, ports, stacking, sysfs, uppers, NetstateError};
+use super::{errno, metrics, multipath, ports, rules, stacking, sysctls, sysfs, uppers, NetstateError};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
@@ -165,8 +166,10 @@ pub(super) async fn capture_at(
     unrestorable.extend(lost);
 
     let addresses = dump_addresses(handle, index).await?;
-    let routes = dump_routes(handle, index, &addresses, &mut unrestorable).await?;
+    let routes = dump_routes(handle, index, &addresses, &link_names(links), &mut unrestorable).await?;
     let neighbours = dump_neighbours(handle, index).await?;
+    let rules = rules::capture(handle, &name, &addresses, &mut unrestorable).await?;
+    let sysctls = sysctls::capture(&name);
     let uppers = uppers::capture(handle, links, index, depth, &mut unrestorable).await?;
 
     let mut state = InterfaceState {
@@ -185,8 +188,8 @@ pub(super) async fn capture_at(
         neighbours,
         uppers,
         port,
-        rules: Vec::new(),
-        sysctls: Default::default(),
+        rules,
+        sysctls,
     };
     state.sort();
     Ok(Captured { state, unrestorable })
@@ -247,10 +250,24 @@ fn address_from(m: &AddressMessage) -> Option<Address> {
     })
 }
 
+/// Every link's name by its index.
+pub(super) fn link_names(links: &[LinkMessage]) -> HashMap<u32, String> {
+    links
+        .iter()
+        .filter_map(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
 async fn dump_routes(
     handle: &Handle,
     index: u32,
     addresses: &[Address],
+    names: &HashMap<u32, String>,
     unrestorable: &mut Vec<String>,
 ) -> Result<Vec<Route>, NetstateError> {
     let mut routes = Vec::new();
@@ -267,7 +284,7 @@ async fn dump_routes(
             .await
             .map_err(netlink("dumping routes"))?;
         for m in &messages {
-            if let Some(route) = route_from(m, index, addresses, unrestorable) {
+            if let Some(route) = route_from(m, index, addresses, names, unrestorable) {
                 routes.push(route);
             }
         }
@@ -275,7 +292,7 @@ async fn dump_routes(
     Ok(routes)
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+pub(super) fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
@@ -283,11 +300,17 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable: &mut Vec<String>) -> Option<Route> {
+fn route_from(
+    m: &RouteMessage,
+    index: u32,
+    addresses: &[Address],
+    names: &HashMap<u32, String>,
+    unrestorable: &mut Vec<String>,
+) -> Option<Route> {
     let h = &m.header;
     let mut table = u32::from(h.table);
     let (mut oif, mut destination, mut gateway, mut metric, mut source) = (None, None, None, None, None);
-    let (mut multipath, mut via, mut route_metrics) = (false, false, None);
+    let (mut legs, mut nexthop_object, mut via, mut route_metrics) = (None, None, false, None);
     for attr in &m.attributes {
         match attr {
             RouteAttribute::Table(t) => table = *t,
@@ -296,7 +319,8 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
             RouteAttribute::Gateway(g) => gateway = ip_of(g),
             RouteAttribute::Priority(p) => metric = Some(*p),
             RouteAttribute::PrefSource(s) => source = ip_of(s),
-            RouteAttribute::MultiPath(hops) => multipath = hops.iter().any(|hop| hop.interface_index == index),
+            RouteAttribute::MultiPath(hops) => legs = Some(hops),
+            RouteAttribute::NhId(id) => nexthop_object = Some(*id),
             RouteAttribute::Via(_) => via = true,
             RouteAttribute::Metrics(list) => route_metrics = Some(metrics::from_kernel(list)),
             _ => {}
@@ -311,11 +335,15 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
         Ipv6Addr::UNSPECIFIED.into()
     });
     let describe = || format!("route {destination}/{} table {table}", h.destination_prefix_length);
-    if multipath {
-        unrestorable.push(format!("{}: multipath routes are not restored", describe()));
+    let through_vf = oif == Some(index) || legs.is_some_and(|hops| hops.iter().any(|hop| hop.interface_index == index));
+    if !through_vf || table == RT_TABLE_LOCAL || kind != RTN_UNICAST {
         return None;
     }
-    if oif != Some(index) || table == RT_TABLE_LOCAL || kind != RTN_UNICAST {
+    if let Some(id) = nexthop_object {
+        unrestorable.push(format!(
+            "{}: it uses nexthop object {id}; nexthop objects are not restored",
+            describe()
+        ));
         return None;
     }
     if protocol == RTPROT_RA {
@@ -339,6 +367,15 @@ fn route_from(m: &RouteMessage, index: u32, addresses: &[Address], unrestorable:
     };
     if protocol == RTPROT_KERNEL && !handmade_prefix_route(&route, addresses) {
         return None;
+    }
+    if let Some(hops) = legs {
+        match multipath::from_kernel(hops, index, names) {
+            Ok(nexthops) => route.nexthops = nexthops,
+            Err(why) => {
+                unrestorable.push(format!("{}: multipath: {why}", describe()));
+                return None;
+            }
+        }
     }
     if via {
         unrestorable.push(format!(

@@ -25,9 +25,9 @@ use vfmig_protocol::netstate::{Address, InterfaceState, Neighbour, Route, SavedS
 use vfmig_protocol::MacAddr;
 
 use super::bulk::{Bulk, Change, Mode};
-use super::capture::capture_index;
+use super::capture::{all_links, capture_index};
 use super::rename::make_room;
-use super::{announce, errno, metrics, ports, NetstateError};
+use super::{announce, errno, metrics, multipath, ports, rules, sysctls, NetstateError};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RestoreOptions {
@@ -55,7 +55,7 @@ pub struct RestoreReport {
 }
 
 impl RestoreReport {
-    fn record(&mut self, outcomes: Vec<(String, Result<(), std::io::Error>)>) {
+    pub(super) fn record(&mut self, outcomes: Vec<(String, Result<(), std::io::Error>)>) {
         for (what, outcome) in outcomes {
             match outcome {
                 Ok(()) => self.applied.push(what),
@@ -115,6 +115,11 @@ pub async fn restore(
         link
     };
     let name = link.name;
+    // After the MTU (ipv6/mtu must fit it), before the addresses (accept_ra, autoconf and
+    // disable_ipv6 act on them); a standby's own settings are not the VF's.
+    if !opts.keep_link {
+        sysctls::restore(&name, &want.sysctls, &mut report);
+    }
     // Addresses that are not on the link after all: never announced as if they were.
     let mut missing = HashSet::new();
     {
@@ -182,9 +187,12 @@ pub async fn restore(
     for r in &want.routes {
         *sharing.entry(r.key()).or_default() += 1;
     }
+    let legs = leg_links(handle, &want.routes).await;
     for gateway_routes in [false, true] {
         let mut changes = Vec::new();
-        for r in want.routes.iter().filter(|r| r.gateway.is_some() == gateway_routes) {
+        // A multipath route's legs have gateways, which on-link routes may be needed to reach.
+        let has_gateway = |r: &&Route| r.gateway.is_some() || !r.nexthops.is_empty();
+        for r in want.routes.iter().filter(|r| has_gateway(r) == gateway_routes) {
             let what = describe_route(r);
             if have.contains(r) {
                 report.unchanged.push(what);
@@ -198,13 +206,15 @@ pub async fn restore(
             } else {
                 Mode::Replace
             };
-            changes.push(Change {
-                what,
-                msg: route_message(onto, r),
-                mode,
-            });
+            match route_message(onto, r, &legs) {
+                Ok(msg) => changes.push(Change { what, msg, mode }),
+                Err(why) => report.failed.push(format!("{what}: {why}")),
+            }
         }
         report.record(bulk.apply(changes).await);
+    }
+    if !opts.keep_link {
+        rules::restore(handle, &mut bulk, &want.rules, &mut report).await;
     }
 
     let have: HashMap<_, _> = current.neighbours.iter().map(|n| (n.address, n)).collect();
@@ -439,10 +449,36 @@ fn neighbour_message(onto: u32, n: &Neighbour) -> RouteNetlinkMessage {
     RouteNetlinkMessage::NewNeighbour(m)
 }
 
+/// The links the legs of `routes` leave by, by name, as they are now; what cannot be read
+/// shows as a gone link in each route that needs it.
+async fn leg_links(handle: &Handle, routes: &[Route]) -> HashMap<String, u32> {
+    if !routes.iter().flat_map(|r| &r.nexthops).any(|n| n.device.is_some()) {
+        return HashMap::new();
+    }
+    match all_links(handle).await {
+        Ok(links) => super::capture::link_names(&links)
+            .into_iter()
+            .map(|(index, name)| (name, index))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list links for multipath routes");
+            HashMap::new()
+        }
+    }
+}
+
 fn describe_route(r: &Route) -> String {
     let mut s = format!("route {}/{}", r.destination, r.prefix_len);
     if let Some(g) = r.gateway {
         s += &format!(" via {g}");
+    }
+    for n in &r.nexthops {
+        s += " nexthop";
+        if let Some(g) = n.gateway {
+            s += &format!(" via {g}");
+        }
+        s += &format!(" dev {}", n.device.as_deref().unwrap_or("(this link)"));
+        s += &format!(" weight {}", n.weight);
     }
     if let Some(m) = r.metric {
         s += &format!(" metric {m}");
@@ -450,7 +486,7 @@ fn describe_route(r: &Route) -> String {
     s + &format!(" table {}", r.table)
 }
 
-fn route_message(onto: u32, r: &Route) -> RouteNetlinkMessage {
+fn route_message(onto: u32, r: &Route, legs: &HashMap<String, u32>) -> Result<RouteNetlinkMessage, String> {
     let mut m = RouteMessage::default();
     m.header.address_family = family(r.destination);
     m.header.destination_prefix_length = r.prefix_len;
@@ -467,7 +503,12 @@ fn route_message(onto: u32, r: &Route) -> RouteNetlinkMessage {
     if r.prefix_len > 0 {
         m.attributes.push(RouteAttribute::Destination(r.destination.into()));
     }
-    m.attributes.push(RouteAttribute::Oif(onto));
+    if r.nexthops.is_empty() {
+        m.attributes.push(RouteAttribute::Oif(onto));
+    } else {
+        m.attributes
+            .push(RouteAttribute::MultiPath(multipath::to_kernel(r, onto, legs)?));
+    }
     if let Some(g) = r.gateway {
         m.attributes.push(RouteAttribute::Gateway(g.into()));
     }
@@ -481,7 +522,7 @@ fn route_message(onto: u32, r: &Route) -> RouteNetlinkMessage {
     if !metrics.is_empty() {
         m.attributes.push(RouteAttribute::Metrics(metrics));
     }
-    RouteNetlinkMessage::NewRoute(m)
+    Ok(RouteNetlinkMessage::NewRoute(m))
 }
 
 /// Turns IPv6 duplicate address detection off on one link until dropped, then restores the

@@ -98,6 +98,9 @@ pub struct Rule {
     /// FIB_RULE_* flags a user sets (INVERT).
     pub flags: u32,
     pub suppress_prefix_len: Option<u32>,
+    /// RTPROT_* value of who made the rule (FRA_PROTOCOL); 0 when unspecified.
+    #[serde(default)]
+    pub protocol: u8,
 }
 
 /// The per-interface sysctls restore carries over, under `net.ipv4.conf.IF` and
