@@ -379,8 +379,8 @@ fn peer_entries() -> Vec<(IpAddr, String)> {
 }
 
 /// What restore would not put back is named by the capture, each item once: an upper device
-/// made on the VF, the VLAN membership of a port of a VLAN-filtering bridge, a multipath route
-/// with a leg through it (a bridge port itself is restored: guest-agent/tests/ports.rs). A
+/// made on the VF, a bridge port option restore does not set, a multipath route with a leg
+/// through it (a bridge port itself is restored: guest-agent/tests/ports.rs). A
 /// veth's peer is a pair, not an upper, and is not named.
 #[tokio::test(flavor = "current_thread")]
 async fn what_restore_would_not_put_back_is_named_by_the_capture() {
@@ -392,8 +392,9 @@ addr add 198.18.30.2/24 dev other
 link add mv0 link vfa0 type macvlan mode bridge
 route add 192.0.2.0/24 nexthop via 198.18.10.1 dev vfa0 nexthop via 198.18.30.1 dev other
 link add vfc0 type veth peer name vfc0p
-link add br0 type bridge vlan_filtering 1
+link add br0 type bridge
 link set vfc0 master br0
+link set vfc0 type bridge_slave isolated on
 ",
     )
     .unwrap();
@@ -412,7 +413,7 @@ link set vfc0 master br0
     let port = capture(&handle, "vfc0").await.unwrap();
     assert_eq!(
         port.unrestorable,
-        ["vfc0 is a port of br0, which filters by VLAN: the port's VLAN membership is not restored"]
+        ["vfc0's bridge port option isolated on is not restored"]
     );
 }
 
