@@ -379,8 +379,8 @@ fn peer_entries() -> Vec<(IpAddr, String)> {
 }
 
 /// What restore would not put back is named by the capture, each item once: an upper device
-/// made on the VF of a kind restore does not make, the VLAN membership of a port of a
-/// VLAN-filtering bridge, a route through a nexthop object (a bridge port itself is restored:
+/// made on the VF of a kind restore does not make, a bridge port option restore does not set,
+/// a route through a nexthop object (a bridge port itself is restored:
 /// guest-agent/tests/ports.rs; a multipath route with a leg through the VF is state now). A
 /// veth's peer is a pair, not an upper, and is not named.
 #[tokio::test(flavor = "current_thread")]
@@ -395,8 +395,9 @@ route add 192.0.2.0/24 nexthop via 198.18.10.1 dev vfa0 nexthop via 198.18.30.1 
 nexthop add id 7 via 198.18.10.1 dev vfa0
 route add 192.0.3.0/24 nhid 7
 link add vfc0 type veth peer name vfc0p
-link add br0 type bridge vlan_filtering 1
+link add br0 type bridge
 link set vfc0 master br0
+link set vfc0 type bridge_slave isolated on
 ",
     )
     .unwrap();
@@ -420,7 +421,7 @@ link set vfc0 master br0
     let port = capture(&handle, "vfc0").await.unwrap();
     assert_eq!(
         port.unrestorable,
-        ["vfc0 is a port of br0, which filters by VLAN: the port's VLAN membership is not restored"]
+        ["vfc0's bridge port option isolated on is not restored"]
     );
 }
 
