@@ -746,7 +746,8 @@ async fn fresh_vfs_that_arrive_with_each_others_names_get_their_own() {
 async fn a_state_restore_cannot_put_back_is_refused_with_nothing_saved_unless_the_loss_is_accepted() {
     enter_fresh().unwrap();
     ip_batch(FIXTURE).unwrap();
-    ip_batch("link add vfa0.10 link vfa0 type macvlan\naddr add 198.18.40.2/24 dev vfa0.10\n").unwrap();
+    // A macvtap: an upper kind restore does not make again (a macvlan it does).
+    ip_batch("link add vfa0.10 link vfa0 type macvtap\naddr add 198.18.40.2/24 dev vfa0.10\n").unwrap();
     let handle = connect().unwrap();
     let store = std::env::temp_dir().join(format!("vfmig-session-unrestorable-{}", std::process::id()));
     let mut host = start_agent(&handle, &store).await;
@@ -766,7 +767,7 @@ async fn a_state_restore_cannot_put_back_is_refused_with_nothing_saved_unless_th
     assert_eq!(e.code, ErrorCode::Unrestorable);
     assert_eq!(
         e.message,
-        "vfa0 holds what restore would not put back: vfa0.10 (macvlan) is stacked on vfa0: upper devices \
+        "vfa0 holds what restore would not put back: vfa0.10 (macvtap) is stacked on vfa0: upper devices \
          are not restored; nothing was saved (the host may accept the loss)"
     );
     assert!(
@@ -781,7 +782,7 @@ async fn a_state_restore_cannot_put_back_is_refused_with_nothing_saved_unless_th
     };
     assert_eq!(
         s.lost,
-        ["vfa0.10 (macvlan) is stacked on vfa0: upper devices are not restored"]
+        ["vfa0.10 (macvtap) is stacked on vfa0: upper devices are not restored"]
     );
     std::fs::remove_dir_all(store).unwrap();
 }

@@ -79,6 +79,8 @@ struct Shape {
     failover: bool,
     /// A second VF on a second network; whether the source can unplug it.
     second_vf: Option<bool>,
+    /// VLAN 10 on the fabric, with the peer in it.
+    vlan: bool,
 }
 
 impl Shape {
@@ -90,6 +92,7 @@ impl Shape {
             standby: false,
             failover: false,
             second_vf: None,
+            vlan: false,
         }
     }
 }
@@ -110,6 +113,16 @@ impl Bed {
     pub async fn with_standby() -> Self {
         Self::build(Shape {
             standby: true,
+            ..Shape::busybox()
+        })
+        .await
+    }
+
+    /// A bed whose fabric also carries VLAN 10, tagged, to the VF ([`Fabric::add_vlan`]): the
+    /// peer is in it at [`crate::fabric::PEER_VLAN_V4`].
+    pub async fn with_vlan() -> Self {
+        Self::build(Shape {
+            vlan: true,
             ..Shape::busybox()
         })
         .await
@@ -154,6 +167,7 @@ impl Bed {
             standby,
             failover,
             second_vf,
+            vlan,
         } = shape;
         let one = exclusive();
         let dir = ScratchDir::new("vfmig").expect("scratch directory");
@@ -166,6 +180,9 @@ impl Bed {
         let fabric = Fabric::new().expect("the fabric comes up");
         if second_vf.is_some() {
             fabric.add_second_network().expect("the second network comes up");
+        }
+        if vlan {
+            fabric.add_vlan().expect("VLAN 10 comes up");
         }
         for tap in ["tap-src", "tap-dst"] {
             let sb = format!("{tap}-sb");

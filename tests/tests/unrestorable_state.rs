@@ -1,4 +1,5 @@
-//! A guest whose VF carries what restore cannot put back — here a VLAN with its own address —
+//! A guest whose VF carries what restore cannot put back — here a MACsec device, an upper kind
+//! vfmig does not make again, with its own address —
 //! migrated by `vfmig-host migrate` as an operator's hook runs it: refused before the unplug,
 //! the item named, the VM and the guest as they were; with `--accept-loss` it migrates, the
 //! timeline naming what was left behind.
@@ -9,19 +10,19 @@ use vfmig_testbed::bed::{echo, vf_mac, Bed, NETWORK, SOURCE_MAC};
 use vfmig_testbed::host_cli::{command, run, Sockets};
 use vfmig_testbed::probe::{wait_answering, TcpProbe};
 
-const VLAN: &str = "ip link add link eth0 name eth0.10 type vlan id 10 && \
-    ip addr add 198.18.10.10/24 dev eth0.10 && ip link set eth0.10 up";
-const VLAN_SHOWN: &str = "ip -o addr show dev eth0.10 scope global | awk '{print $4}'";
-const NAMED: &str = "eth0.10 (vlan) is stacked on eth0: upper devices are not restored";
+const MACSEC: &str = "/opt/iproute2/ip link add link eth0 macsec0 type macsec && \
+    ip addr add 198.18.10.10/24 dev macsec0 && ip link set macsec0 up";
+const MACSEC_SHOWN: &str = "ip -o addr show dev macsec0 scope global | awk '{print $4}'";
+const NAMED: &str = "macsec0 (macsec) is stacked on eth0: upper devices are not restored";
 
 #[tokio::test(flavor = "current_thread")]
-async fn a_vlan_on_the_vf_is_refused_before_the_unplug_unless_the_loss_is_accepted() {
+async fn a_macsec_upper_on_the_vf_is_refused_before_the_unplug_unless_the_loss_is_accepted() {
     let mut bed = Bed::start(true, true).await;
     bed.wait_booted();
     let mut shell = bed.source.shell(Duration::from_secs(30)).await.unwrap();
-    shell.ok(VLAN).await.unwrap();
+    shell.ok(MACSEC).await.unwrap();
     let before = shell.ok(NETWORK).await.unwrap();
-    assert_eq!(shell.ok(VLAN_SHOWN).await.unwrap().trim(), "198.18.10.10/24");
+    assert_eq!(shell.ok(MACSEC_SHOWN).await.unwrap().trim(), "198.18.10.10/24");
     drop(shell);
     let mut tcp = TcpProbe::connect(&bed.fabric.peer, echo()).expect("TCP to the guest");
     tcp.round_trip("before\n").unwrap();
@@ -45,7 +46,7 @@ async fn a_vlan_on_the_vf_is_refused_before_the_unplug_unless_the_loss_is_accept
     assert_eq!(status["status"], "running");
     let mut shell = bed.source.shell(Duration::from_secs(30)).await.unwrap();
     assert_eq!(shell.ok(NETWORK).await.unwrap(), before, "the guest's network changed");
-    assert_eq!(shell.ok(VLAN_SHOWN).await.unwrap().trim(), "198.18.10.10/24");
+    assert_eq!(shell.ok(MACSEC_SHOWN).await.unwrap().trim(), "198.18.10.10/24");
     let saved = shell.ok("ls -A /run/vfmig 2>/dev/null; true").await.unwrap();
     assert_eq!(saved.trim(), "", "something was saved");
     drop(shell);

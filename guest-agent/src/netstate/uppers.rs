@@ -49,6 +49,11 @@ fn parts(m: &LinkMessage) -> (String, Option<u32>, Option<String>, Option<&InfoD
     (name, lower.filter(|_| !elsewhere), kind, data)
 }
 
+/// Whether `m` is of a kind restore makes on a lower (never a VF itself).
+pub(super) fn is_upper(m: &LinkMessage) -> bool {
+    parts(m).2.is_some_and(|k| KINDS.contains(&k.as_str()))
+}
+
 /// What makes the upper `m` again, with what of it would not be made again (one line each);
 /// `None` for a kind restore does not make.
 fn kind_of(m: &LinkMessage) -> Option<(UpperKind, Vec<String>)> {

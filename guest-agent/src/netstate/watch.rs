@@ -22,6 +22,11 @@ pub struct NewLink {
 }
 
 fn identify(link: &LinkMessage) -> Option<NewLink> {
+    // An upper that restore makes again carries its saved MAC, which may be the VF's (a VLAN's
+    // is): it is never a fresh VF to restore onto.
+    if super::uppers::is_upper(link) {
+        return None;
+    }
     link.attributes.iter().find_map(|a| match a {
         LinkAttribute::Address(mac) => MacAddr::from_slice(mac).map(|mac| NewLink {
             index: link.header.index,
