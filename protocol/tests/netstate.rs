@@ -336,6 +336,7 @@ fn stacked() -> SavedState {
         tos: 0,
         flags: 0,
         suppress_prefix_len: None,
+        protocol: 4,
     });
     s.sysctls.insert("ipv4/rp_filter".into(), "2".into());
     s.sysctls.insert("ipv6/accept_ra".into(), "0".into());
