@@ -37,14 +37,30 @@ pub(super) fn netlink(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) 
     move |error| NetstateError::Netlink { what, error }
 }
 
-/// The one link a query names; an empty answer and ENODEV both mean there is none.
-async fn one_link(request: LinkGetRequest, what: String) -> Result<LinkMessage, NetstateError> {
+/// The link a query names, if there is one: an empty answer and ENODEV both mean there is none.
+async fn maybe_link(request: LinkGetRequest, what: &str) -> Result<Option<LinkMessage>, NetstateError> {
     match request.execute().try_next().await {
-        Ok(Some(link)) => Ok(link),
-        Ok(None) => Err(NetstateError::NoSuchInterface(what)),
-        Err(e) if errno::code(&e) == Some(libc::ENODEV) => Err(NetstateError::NoSuchInterface(what)),
+        Ok(link) => Ok(link),
+        Err(e) if errno::code(&e) == Some(libc::ENODEV) => Ok(None),
         Err(e) => Err(netlink(format!("reading link {what}"))(e)),
     }
+}
+
+/// The link named `name`, if there is one.
+pub(super) async fn link_named(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetstateError> {
+    maybe_link(handle.link().get().match_name(name.to_owned()), name).await
+}
+
+/// The link with index `index`, if there is one (still).
+pub(super) async fn link_numbered(handle: &Handle, index: u32) -> Result<Option<LinkMessage>, NetstateError> {
+    maybe_link(handle.link().get().match_index(index), &format!("with index {index}")).await
+}
+
+/// The one link a query names; none is an error.
+async fn one_link(request: LinkGetRequest, what: String) -> Result<LinkMessage, NetstateError> {
+    maybe_link(request, &what)
+        .await?
+        .ok_or(NetstateError::NoSuchInterface(what))
 }
 
 async fn link_by_name(handle: &Handle, name: &str) -> Result<LinkMessage, NetstateError> {

@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
     BridgeMulticastRouterType, InfoBondPort, InfoBridge, InfoBridgePort, InfoData, InfoPortData, InfoPortKind,
     LinkAttribute, LinkInfo, LinkMessage,
@@ -17,9 +16,9 @@ use rtnetlink::{Handle, LinkUnspec};
 use vfmig_protocol::netstate::{Port, PortOptions};
 use vfmig_protocol::MacAddr;
 
-use super::capture::{capture_index, netlink};
+use super::capture::{capture_index, link_named, link_numbered};
 use super::restore::RestoreReport;
-use super::{errno, NetstateError};
+use super::NetstateError;
 
 /// What a master link is, as far as its ports are concerned.
 struct Master {
@@ -57,30 +56,6 @@ fn master_of(m: &LinkMessage) -> Master {
     master
 }
 
-/// The link with index `index`, or `None` when there is none (any more).
-async fn link_by_index(handle: &Handle, index: u32) -> Result<Option<LinkMessage>, NetstateError> {
-    match handle.link().get().match_index(index).execute().try_next().await {
-        Ok(link) => Ok(link),
-        Err(e) if errno::code(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(netlink(format!("reading link {index}"))(e)),
-    }
-}
-
-async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetstateError> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(link) => Ok(link),
-        Err(e) if errno::code(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(netlink(format!("reading link {name}"))(e)),
-    }
-}
-
 /// The port membership of `vf` (its own link message), and what of it restore would not put
 /// back, one line each.
 pub(super) async fn capture(handle: &Handle, vf: &LinkMessage) -> Result<(Option<Port>, Vec<String>), NetstateError> {
@@ -102,7 +77,7 @@ pub(super) async fn capture(handle: &Handle, vf: &LinkMessage) -> Result<(Option
         return Ok((None, Vec::new()));
     };
     // A master removed since the VF was read: the VF is a port of nothing now.
-    let Some(master) = link_by_index(handle, controller).await? else {
+    let Some(master) = link_numbered(handle, controller).await? else {
         return Ok((None, Vec::new()));
     };
     let master = master_of(&master);
@@ -303,7 +278,7 @@ pub(super) async fn restore(
     let Some(want) = want else { return done };
     let what = format!("{name} port of {}", want.master);
     let saved_kind = kind_of(&want.options);
-    let master = match link_by_name(handle, &want.master).await {
+    let master = match link_named(handle, &want.master).await {
         Ok(Some(m)) => master_of(&m),
         Ok(None) => {
             report

@@ -4,7 +4,6 @@
 //! its own state back with the same restore as the VF's. Uppers of other kinds stay named by
 //! [`super::stacking`] as state a restore would lose.
 
-use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
     InfoData, InfoIpVlan, InfoMacVlan, InfoVlan, IpVlanFlags, IpVlanMode, LinkAttribute, LinkInfo, LinkMessage,
     MacVlanFlags, MacVlanMode, VlanFlags, VlanProtocol,
@@ -12,7 +11,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::{Handle, LinkIpVlan, LinkMacVlan, LinkVlan};
 use vfmig_protocol::netstate::{SavedState, Upper, UpperKind, MAX_UPPER_DEPTH};
 
-use super::capture::{capture_at, netlink};
+use super::capture::{capture_at, link_named};
 use super::restore::{restore, RestoreOptions, RestoreReport};
 use super::{errno, NetstateError};
 
@@ -188,7 +187,7 @@ pub(super) async fn restore_uppers(
 async fn make(handle: &Handle, report: &mut RestoreReport, upper: &Upper, onto: u32) -> Result<u32, String> {
     let name = &upper.state.identity.name;
     let what = format!("upper {name} ({}) on link {onto}", describe(&upper.kind));
-    if let Some(existing) = by_name(handle, name).await.map_err(|e| e.to_string())? {
+    if let Some(existing) = link_named(handle, name).await.map_err(|e| e.to_string())? {
         let (_, lower, kind, _) = parts(&existing);
         let index = existing.header.index;
         return match kind_of(&existing) {
@@ -233,7 +232,7 @@ async fn make(handle: &Handle, report: &mut RestoreReport, upper: &Upper, onto: 
         .await
         .map_err(|e| errno::describe(&e))?;
     report.applied.push(what);
-    match by_name(handle, name).await {
+    match link_named(handle, name).await {
         Ok(Some(made)) => Ok(made.header.index),
         Ok(None) => Err("made, then gone".into()),
         Err(e) => Err(e.to_string()),
@@ -245,21 +244,5 @@ fn describe(kind: &UpperKind) -> String {
         UpperKind::Vlan { id, protocol, .. } => format!("vlan {id} protocol {protocol:#06x}"),
         UpperKind::Macvlan { mode, .. } => format!("macvlan mode {mode}"),
         UpperKind::Ipvlan { mode, .. } => format!("ipvlan mode {mode}"),
-    }
-}
-
-/// The link named `name`, if there is one.
-async fn by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetstateError> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await
-    {
-        Ok(link) => Ok(link),
-        Err(e) if errno::code(&e) == Some(libc::ENODEV) => Ok(None),
-        Err(e) => Err(netlink(format!("reading link {name}"))(e)),
     }
 }
