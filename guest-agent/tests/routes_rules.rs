@@ -328,3 +328,33 @@ async fn tuned_sysctls_are_carried_to_the_fresh_link() {
         assert_eq!(now.trim(), value, "{key}");
     }
 }
+
+/// A root qdisc a user set (the kernel's default has handle 0) and a clsact qdisc are named at
+/// capture; the default is not.
+#[tokio::test(flavor = "current_thread")]
+async fn a_qdisc_a_user_set_on_the_vf_is_named_unrestorable() {
+    enter_fresh().unwrap();
+    ip_batch(TWO_LINKS).unwrap();
+    let handle = connect().unwrap();
+    let plain = capture(&handle, "vfa0").await.unwrap();
+    assert!(plain.unrestorable.is_empty(), "{:?}", plain.unrestorable);
+    for args in [
+        "qdisc add dev vfa0 root handle 1: pfifo limit 100",
+        "qdisc add dev vfa0 clsact",
+    ] {
+        let out = Command::new("tc").args(args.split_whitespace()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "tc {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let captured = capture(&handle, "vfa0").await.unwrap();
+    assert_eq!(
+        captured.unrestorable,
+        [
+            "qdisc pfifo on vfa0 is not restored",
+            "qdisc clsact on vfa0 is not restored"
+        ]
+    );
+}

@@ -18,7 +18,7 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, metrics, multipath, rules, stacking, sysctls, sysfs, NetstateError};
+use super::{errno, metrics, multipath, qdisc, rules, stacking, sysctls, sysfs, NetstateError};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
@@ -159,6 +159,7 @@ async fn capture_link(handle: &Handle, link: LinkMessage) -> Result<Captured, Ne
     let neighbours = dump_neighbours(handle, index).await?;
     let rules = rules::capture(handle, &name, &addresses, &mut unrestorable).await?;
     let sysctls = sysctls::capture(&name);
+    unrestorable.extend(qdisc::unrestorable(handle, index, &name).await?);
 
     let mut state = InterfaceState {
         identity: Identity {

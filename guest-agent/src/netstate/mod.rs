@@ -7,6 +7,7 @@ mod capture;
 mod errno;
 mod metrics;
 mod multipath;
+mod qdisc;
 mod rename;
 mod restore;
 mod rules;
