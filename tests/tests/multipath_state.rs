@@ -1,0 +1,126 @@
+//! A guest whose VF carries an IPv4 and an IPv6 multipath route (one leg through the VF, one
+//! through the second NIC, sb0, on the same fabric, on-link), a route with metrics, policy
+//! rules and tuned sysctls, migrated by `vfmig-host migrate`: all of it restored equal on the
+//! fresh VF, and the peer's traffic answered through the multipath routes.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vfmig_testbed::bed::{echo, Bed};
+use vfmig_testbed::fabric::{GUEST_V4, GUEST_V6, PEER_V4, PEER_V6};
+use vfmig_testbed::host_cli::{command, run, Sockets};
+use vfmig_testbed::probe::wait_answering;
+
+/// Addresses of the peer's that the guest reaches by its multipath routes only.
+const FAR_V4: &str = "192.0.2.7";
+const FAR_V6: &str = "2001:db8:77::7";
+
+fn setup() -> String {
+    [
+        format!("ip route add 192.0.2.0/24 nexthop via {PEER_V4} dev eth0 weight 3 nexthop via {PEER_V4} dev sb0 onlink"),
+        format!("ip -6 route add 2001:db8:77::/64 nexthop via {PEER_V6} dev eth0 weight 2 nexthop via {PEER_V6} dev sb0 onlink"),
+        format!("ip route add 198.51.110.0/24 via {PEER_V4} dev eth0 mtu lock 1400 advmss 1300"),
+        format!("ip rule add from {GUEST_V4} lookup 100 priority 100"),
+        "ip -6 rule add oif eth0 lookup 100 priority 101".into(),
+        "echo 2 > /proc/sys/net/ipv4/conf/eth0/rp_filter".into(),
+        "echo 1 > /proc/sys/net/ipv4/conf/eth0/arp_ignore".into(),
+        "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra".into(),
+    ]
+    .iter()
+    .map(|c| c.replacen("ip ", "/opt/iproute2/ip ", 1))
+    .collect::<Vec<_>>()
+    .join(" && ")
+}
+
+/// What the test compares: the routes users made (both families, every table, multipath legs
+/// with their devices and weights, metrics), the rules, the tuned sysctls.
+const SHOWN: &str = "I=/opt/iproute2/ip; \
+    $I -4 route show table all | grep -v -e 'proto kernel' -e '^local' -e '^broadcast'; \
+    $I -6 route show table all | grep -v -e 'proto kernel' -e '^local' -e '^multicast' -e '^anycast' -e '^fe80'; \
+    $I -4 rule; $I -6 rule; \
+    for k in ipv4/rp_filter ipv4/arp_ignore ipv6/accept_ra; do echo $k $(cat /proc/sys/net/${k%/*}/conf/eth0/${k#*/}); done";
+
+/// The peer pings the guest from an address the guest answers through a multipath route.
+fn peer_pings(bed: &Bed) -> Result<(), String> {
+    let out = bed
+        .fabric
+        .peer
+        .run(|| {
+            let mut all = Vec::new();
+            for (from, to) in [(FAR_V4, GUEST_V4), (FAR_V6, GUEST_V6)] {
+                all.push(
+                    Command::new("ping")
+                        .args(["-c", "3", "-i", "0.3", "-W", "3", "-I", from, to])
+                        .output(),
+                );
+            }
+            all
+        })
+        .map_err(|e| e.to_string())?;
+    for o in out {
+        let o = o.map_err(|e| e.to_string())?;
+        if !o.status.success() {
+            return Err(String::from_utf8_lossy(&o.stdout).into_owned());
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn multipath_routes_rules_and_sysctls_are_restored_and_carry_the_peers_traffic() {
+    let started = Instant::now();
+    let bed = Bed::with_standby().await;
+    bed.wait_booted();
+    bed.fabric
+        .peer
+        .run(|| {
+            vfmig_testbed::netns::ip_batch(&format!(
+                "addr add {FAR_V4}/32 dev peer0\naddr add {FAR_V6}/128 dev peer0 nodad\n"
+            ))
+        })
+        .unwrap()
+        .unwrap();
+    let mut shell = bed.source.shell(Duration::from_secs(30)).await.unwrap();
+    shell.ok(&setup()).await.unwrap();
+    let before = shell.ok(SHOWN).await.unwrap();
+    println!("before:\n{before}");
+    for (expected, what) in [
+        ("nexthop via 198.18.0.1 dev eth0 weight 3", "IPv4 leg through the VF"),
+        ("nexthop via 198.18.0.1 dev sb0 weight 1 onlink", "IPv4 leg through sb0"),
+        ("nexthop via 2001:db8::1 dev eth0 weight 2", "IPv6 leg through the VF"),
+        (
+            "nexthop via 2001:db8::1 dev sb0 weight 1 onlink",
+            "IPv6 leg through sb0",
+        ),
+        ("mtu lock 1400 advmss 1300", "route metrics"),
+        ("from 198.18.0.10 lookup 100", "IPv4 rule"),
+        ("oif eth0 lookup 100", "IPv6 rule"),
+        ("ipv4/rp_filter 2", "sysctl"),
+        ("2001:db8::/64", "sanity: IPv6 seen at all"),
+    ] {
+        assert!(before.contains(expected), "{what}: {expected:?} not in\n{before}");
+    }
+    drop(shell);
+    wait_answering(&bed.fabric.peer, echo(), Duration::from_secs(10)).unwrap();
+    peer_pings(&bed).expect("the peer reaches the guest through the multipath routes before");
+    let set_up = started.elapsed();
+
+    let sockets = Sockets::direct(&bed);
+    let migrating = Instant::now();
+    let out = run(command(&bed, &sockets));
+    let took = migrating.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+
+    let mut shell = bed.destination.shell(Duration::from_secs(30)).await.unwrap();
+    let after = shell.ok(SHOWN).await.unwrap();
+    assert_eq!(after, before, "the state the VF carried was not restored equal");
+    drop(shell);
+    peer_pings(&bed).expect("the peer reaches the guest through the multipath routes after");
+    println!(
+        "times: bed up and set up {:.1} s, vfmig-host migrate {:.1} s, total {:.1} s",
+        set_up.as_secs_f64(),
+        took.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
