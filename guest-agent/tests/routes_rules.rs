@@ -358,3 +358,32 @@ async fn a_qdisc_a_user_set_on_the_vf_is_named_unrestorable() {
         ]
     );
 }
+
+/// Moved onto a standby that carries another leg of the route already (same gateway), the
+/// VF's leg joins it, weights added, instead of failing as a duplicate leg: both families.
+#[tokio::test(flavor = "current_thread")]
+async fn a_standby_carrying_another_leg_takes_the_vfs_leg_into_it() {
+    enter_fresh().unwrap();
+    ip_batch(&format!(
+        "{TWO_LINKS}addr add fe80::1:2/64 dev oth0 nodad
+route add 192.0.2.0/24 nexthop via 192.0.2.1 dev vfa0 weight 2 onlink nexthop via 192.0.2.1 dev oth0 weight 3 onlink
+route add 2001:db8:77::/64 nexthop via fe80::77 dev vfa0 weight 2 nexthop via fe80::77 dev oth0 weight 3
+"
+    ))
+    .unwrap();
+    let handle = connect().unwrap();
+    let saved = seal_and_open(capture(&handle, "vfa0").await.unwrap().state);
+    let standby = RestoreOptions {
+        keep_link: true,
+        ..FRESH
+    };
+    assert_clean(&restore(&handle, &saved, index_of("oth0"), standby).await.unwrap());
+    assert!(
+        ip("-4 route show 192.0.2.0/24").contains("via 192.0.2.1 dev oth0"),
+        "{}",
+        ip("-4 route show 192.0.2.0/24")
+    );
+    let v6 = ip("-6 route show 2001:db8:77::/64");
+    assert!(v6.contains("via fe80::77 dev oth0") && !v6.contains("vfa0"), "{v6}");
+    replace_and_restore(&handle, &saved).await;
+}
