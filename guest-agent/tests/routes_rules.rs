@@ -365,8 +365,7 @@ async fn a_qdisc_a_user_set_on_the_vf_is_named_unrestorable() {
 async fn a_standby_carrying_another_leg_takes_the_vfs_leg_into_it() {
     enter_fresh().unwrap();
     ip_batch(&format!(
-        "{TWO_LINKS}addr add fe80::1:2/64 dev oth0 nodad
-route add 192.0.2.0/24 nexthop via 192.0.2.1 dev vfa0 weight 2 onlink nexthop via 192.0.2.1 dev oth0 weight 3 onlink
+        "{TWO_LINKS}route add 192.0.2.0/24 nexthop via 192.0.2.1 dev vfa0 weight 2 onlink nexthop via 192.0.2.1 dev oth0 weight 3 onlink
 route add 2001:db8:77::/64 nexthop via fe80::77 dev vfa0 weight 2 nexthop via fe80::77 dev oth0 weight 3
 "
     ))
