@@ -328,3 +328,61 @@ async fn tuned_sysctls_are_carried_to_the_fresh_link() {
         assert_eq!(now.trim(), value, "{key}");
     }
 }
+
+/// A root qdisc a user set (the kernel's default has handle 0) and a clsact qdisc are named at
+/// capture; the default is not.
+#[tokio::test(flavor = "current_thread")]
+async fn a_qdisc_a_user_set_on_the_vf_is_named_unrestorable() {
+    enter_fresh().unwrap();
+    ip_batch(TWO_LINKS).unwrap();
+    let handle = connect().unwrap();
+    let plain = capture(&handle, "vfa0").await.unwrap();
+    assert!(plain.unrestorable.is_empty(), "{:?}", plain.unrestorable);
+    for args in [
+        "qdisc add dev vfa0 root handle 1: pfifo limit 100",
+        "qdisc add dev vfa0 clsact",
+    ] {
+        let out = Command::new("tc").args(args.split_whitespace()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "tc {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let captured = capture(&handle, "vfa0").await.unwrap();
+    assert_eq!(
+        captured.unrestorable,
+        [
+            "qdisc pfifo on vfa0 is not restored",
+            "qdisc clsact on vfa0 is not restored"
+        ]
+    );
+}
+
+/// Moved onto a standby that carries another leg of the route already (same gateway), the
+/// VF's leg joins it, weights added, instead of failing as a duplicate leg: both families.
+#[tokio::test(flavor = "current_thread")]
+async fn a_standby_carrying_another_leg_takes_the_vfs_leg_into_it() {
+    enter_fresh().unwrap();
+    ip_batch(&format!(
+        "{TWO_LINKS}route add 192.0.2.0/24 nexthop via 192.0.2.1 dev vfa0 weight 2 onlink nexthop via 192.0.2.1 dev oth0 weight 3 onlink
+route add 2001:db8:77::/64 nexthop via fe80::77 dev vfa0 weight 2 nexthop via fe80::77 dev oth0 weight 3
+"
+    ))
+    .unwrap();
+    let handle = connect().unwrap();
+    let saved = seal_and_open(capture(&handle, "vfa0").await.unwrap().state);
+    let standby = RestoreOptions {
+        keep_link: true,
+        ..FRESH
+    };
+    assert_clean(&restore(&handle, &saved, index_of("oth0"), standby).await.unwrap());
+    assert!(
+        ip("-4 route show 192.0.2.0/24").contains("via 192.0.2.1 dev oth0"),
+        "{}",
+        ip("-4 route show 192.0.2.0/24")
+    );
+    let v6 = ip("-6 route show 2001:db8:77::/64");
+    assert!(v6.contains("via fe80::77 dev oth0") && !v6.contains("vfa0"), "{v6}");
+    replace_and_restore(&handle, &saved).await;
+}

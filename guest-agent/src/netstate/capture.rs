@@ -18,7 +18,7 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, metrics, multipath, ports, rules, stacking, sysctls, sysfs, uppers, NetstateError};
+use super::{errno, metrics, multipath, ports, qdisc, rules, stacking, sysctls, sysfs, uppers, NetstateError};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
@@ -186,6 +186,7 @@ pub(super) async fn capture_at(
     let neighbours = dump_neighbours(handle, index).await?;
     let rules = rules::capture(handle, &name, &addresses, &mut unrestorable).await?;
     let sysctls = sysctls::capture(&name);
+    unrestorable.extend(qdisc::unrestorable(handle, index, &name).await?);
     let uppers = uppers::capture(handle, links, index, depth, &mut unrestorable).await?;
 
     let mut state = InterfaceState {

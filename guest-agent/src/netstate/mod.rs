@@ -8,6 +8,7 @@ mod errno;
 mod metrics;
 mod multipath;
 mod ports;
+mod qdisc;
 mod rename;
 mod restore;
 mod rules;

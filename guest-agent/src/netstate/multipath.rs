@@ -46,28 +46,36 @@ pub(super) fn from_kernel(
 }
 
 /// The legs to send for `route` restored onto the link with index `onto`, the other links
-/// found by name in `indexes`; the reason when one of them is gone.
+/// found by name in `indexes`; the reason when one of them is gone. Legs that land on the same
+/// link and gateway become one, their weights added: a standby taking the VF's leg may carry
+/// another leg of the route already, and the kernel refuses a leg twice (EEXIST).
 pub(super) fn to_kernel(route: &Route, onto: u32, indexes: &HashMap<String, u32>) -> Result<Vec<RouteNextHop>, String> {
-    route
-        .nexthops
-        .iter()
-        .map(|leg| {
-            let mut hop = RouteNextHop::default();
-            hop.interface_index = match &leg.device {
-                None => onto,
-                Some(name) => *indexes
-                    .get(name)
-                    .ok_or_else(|| format!("the link {name} of a leg is gone"))?,
-            };
-            // An opened state's weights are 1..=256 (its check refuses others).
-            hop.hops = u8::try_from(leg.weight.saturating_sub(1)).unwrap_or(u8::MAX);
-            if leg.onlink {
-                hop.flags = RouteNextHopFlags::Onlink;
-            }
-            if let Some(g) = leg.gateway {
-                hop.attributes.push(RouteAttribute::Gateway(g.into()));
-            }
-            Ok(hop)
-        })
-        .collect()
+    let mut hops: Vec<RouteNextHop> = Vec::new();
+    for leg in &route.nexthops {
+        let index = match &leg.device {
+            None => onto,
+            Some(name) => *indexes
+                .get(name)
+                .ok_or_else(|| format!("the link {name} of a leg is gone"))?,
+        };
+        let gateway = leg.gateway.map(|g| RouteAttribute::Gateway(g.into()));
+        // An opened state's weights are 1..=256 (its check refuses others).
+        let weight = leg.weight.clamp(1, 256);
+        if let Some(same) = hops
+            .iter_mut()
+            .find(|h| h.interface_index == index && h.attributes.first() == gateway.as_ref())
+        {
+            same.hops = u8::try_from((u16::from(same.hops) + 1 + weight).min(256) - 1).unwrap_or(u8::MAX);
+            continue;
+        }
+        let mut hop = RouteNextHop::default();
+        hop.interface_index = index;
+        hop.hops = u8::try_from(weight - 1).unwrap_or(u8::MAX);
+        if leg.onlink {
+            hop.flags = RouteNextHopFlags::Onlink;
+        }
+        hop.attributes.extend(gateway);
+        hops.push(hop);
+    }
+    Ok(hops)
 }
