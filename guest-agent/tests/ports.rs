@@ -123,7 +123,7 @@ async fn a_bridge_port_rejoins_its_bridge_with_its_options() {
     assert_clean(&options);
     assert_eq!(options.applied.len(), 1, "{:#?}", options.applied);
     assert!(
-        options.applied[0].starts_with("vfa0 port of br0: options"),
+        options.applied[0].to_string().starts_with("vfa0 port of br0: options"),
         "{:#?}",
         options.applied
     );

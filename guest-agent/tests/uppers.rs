@@ -122,7 +122,7 @@ async fn macvlans_on_the_vf_are_made_again_on_the_fresh_one_with_their_own_state
         "upper mv2 (macvlan mode 2)",
     ] {
         assert!(
-            report.applied.iter().any(|a| a.starts_with(made)),
+            report.applied.iter().any(|a| a.to_string().starts_with(made)),
             "{made}: {:#?}",
             report.applied
         );
@@ -141,7 +141,7 @@ async fn macvlans_on_the_vf_are_made_again_on_the_fresh_one_with_their_own_state
     assert_clean(&again);
     assert!(again.applied.is_empty(), "second restore changed {:#?}", again.applied);
     assert!(
-        again.unchanged.iter().any(|u| u.starts_with("upper mv0 ")),
+        again.unchanged.iter().any(|u| u.to_string().starts_with("upper mv0 ")),
         "{:#?}",
         again.unchanged
     );
@@ -170,7 +170,7 @@ async fn an_upper_whose_name_is_taken_fails_by_name_and_the_others_are_restored(
         "{failed}"
     );
     assert!(
-        !report.applied.iter().any(|a| a.contains("mv1")),
+        !report.applied.iter().any(|a| a.to_string().contains("mv1")),
         "{:#?}",
         report.applied
     );

@@ -23,6 +23,8 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
 use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, SocketAddr, TokioSocket};
 
+use super::restore::Item;
+
 /// Requests per datagram.
 const CHUNK: usize = 128;
 /// Receive buffer asked for; a chunk of failure reports needs far less.
@@ -32,7 +34,7 @@ const CHUNK_DEADLINE: Duration = Duration::from_secs(10);
 
 /// One change: what to call it in a report, the message, and how it meets what exists.
 pub(crate) struct Change {
-    pub what: String,
+    pub what: Item,
     pub msg: RouteNetlinkMessage,
     pub mode: Mode,
 }
@@ -77,11 +79,11 @@ impl Bulk {
     }
 
     /// Applies every change, in order, and returns each one's outcome (the errno on failure).
-    pub async fn apply(&mut self, changes: Vec<Change>) -> Vec<(String, Result<(), io::Error>)> {
+    pub async fn apply(&mut self, changes: Vec<Change>) -> Vec<(Item, Result<(), io::Error>)> {
         let mut out = Vec::with_capacity(changes.len());
         let mut changes = changes.into_iter().peekable();
         while changes.peek().is_some() {
-            let (whats, requests): (Vec<String>, Vec<_>) =
+            let (whats, requests): (Vec<Item>, Vec<_>) =
                 changes.by_ref().take(CHUNK).map(|c| (c.what, (c.msg, c.mode))).unzip();
             let results = match tokio::time::timeout(CHUNK_DEADLINE, self.apply_chunk(requests)).await {
                 Ok(Ok(results)) => results,

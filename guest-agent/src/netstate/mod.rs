@@ -22,7 +22,7 @@ mod watch;
 
 pub use announce::announce;
 pub use capture::{capture, capture_index, find_link, link_index, pci_address, Captured};
-pub use restore::{restore, RestoreOptions, RestoreReport};
+pub use restore::{restore, Item, RestoreOptions, RestoreReport};
 pub use udev::settled;
 pub use watch::{new_links, NewLink};
 

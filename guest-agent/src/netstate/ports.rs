@@ -300,7 +300,7 @@ pub(super) async fn restore(
         return done;
     }
     if have == Some(want) {
-        report.unchanged.push(what);
+        report.unchanged.push(what.into());
         done.master = Some(master.index);
         return done;
     }

@@ -8,6 +8,7 @@
 //! over `ip -batch` comes from; the link itself is set through rtnetlink's handle.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -42,11 +43,59 @@ pub struct RestoreOptions {
     pub carrier_first: bool,
 }
 
+/// One item of a report, put into words only when it is read: a restore of 15,000 routes and
+/// neighbours would otherwise format 15,000 names that nobody reads when all goes well (a
+/// tenth of the restore's time, measured).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Item {
+    Text(String),
+    Address(IpAddr, u8),
+    Route(Box<Route>),
+    Neighbour {
+        address: IpAddr,
+        lladdr: MacAddr,
+        after_carrier: bool,
+    },
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(t) => f.write_str(t),
+            Self::Address(a, len) => write!(f, "address {a}/{len}"),
+            Self::Route(r) => describe_route(f, r),
+            Self::Neighbour {
+                address,
+                lladdr,
+                after_carrier,
+            } => {
+                write!(f, "neighbour {address} lladdr {lladdr}")?;
+                if *after_carrier {
+                    f.write_str(" (after carrier)")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}", self = self.to_string())
+    }
+}
+
+impl From<String> for Item {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
 /// What restore did, item by item.
 #[derive(Debug, Clone, Default)]
 pub struct RestoreReport {
-    pub applied: Vec<String>,
-    pub unchanged: Vec<String>,
+    pub applied: Vec<Item>,
+    pub unchanged: Vec<Item>,
     /// `item: reason`, one per item that could not be applied.
     pub failed: Vec<String>,
     /// Addresses announced on the segment.
@@ -55,7 +104,7 @@ pub struct RestoreReport {
 }
 
 impl RestoreReport {
-    pub(super) fn record(&mut self, outcomes: Vec<(String, Result<(), std::io::Error>)>) {
+    pub(super) fn record(&mut self, outcomes: Vec<(Item, Result<(), std::io::Error>)>) {
         for (what, outcome) in outcomes {
             match outcome {
                 Ok(()) => self.applied.push(what),
@@ -66,9 +115,10 @@ impl RestoreReport {
 
     pub(super) async fn run_link(
         &mut self,
-        what: String,
+        what: impl Into<Item>,
         request: impl std::future::Future<Output = Result<(), rtnetlink::Error>>,
     ) {
+        let what = what.into();
         match request.await {
             Ok(()) => self.applied.push(what),
             Err(e) => self.failed.push(format!("{what}: {}", errno::describe(&e))),
@@ -142,7 +192,7 @@ pub async fn restore(
             .collect();
         let (mut changes, mut sent) = (Vec::new(), Vec::new());
         for a in &want.addresses {
-            let what = format!("address {}/{}", a.address, a.prefix_len);
+            let what = Item::Address(a.address, a.prefix_len);
             let existing = have.get(&(a.address, a.prefix_len));
             if existing.is_some_and(|e| e.config() == a.config()) {
                 report.unchanged.push(what);
@@ -193,7 +243,7 @@ pub async fn restore(
         // A multipath route's legs have gateways, which on-link routes may be needed to reach.
         let has_gateway = |r: &&Route| r.gateway.is_some() || !r.nexthops.is_empty();
         for r in want.routes.iter().filter(|r| has_gateway(r) == gateway_routes) {
-            let what = describe_route(r);
+            let what = Item::Route(Box::new(r.clone()));
             if have.contains(r) {
                 report.unchanged.push(what);
                 continue;
@@ -220,7 +270,11 @@ pub async fn restore(
     let have: HashMap<_, _> = current.neighbours.iter().map(|n| (n.address, n)).collect();
     let mut changes = Vec::new();
     for n in &want.neighbours {
-        let what = format!("neighbour {} lladdr {}", n.address, n.lladdr);
+        let what = Item::Neighbour {
+            address: n.address,
+            lladdr: n.lladdr,
+            after_carrier: false,
+        };
         if have.get(&n.address).is_some_and(|e| e.restore_key() == n.restore_key()) {
             report.unchanged.push(what);
             continue;
@@ -250,7 +304,11 @@ pub async fn restore(
                 .iter()
                 .filter(|n| !n.is_permanent())
                 .map(|n| Change {
-                    what: format!("neighbour {} lladdr {} (after carrier)", n.address, n.lladdr),
+                    what: Item::Neighbour {
+                        address: n.address,
+                        lladdr: n.lladdr,
+                        after_carrier: true,
+                    },
                     msg: neighbour_message(onto, n),
                     mode: Mode::Replace,
                 })
@@ -349,7 +407,7 @@ async fn restore_link(
     let remac = opts.restore_mac && current.identity.mac != want.mac;
     let remtu = current.mtu != saved.interface.mtu;
     if !(rename || remac || remtu) {
-        report.unchanged.push(format!("link {name}"));
+        report.unchanged.push(format!("link {name}").into());
         return LinkResult {
             name,
             up: current.admin_up,
@@ -467,23 +525,23 @@ async fn leg_links(handle: &Handle, routes: &[Route]) -> HashMap<String, u32> {
     }
 }
 
-fn describe_route(r: &Route) -> String {
-    let mut s = format!("route {}/{}", r.destination, r.prefix_len);
+fn describe_route(f: &mut fmt::Formatter<'_>, r: &Route) -> fmt::Result {
+    write!(f, "route {}/{}", r.destination, r.prefix_len)?;
     if let Some(g) = r.gateway {
-        s += &format!(" via {g}");
+        write!(f, " via {g}")?;
     }
     for n in &r.nexthops {
-        s += " nexthop";
+        f.write_str(" nexthop")?;
         if let Some(g) = n.gateway {
-            s += &format!(" via {g}");
+            write!(f, " via {g}")?;
         }
-        s += &format!(" dev {}", n.device.as_deref().unwrap_or("(this link)"));
-        s += &format!(" weight {}", n.weight);
+        write!(f, " dev {}", n.device.as_deref().unwrap_or("(this link)"))?;
+        write!(f, " weight {}", n.weight)?;
     }
     if let Some(m) = r.metric {
-        s += &format!(" metric {m}");
+        write!(f, " metric {m}")?;
     }
-    s + &format!(" table {}", r.table)
+    write!(f, " table {}", r.table)
 }
 
 fn route_message(onto: u32, r: &Route, legs: &HashMap<String, u32>) -> Result<RouteNetlinkMessage, String> {

@@ -217,10 +217,10 @@ pub(super) async fn restore(handle: &Handle, bulk: &mut Bulk, want: &[Rule], rep
     let mut changes = Vec::new();
     for r in want {
         if have.contains(r) {
-            report.unchanged.push(what(r));
+            report.unchanged.push(what(r).into());
         } else {
             changes.push(Change {
-                what: what(r),
+                what: what(r).into(),
                 msg: RouteNetlinkMessage::NewRule(message(r)),
                 mode: Mode::Create,
             });

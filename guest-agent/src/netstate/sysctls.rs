@@ -48,7 +48,7 @@ pub(super) fn restore(link: &str, want: &Sysctls, report: &mut RestoreReport) {
             continue;
         }
         match std::fs::write(&path, value) {
-            Ok(()) => report.applied.push(what),
+            Ok(()) => report.applied.push(what.into()),
             Err(e) => report.failed.push(format!("{what}: {e}")),
         }
     }

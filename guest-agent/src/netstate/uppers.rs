@@ -12,7 +12,7 @@ use rtnetlink::{Handle, LinkIpVlan, LinkMacVlan, LinkVlan};
 use vfmig_protocol::netstate::{SavedState, Upper, UpperKind, MAX_UPPER_DEPTH};
 
 use super::capture::{capture_at, link_named};
-use super::restore::{restore, RestoreOptions, RestoreReport};
+use super::restore::{restore, Item, RestoreOptions, RestoreReport};
 use super::{errno, NetstateError};
 
 /// The link kinds restore makes again; the others are named as lost.
@@ -171,10 +171,12 @@ pub(super) async fn restore_uppers(
         // Boxed: restore makes this upper's own uppers through here.
         match Box::pin(restore(handle, &own, index, opts)).await {
             Ok(r) => {
-                let on = |items: Vec<String>| items.into_iter().map(move |i| format!("{name}: {i}"));
+                let on = |items: Vec<Item>| items.into_iter().map(move |i| Item::from(format!("{name}: {i}")));
                 report.applied.extend(on(r.applied));
                 report.unchanged.extend(on(r.unchanged));
-                report.failed.extend(on(r.failed));
+                report
+                    .failed
+                    .extend(r.failed.into_iter().map(|f| format!("{name}: {f}")));
                 report.announced += r.announced;
             }
             Err(e) => report.failed.push(format!("upper {name}: {e}")),
@@ -192,7 +194,7 @@ async fn make(handle: &Handle, report: &mut RestoreReport, upper: &Upper, onto: 
         let index = existing.header.index;
         return match kind_of(&existing) {
             Some((k, _)) if k == upper.kind && lower == Some(onto) => {
-                report.unchanged.push(what);
+                report.unchanged.push(what.into());
                 Ok(index)
             }
             Some((k, _)) if lower == Some(onto) => Err(format!(
@@ -231,7 +233,7 @@ async fn make(handle: &Handle, report: &mut RestoreReport, upper: &Upper, onto: 
         .execute()
         .await
         .map_err(|e| errno::describe(&e))?;
-    report.applied.push(what);
+    report.applied.push(what.into());
     match link_named(handle, name).await {
         Ok(Some(made)) => Ok(made.header.index),
         Ok(None) => Err("made, then gone".into()),
