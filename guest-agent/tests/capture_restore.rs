@@ -3,12 +3,14 @@
 //! the sealed document, as the agent persists it.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions, RestoreReport};
+use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions};
 use vfmig_protocol::netstate::{self, consts::*, InterfaceState, SavedState};
-use vfmig_protocol::MacAddr;
 use vfmig_testbed::netns::{enter_fresh, ip_batch, Namespace};
+
+mod common;
+use common::{assert_clean, comparable, index_of, now_ms, seal_and_open};
 
 const MAC_A: &str = "02:00:00:00:0a:01";
 const MAC_B: &str = "02:00:00:00:0b:01";
@@ -65,30 +67,6 @@ route add default via 2001:db8:10::1 dev vfa0 table 100 metric 10 src 2001:db8:1
     b
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// The index of a link in this thread's namespace (if_nametoindex asks through a socket
-/// made on this thread; /proc/self would show the process's namespace instead).
-fn index_of(name: &str) -> u32 {
-    nix::net::if_::if_nametoindex(name).unwrap()
-}
-
-/// Everything but what must differ on a fresh link: its ifindex, its MAC (unless restored),
-/// and finite lifetimes, which count down (checked separately, to the second).
-fn comparable(s: &InterfaceState) -> InterfaceState {
-    let mut s = s.clone();
-    s.identity.ifindex = 0;
-    s.identity.mac = MacAddr([0; 6]);
-    s.identity.permanent_mac = None;
-    for a in &mut s.addresses {
-        a.valid_lft = a.valid_lft.map(|_| 0);
-        a.preferred_lft = a.preferred_lft.map(|_| 0);
-    }
-    s
-}
-
 fn assert_lifetimes_carried(saved: &InterfaceState, now: &InterfaceState, allowed_drop: u32) {
     for (a, b) in saved.addresses.iter().zip(&now.addresses) {
         if let (Some(before), Some(after)) = (a.valid_lft, b.valid_lft) {
@@ -99,18 +77,6 @@ fn assert_lifetimes_carried(saved: &InterfaceState, now: &InterfaceState, allowe
             );
         }
     }
-}
-
-fn seal_and_open(state: InterfaceState) -> SavedState {
-    let doc = netstate::seal(&SavedState {
-        captured_unix_ms: now_ms(),
-        interface: state,
-    });
-    netstate::open(doc.as_bytes()).expect("a fresh capture validates")
-}
-
-fn assert_clean(report: &RestoreReport) {
-    assert!(report.failed.is_empty(), "restore failed items: {:#?}", report.failed);
 }
 
 /// `vfa0` replaced by a fresh link, `saved` restored onto it: clean, equal to what was saved,

@@ -7,10 +7,12 @@
 use std::process::Command;
 
 use serde_json::Value;
-use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions, RestoreReport};
-use vfmig_protocol::netstate::{self, InterfaceState, Port, PortOptions, SavedState};
-use vfmig_protocol::MacAddr;
+use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions};
+use vfmig_protocol::netstate::{Port, PortOptions};
 use vfmig_testbed::netns::{enter_fresh, ip_batch};
+
+mod common;
+use common::{assert_clean, comparable, index_of, seal_and_open};
 
 /// A bridge with its address, and vfa0 a port of it with options other than the defaults.
 const BRIDGE_PORT: &str = "link add br0 type bridge
@@ -37,31 +39,6 @@ fn saved_port() -> Port {
             fast_leave: false,
         },
     }
-}
-
-fn index_of(name: &str) -> u32 {
-    nix::net::if_::if_nametoindex(name).unwrap()
-}
-
-/// What must be equal on a fresh link: all but its ifindex and MAC.
-fn comparable(s: &InterfaceState) -> InterfaceState {
-    let mut s = s.clone();
-    s.identity.ifindex = 0;
-    s.identity.mac = MacAddr([0; 6]);
-    s.identity.permanent_mac = None;
-    s
-}
-
-fn seal_and_open(state: InterfaceState) -> SavedState {
-    let doc = netstate::seal(&SavedState {
-        captured_unix_ms: 0,
-        interface: state,
-    });
-    netstate::open(doc.as_bytes()).expect("a fresh capture validates")
-}
-
-fn assert_clean(report: &RestoreReport) {
-    assert!(report.failed.is_empty(), "restore failed items: {:#?}", report.failed);
 }
 
 /// `ip -d -j link show NAME`, as iproute2 reads the link: an independent view of the port.

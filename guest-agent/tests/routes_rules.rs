@@ -3,12 +3,13 @@
 //! its own throw-away network namespace; state set up with iproute2.
 
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions, RestoreReport};
-use vfmig_protocol::netstate::{self, InterfaceState, Nexthop, SavedState};
-use vfmig_protocol::MacAddr;
+use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions};
+use vfmig_protocol::netstate::{Nexthop, SavedState};
 use vfmig_testbed::netns::{enter_fresh, ip_batch};
+
+mod common;
+use common::{assert_clean, comparable, index_of, seal_and_open};
 
 /// The VF (vfa0) and another link (oth0), each a veth with its peer up, each in a subnet of
 /// its own, both families.
@@ -23,34 +24,6 @@ addr add 2001:db8:40::2/64 dev vfa0 nodad
 addr add 198.18.41.2/24 dev oth0
 addr add 2001:db8:41::2/64 dev oth0 nodad
 ";
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn index_of(name: &str) -> u32 {
-    nix::net::if_::if_nametoindex(name).unwrap()
-}
-
-fn comparable(s: &InterfaceState) -> InterfaceState {
-    let mut s = s.clone();
-    s.identity.ifindex = 0;
-    s.identity.mac = MacAddr([0; 6]);
-    s.identity.permanent_mac = None;
-    s
-}
-
-fn seal_and_open(state: InterfaceState) -> SavedState {
-    let doc = netstate::seal(&SavedState {
-        captured_unix_ms: now_ms(),
-        interface: state,
-    });
-    netstate::open(doc.as_bytes()).expect("a fresh capture validates")
-}
-
-fn assert_clean(report: &RestoreReport) {
-    assert!(report.failed.is_empty(), "restore failed items: {:#?}", report.failed);
-}
 
 /// What iproute2 shows, run on this thread (a child inherits the thread's namespace).
 fn ip(args: &str) -> String {

@@ -2,12 +2,12 @@
 //! runs in the QEMU guest, tests/tests/stacked_state.rs) captured with their own state and made
 //! again on a fresh lower, each test in its own throw-away network namespace.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions, RestoreReport};
-use vfmig_protocol::netstate::{self, InterfaceState, SavedState, UpperKind};
-use vfmig_protocol::MacAddr;
+use vfmig_guest::netstate::{capture, connect, restore, RestoreOptions};
+use vfmig_protocol::netstate::{self, UpperKind};
 use vfmig_testbed::netns::{enter_fresh, ip_batch};
+
+mod common;
+use common::{assert_clean, comparable, index_of, seal_and_open};
 
 /// The lower (the VF) and two macvlans with their own addresses (both families), routes (main
 /// and table 100, on-link and gateway), neighbours, MTU and MAC; one of them down.
@@ -28,43 +28,6 @@ neigh add 2001:db8:40::1 lladdr 02:00:00:01:00:02 dev mv0 nud permanent router
 link add mv1 link vfa0 address 02:00:00:00:c1:01 type macvlan mode private
 addr add 198.18.41.2/24 dev mv1
 ";
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-/// The index of a link in this thread's namespace.
-fn index_of(name: &str) -> u32 {
-    nix::net::if_::if_nametoindex(name).unwrap()
-}
-
-/// Everything but what must differ on a fresh link: the ifindexes (the uppers' too) and the
-/// lower's MAC, which a fresh VF keeps unless asked. The uppers' MACs must be equal.
-fn comparable(s: &InterfaceState) -> InterfaceState {
-    fn no_indexes(s: &mut InterfaceState) {
-        s.identity.ifindex = 0;
-        for u in &mut s.uppers {
-            no_indexes(&mut u.state);
-        }
-    }
-    let mut s = s.clone();
-    no_indexes(&mut s);
-    s.identity.mac = MacAddr([0; 6]);
-    s.identity.permanent_mac = None;
-    s
-}
-
-fn seal_and_open(state: InterfaceState) -> SavedState {
-    let doc = netstate::seal(&SavedState {
-        captured_unix_ms: now_ms(),
-        interface: state,
-    });
-    netstate::open(doc.as_bytes()).expect("a fresh capture validates")
-}
-
-fn assert_clean(report: &RestoreReport) {
-    assert!(report.failed.is_empty(), "restore failed items: {:#?}", report.failed);
-}
 
 /// What an unplug does: the lower goes, and its uppers with it; a fresh one comes.
 fn replace_the_lower() -> u32 {
