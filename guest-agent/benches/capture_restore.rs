@@ -284,10 +284,10 @@ fn main() {
             base / total
         );
     }
-    let worst = base
-        / totals[1..]
-            .iter()
-            .map(|(c, r)| (*c + *r).as_secs_f64())
-            .fold(0.0, f64::max);
-    println!("\nvfmig is {worst:.2}x as fast as iproute2 (slower of its two paths; target >= 1.5x)");
+    let ratio = |i: usize| base / (totals[i].0 + totals[i].1).as_secs_f64();
+    println!(
+        "\nvfmig is {:.2}x as fast as iproute2 in-process (target >= 2x) and {:.2}x as the command (target >= 1.5x)",
+        ratio(1),
+        ratio(2)
+    );
 }
