@@ -137,59 +137,20 @@ fn bridge_options(name: &str, data: &[InfoBridgePort], lost: &mut Vec<String>) -
     let (mut hairpin, mut guard, mut protect, mut fast_leave) = (false, false, false, false);
     for d in data {
         use InfoBridgePort as B;
-        let other = match d {
-            B::Cost(c) => {
-                cost = *c;
-                None
+        match d {
+            B::Cost(c) => cost = *c,
+            B::Priority(p) => priority = *p,
+            B::Learning(b) => learning = *b,
+            B::UnicastFlood(b) => unicast_flood = *b,
+            B::HairpinMode(b) => hairpin = *b,
+            B::Guard(b) => guard = *b,
+            B::Protect(b) => protect = *b,
+            B::FastLeave(b) => fast_leave = *b,
+            other => {
+                if let Some(option) = unsaved(other) {
+                    lost.push(format!("{name}'s bridge port option {option} is not restored"));
+                }
             }
-            B::Priority(p) => {
-                priority = *p;
-                None
-            }
-            B::Learning(b) => {
-                learning = *b;
-                None
-            }
-            B::UnicastFlood(b) => {
-                unicast_flood = *b;
-                None
-            }
-            B::HairpinMode(b) => {
-                hairpin = *b;
-                None
-            }
-            B::Guard(b) => {
-                guard = *b;
-                None
-            }
-            B::Protect(b) => {
-                protect = *b;
-                None
-            }
-            B::FastLeave(b) => {
-                fast_leave = *b;
-                None
-            }
-            B::MulticastFlood(false) => Some("mcast_flood off"),
-            B::BroadcastFlood(false) => Some("bcast_flood off"),
-            B::MulticastToUnicast(true) => Some("mcast_to_unicast on"),
-            B::ProxyARP(true) => Some("proxy_arp on"),
-            B::ProxyARPWifi(true) => Some("proxy_arp_wifi on"),
-            B::VlanTunnel(true) => Some("vlan_tunnel on"),
-            B::NeighSupress(true) => Some("neigh_suppress on"),
-            B::NeighVlanSuppress(true) => Some("neigh_vlan_suppress on"),
-            B::Isolated(true) => Some("isolated on"),
-            B::Locked(true) => Some("locked on"),
-            B::Mab(true) => Some("mab on"),
-            B::GroupFwdMask(m) if *m != 0 => Some("group_fwd_mask"),
-            B::BackupPort(_) => Some("backup_port"),
-            B::BackupNextHopId(n) if *n != 0 => Some("backup_nhid"),
-            B::MulticastRouter(r) if *r != BridgeMulticastRouterType::TempQuery => Some("mcast_router"),
-            B::MulticastMaxGroups(n) if *n != 0 => Some("mcast_max_groups"),
-            _ => None,
-        };
-        if let Some(option) = other {
-            lost.push(format!("{name}'s bridge port option {option} is not restored"));
         }
     }
     // The cost is always set on restore: the fresh VF's own (from its speed) may differ.
@@ -202,6 +163,30 @@ fn bridge_options(name: &str, data: &[InfoBridgePort], lost: &mut Vec<String>) -
         guard,
         protect,
         fast_leave,
+    }
+}
+
+/// A bridge port option the state does not carry, when it is not at the kernel's default.
+fn unsaved(option: &InfoBridgePort) -> Option<&'static str> {
+    use InfoBridgePort as B;
+    match option {
+        B::MulticastFlood(false) => Some("mcast_flood off"),
+        B::BroadcastFlood(false) => Some("bcast_flood off"),
+        B::MulticastToUnicast(true) => Some("mcast_to_unicast on"),
+        B::ProxyARP(true) => Some("proxy_arp on"),
+        B::ProxyARPWifi(true) => Some("proxy_arp_wifi on"),
+        B::VlanTunnel(true) => Some("vlan_tunnel on"),
+        B::NeighSupress(true) => Some("neigh_suppress on"),
+        B::NeighVlanSuppress(true) => Some("neigh_vlan_suppress on"),
+        B::Isolated(true) => Some("isolated on"),
+        B::Locked(true) => Some("locked on"),
+        B::Mab(true) => Some("mab on"),
+        B::GroupFwdMask(m) if *m != 0 => Some("group_fwd_mask"),
+        B::BackupPort(_) => Some("backup_port"),
+        B::BackupNextHopId(n) if *n != 0 => Some("backup_nhid"),
+        B::MulticastRouter(r) if *r != BridgeMulticastRouterType::TempQuery => Some("mcast_router"),
+        B::MulticastMaxGroups(n) if *n != 0 => Some("mcast_max_groups"),
+        _ => None,
     }
 }
 
