@@ -562,3 +562,33 @@ addr add 198.18.10.2/24 dev vfa0\naddr add 198.18.11.2/24 dev vfa0\naddr add 200
         "too few states restored to mean much: {refused} of 200 refused"
     );
 }
+
+/// An IPv6 address flushed off a link (as when the link is made a bridge port) leaves its
+/// gateway routes behind; the kernel would not take such a route again, so the capture names it
+/// instead of saving it — the restore of what is saved is clean.
+#[tokio::test(flavor = "current_thread")]
+async fn an_ipv6_route_whose_gateway_the_link_no_longer_reaches_is_named_not_saved() {
+    enter_fresh().unwrap();
+    ip_batch(
+        "link add vfa0 type veth peer name vfa0p\nlink set vfa0p up\nlink set vfa0 up
+addr add 2001:db8:10::2/64 dev vfa0 nodad
+addr add 2001:db8:20::2/64 dev vfa0 nodad
+route add 2001:db8:100::/48 via 2001:db8:10::1 dev vfa0
+route add 2001:db8:200::/48 via 2001:db8:20::1 dev vfa0
+route add 2001:db8:300::/48 via fe80::1 dev vfa0
+addr del 2001:db8:10::2/64 dev vfa0
+",
+    )
+    .unwrap();
+    let handle = connect().unwrap();
+    let captured = capture(&handle, "vfa0").await.unwrap();
+    assert_eq!(
+        captured.unrestorable,
+        ["route 2001:db8:100::/48 via 2001:db8:10::1 table 254: no address or on-link route on vfa0 \
+          covers the gateway, so the kernel would not take the route again"]
+    );
+    let gateways: Vec<_> = captured.state.routes.iter().filter_map(|r| r.gateway).collect();
+    assert_eq!(gateways.len(), 2, "{:#?}", captured.state.routes);
+    let saved = seal_and_open(captured.state);
+    assert_restores_equal_onto_a_fresh_link(&handle, &saved).await;
+}

@@ -155,6 +155,9 @@ async fn a_bridge_port_rejoins_its_bridge_with_its_options() {
         &mut shell,
         &[
             format!("{IP} addr flush dev eth0"),
+            // IPv6 keeps a link's gateway routes when its addresses go; the VF's go to the
+            // master with the rest of its state.
+            format!("{IP} -6 route flush dev eth0 proto boot"),
             format!("{IP} link add br0 address {SOURCE_MAC} type bridge"),
             format!("{IP} link set eth0 master br0"),
             format!("{IP} link set eth0 type bridge_slave cost 7 priority 5 learning off hairpin on"),

@@ -18,7 +18,9 @@ use vfmig_protocol::netstate::{
 };
 use vfmig_protocol::MacAddr;
 
-use super::{errno, metrics, multipath, ports, qdisc, rules, stacking, sysctls, sysfs, uppers, NetstateError};
+use super::{
+    errno, gateways, metrics, multipath, ports, qdisc, rules, stacking, sysctls, sysfs, uppers, NetstateError,
+};
 
 /// IFA_CACHEINFO's "forever".
 const INFINITY_LIFE_TIME: u32 = u32::MAX;
@@ -182,7 +184,8 @@ pub(super) async fn capture_at(
     unrestorable.extend(lost);
 
     let addresses = dump_addresses(handle, index).await?;
-    let routes = dump_routes(handle, index, &addresses, &link_names(links), &mut unrestorable).await?;
+    let mut routes = dump_routes(handle, index, &addresses, &link_names(links), &mut unrestorable).await?;
+    unrestorable.extend(gateways::unreachable(&mut routes, &addresses, &name));
     let neighbours = dump_neighbours(handle, index).await?;
     let rules = rules::capture(handle, &name, &addresses, &mut unrestorable).await?;
     let sysctls = sysctls::capture(&name);

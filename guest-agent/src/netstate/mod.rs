@@ -5,6 +5,7 @@ mod announce;
 mod bulk;
 mod capture;
 mod errno;
+mod gateways;
 mod metrics;
 mod multipath;
 mod ports;
