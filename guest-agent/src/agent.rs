@@ -9,7 +9,7 @@ use vfmig_protocol::message::{
     Capabilities, ErrorReply, GuestMessage, Hello, HostMessage, InterfaceSelector, Keep, Kept, Phase, PrepareUnplug,
     Restore, Restored, StandbyRequest, StateSaved, Status, TrackDma, UnplugReady, MAX_FAILURES, MAX_TEXT,
 };
-use vfmig_protocol::netstate::{check, differences, digest, SavedState};
+use vfmig_protocol::netstate::{check, differences, digest, InterfaceState, SavedState};
 use vfmig_protocol::version::{negotiate, SUPPORTED};
 use vfmig_protocol::ErrorCode;
 
@@ -43,6 +43,15 @@ pub struct Agent {
     /// of that same link, seen after the host's restore, is not a reason to restore again
     /// (which would report a restore that did nothing as the last one, without the hand-back).
     restored_onto: Option<(String, u32)>,
+}
+
+/// Whether the link named `link` is a leg of one of `state`'s multipath routes.
+fn carries_a_leg(state: &InterfaceState, link: &str) -> bool {
+    state
+        .routes
+        .iter()
+        .flat_map(|r| &r.nexthops)
+        .any(|n| n.device.as_deref() == Some(link))
 }
 
 fn error(code: ErrorCode, message: impl std::fmt::Display) -> GuestMessage {
@@ -229,6 +238,23 @@ impl Agent {
             );
             return vec![error(ErrorCode::Unrestorable, why)];
         }
+        // A standby that is itself a leg of one of the VF's multipath routes is not lent:
+        // taking the lent IPv4 addresses back off it would leave that leg dead (the kernel
+        // marks a nexthop dead when its link loses its last address, and keeps it so).
+        let standby = match standby {
+            Some(s) if carries_a_leg(&captured.state, &s.name) => {
+                let why = format!(
+                    "{} carries a leg of a multipath route of {name}; giving it back would leave that leg dead",
+                    s.name
+                );
+                if matches!(p.standby, StandbyRequest::Use(_)) {
+                    return vec![error(ErrorCode::StandbyUnusable, why)];
+                }
+                tracing::info!(why, "no standby for the VF gap");
+                None
+            }
+            other => other,
+        };
         let lost = captured.unrestorable;
         let state = SavedState {
             captured_unix_ms: netstate::unix_ms_now(),

@@ -584,8 +584,10 @@ addr del 2001:db8:10::2/64 dev vfa0
     let captured = capture(&handle, "vfa0").await.unwrap();
     assert_eq!(
         captured.unrestorable,
-        ["route 2001:db8:100::/48 via 2001:db8:10::1 table 254: no address or on-link route on vfa0 \
-          covers the gateway, so the kernel would not take the route again"]
+        [
+            "route 2001:db8:100::/48 via 2001:db8:10::1 table 254: no address or on-link route on vfa0 \
+          covers the gateway, so the kernel would not take the route again"
+        ]
     );
     let gateways: Vec<_> = captured.state.routes.iter().filter_map(|r| r.gateway).collect();
     assert_eq!(gateways.len(), 2, "{:#?}", captured.state.routes);
