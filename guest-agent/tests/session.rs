@@ -442,6 +442,47 @@ async fn a_vf_enslaved_to_a_master_is_left_alone() {
     std::fs::remove_dir_all(store).unwrap();
 }
 
+/// A standby that is itself a leg of one of the VF's multipath routes is not lent: taking the
+/// lent addresses back off it would leave that leg dead. The automatic choice passes it over;
+/// one the host names is refused, with nothing saved.
+#[tokio::test(flavor = "current_thread")]
+async fn a_standby_that_is_a_leg_of_the_vfs_multipath_route_is_not_lent() {
+    enter_fresh().unwrap();
+    ip_batch(FIXTURE).unwrap();
+    ip_batch(
+        "link add sb0 address 02:00:00:00:5b:01 type veth peer name sb0p\nlink set sb0p up\nlink set sb0 up
+route add 192.0.2.0/24 nexthop via 198.18.10.1 dev vfa0 nexthop via 198.18.20.1 dev sb0 onlink
+",
+    )
+    .unwrap();
+    let handle = connect().unwrap();
+    let store = std::env::temp_dir().join(format!("vfmig-session-leg-{}", std::process::id()));
+    let mut host = start_agent_with(&handle, &store, StandbyConfig::Named("sb0".into())).await;
+    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
+        interface: by_name("vfa0"),
+        deadline_ms: 5000,
+        standby: StandbyRequest::Use(by_name("sb0")),
+        accept_loss: false,
+    }))
+    .await;
+    let GuestMessage::Error(e) = host.reply().await.0.msg else {
+        panic!("a named standby that is a leg was not refused")
+    };
+    assert_eq!(e.code, ErrorCode::StandbyUnusable);
+    assert!(
+        e.message.contains("sb0 carries a leg of a multipath route of vfa0"),
+        "{}",
+        e.message
+    );
+    assert!(!store.join("vfa0.json").exists(), "a state was saved");
+
+    let s = host.save(StandbyRequest::Auto).await;
+    assert_eq!(s.standby, None, "lent a standby that is a leg");
+    let standby = capture(&handle, "sb0").await.unwrap().state;
+    assert!(standby.addresses.is_empty(), "{:?}", standby.addresses);
+    std::fs::remove_dir_all(store).unwrap();
+}
+
 fn by_name(name: &str) -> InterfaceSelector {
     InterfaceSelector {
         name: Some(name.into()),

@@ -123,7 +123,10 @@ async fn multipath_routes_rules_and_sysctls_are_restored_and_carry_the_peers_tra
     let took = migrating.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("StandbyActive"), "sb0 was lent as a standby:\n{stderr}");
+    assert!(
+        !stderr.contains("StandbyActive"),
+        "sb0 was lent as a standby:\n{stderr}"
+    );
 
     let mut shell = bed.destination.shell(Duration::from_secs(30)).await.unwrap();
     let after = shell.ok(SHOWN).await.unwrap();
