@@ -114,7 +114,7 @@ pub fn all(dir: &Path) -> Vec<(String, Pending)> {
 }
 
 /// What udev is told about a network device that arrives with `mac` while restores are
-/// pending: keep NetworkManager off it, and the name to give it — the saved interface with
+/// pending: keep NetworkManager and systemd-networkd off it, and the name to give it — the saved interface with
 /// that MAC, or the only one pending; no name when several are and none matches.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Arrival {
@@ -137,7 +137,7 @@ pub fn arrival(dir: &Path, mac: &MacAddr) -> Option<Arrival> {
 impl Arrival {
     /// As `IMPORT{program}` reads it: one KEY=value per line.
     pub fn udev_properties(&self) -> String {
-        let mut out = String::from("NM_UNMANAGED=1\n");
+        let mut out = String::from("NM_UNMANAGED=1\nVFMIG_HOLD=1\n");
         if let Some(name) = &self.name {
             out.push_str(&format!("VFMIG_RESTORE_NAME={name}\n"));
         }
@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn arrival_names_the_matching_mac_or_the_only_one_and_always_keeps_nm_off() {
+    fn arrival_names_the_matching_mac_or_the_only_one_and_always_holds_the_owners_off() {
         let d = dir();
         let unmanaged = |m: &str| Pending {
             mac: mac(m),
@@ -195,7 +195,7 @@ mod tests {
         assert_eq!(arrival(&d, &mac("52:54:00:20:00:02")), None, "nothing pending");
         write(&d, "enp1s0", &unmanaged("52:54:00:10:00:01")).unwrap();
         let only = arrival(&d, &mac("52:54:00:20:00:02")).unwrap();
-        assert_eq!(only.udev_properties(), "NM_UNMANAGED=1\nVFMIG_RESTORE_NAME=enp1s0\n");
+        assert_eq!(only.udev_properties(), "NM_UNMANAGED=1\nVFMIG_HOLD=1\nVFMIG_RESTORE_NAME=enp1s0\n");
         write(&d, "enp2s0", &unmanaged("52:54:00:10:00:02")).unwrap();
         assert_eq!(
             arrival(&d, &mac("52:54:00:10:00:02")).unwrap().name.as_deref(),
@@ -204,7 +204,7 @@ mod tests {
         let unknown = arrival(&d, &mac("52:54:00:20:00:02")).unwrap();
         assert_eq!(
             unknown.udev_properties(),
-            "NM_UNMANAGED=1\n",
+            "NM_UNMANAGED=1\nVFMIG_HOLD=1\n",
             "two pending, no match: no name"
         );
         fs::remove_dir_all(&d).unwrap();

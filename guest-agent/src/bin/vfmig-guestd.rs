@@ -62,7 +62,7 @@ enum Command {
         network_manager: nm::Use,
     },
     /// For udev's VF-arrival rule (IMPORT{program}): if restores are pending, print
-    /// NM_UNMANAGED=1 and the saved name the arriving link is to get; print nothing if none are.
+    /// NM_UNMANAGED=1, VFMIG_HOLD=1 and the saved name the arriving link is to get; print nothing if none are.
     UdevArrival {
         /// The arriving link's MAC address.
         #[arg(long)]
