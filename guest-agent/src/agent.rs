@@ -2,6 +2,7 @@
 //! validated by the protocol crate; what it finds in the kernel and on disk is checked here.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtnetlink::Handle;
@@ -17,7 +18,7 @@ use crate::dma_hook::DmaHook;
 use crate::events::{Event, Events, Trigger};
 use crate::netstate::standby::{self, Standby, StandbyConfig};
 use crate::netstate::{self, RestoreOptions};
-use crate::nm::{self, Snapshot};
+use crate::owner::{LinkRef, OwnerKind, Owners, Snapshot};
 use crate::pending::{self, Pending};
 use crate::store;
 
@@ -26,19 +27,22 @@ const LINK_WAIT: Duration = Duration::from_secs(10);
 /// How long a new link is left to udev before the agent touches it anyway: its rename and
 /// rules take a fraction of that, even under TCG.
 const UDEV_WAIT: Duration = Duration::from_secs(5);
-/// Asking NetworkManager what it does with the VF must not hold up an unplug: past this, the
-/// state is saved without it (and NM's profile is not activated again after the restore).
-const NM_SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+/// After the VF is handed back to its owner, how long the agent waits before it reads the
+/// link again and reports what the owner changed: what networkd or dhclient would drop or add
+/// follows within a second of taking the link (measured under TCG), a DHCP answer included.
+const SETTLE: Duration = Duration::from_secs(5);
+/// Naming the owners in a hello must not hold it up: past this, none are named.
+const OWNERS_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Agent {
     handle: Handle,
     store_dir: PathBuf,
-    capabilities: Capabilities,
     hook: DmaHook,
     standby: StandbyConfig,
     phase: Phase,
     events: Events,
-    network_manager: nm::Use,
+    /// The network managers in the guest the agent may work with.
+    owners: Arc<Owners>,
     /// The saved state last restored, by its name, and the link it went onto: the appearance
     /// of that same link, seen after the host's restore, is not a reason to restore again
     /// (which would report a restore that did nothing as the last one, without the hand-back).
@@ -95,31 +99,31 @@ pub(crate) fn count(n: usize) -> u32 {
 }
 
 impl Agent {
-    pub fn new(
-        handle: Handle,
-        store_dir: PathBuf,
-        capabilities: Capabilities,
-        hook: DmaHook,
-        standby: StandbyConfig,
-    ) -> Self {
+    pub fn new(handle: Handle, store_dir: PathBuf, hook: DmaHook, standby: StandbyConfig) -> Self {
         Self {
             handle,
             store_dir,
-            capabilities,
             hook,
             standby,
             phase: Phase::Idle,
             events: Events::default(),
-            network_manager: nm::Use::Off,
+            owners: Arc::default(),
             restored_onto: None,
         }
     }
 
-    /// Works with NetworkManager on that bus (off by default: a test agent in a network
-    /// namespace must not touch the NM of the machine it runs on).
-    pub fn with_network_manager(mut self, network_manager: nm::Use) -> Self {
-        self.network_manager = network_manager;
+    /// Works with these network managers (none by default: a test agent in a network namespace
+    /// must not touch those of the machine it runs on).
+    pub fn with_owners(mut self, owners: Owners) -> Self {
+        self.owners = Arc::new(owners);
         self
+    }
+
+    /// The network managers running in the guest now, as a hello names them.
+    pub async fn owners_running(&self) -> Vec<OwnerKind> {
+        tokio::time::timeout(OWNERS_WAIT, self.owners.running())
+            .await
+            .unwrap_or_default()
     }
 
     /// What the agent does from now on, as it happens.
@@ -138,12 +142,16 @@ impl Agent {
             HostMessage::Hello(h) => vec![match negotiate(SUPPORTED, h.versions) {
                 Ok(_) => GuestMessage::Hello(Hello::ours(
                     concat!("vfmig-guestd ", env!("CARGO_PKG_VERSION")),
-                    // Read at each hello: the module may be installed or removed, and the
-                    // standby plugged or taken down, while we run.
-                    Capabilities {
-                        kernel_hook: self.hook.installed(),
-                        standby: self.standby_now().await,
-                        ..self.capabilities.clone()
+                    // Read at each hello: the module may be installed or removed, the standby
+                    // plugged or taken down, a network manager started or stopped, while we run.
+                    {
+                        let owners = self.owners_running().await;
+                        Capabilities {
+                            kernel_hook: self.hook.installed(),
+                            standby: self.standby_now().await,
+                            network_manager: owners.contains(&OwnerKind::NetworkManager),
+                            nic_owners: owners.iter().map(ToString::to_string).collect(),
+                        }
                     },
                 )),
                 Err(e) => error(ErrorCode::VersionMismatch, e),
@@ -260,15 +268,38 @@ impl Agent {
             captured_unix_ms: netstate::unix_ms_now(),
             interface: captured.state,
         };
+        let link = LinkRef {
+            index,
+            name: name.clone(),
+            mac: state.interface.identity.mac,
+        };
+        let owner = self.owners.snapshot(&link).await;
         if let Err(e) = store::save(&store::path_for(&self.store_dir, &name), &state) {
             return vec![error(ErrorCode::StorageFailed, e)];
         }
         let record = Pending {
             mac: state.interface.identity.mac,
-            network_manager: self.nm_snapshot(&name, &state.interface.identity.mac.to_string()).await,
+            owner: owner.clone(),
         };
         if let Err(e) = pending::write(&self.store_dir, &name, &record) {
             return vec![error(ErrorCode::StorageFailed, e)];
+        }
+        // An owner that cannot be kept off would configure the fresh VF over the restore: refused
+        // now, with nothing left saved, rather than undone after the unplug.
+        if let Some(owner) = &owner {
+            if let Err(e) = self.owners.hold(&name, owner).await {
+                let undone = pending::take(&self.store_dir, &name)
+                    .err()
+                    .map(|e| e.to_string())
+                    .into_iter()
+                    .chain(store::remove(&self.store_dir, &name).err().map(|e| e.to_string()));
+                let why = format!(
+                    "{} could not be kept off {name} during the migration ({e}); nothing was saved{}",
+                    owner.kind(),
+                    undone.map(|u| format!("; {u}")).collect::<String>()
+                );
+                return vec![error(ErrorCode::Unrestorable, why)];
+            }
         }
         let moved = match standby {
             Some(standby) => match self.move_to_standby(&state, index, &standby).await {
@@ -464,7 +495,7 @@ impl Agent {
                 .map_err(|e| netstate::NetstateError::StandbyUnusable(e.to_string()))?;
         }
         let before = match pending::take(&self.store_dir, &name) {
-            Ok(pending) => pending.and_then(|p| p.network_manager),
+            Ok(pending) => pending.and_then(|p| p.owner),
             Err(e) => {
                 report.failed.push(e.to_string());
                 None
@@ -475,10 +506,18 @@ impl Agent {
             Err(e) => (vec![format!("could not re-read the interface to verify: {e}")], None),
         };
         match (before, now) {
-            (Some(before), Some(now)) => self.hand_back(name.clone(), now.name, now.mac.to_string(), before),
-            (Some(_), None) => report
-                .failed
-                .push("not handed back to NetworkManager: the interface could not be re-read".into()),
+            (Some(before), Some(now)) => {
+                let link = LinkRef {
+                    index,
+                    name: now.name,
+                    mac: now.mac,
+                };
+                self.hand_back(saved.interface.clone(), link, before);
+            }
+            (Some(before), None) => report.failed.push(format!(
+                "not handed back to {}: the interface could not be re-read",
+                before.kind()
+            )),
             (None, _) => {}
         }
         self.set_phase(Phase::Restored);
@@ -499,56 +538,37 @@ impl Agent {
         Ok(restored)
     }
 
-    /// What NetworkManager does with the VF, if it runs and shows it; any failure to ask is
-    /// logged and taken as "no NM", never a reason to refuse the unplug.
-    async fn nm_snapshot(&self, name: &str, mac: &str) -> Option<Snapshot> {
-        let nm::Use::On(bus) = &self.network_manager else {
-            return None;
-        };
-        let ask = async {
-            match nm::connect(bus).await? {
-                Some(conn) => nm::snapshot(&conn, name, mac).await,
-                None => Ok(None),
-            }
-        };
-        match tokio::time::timeout(NM_SNAPSHOT_WAIT, ask).await {
-            Ok(Ok(snapshot)) => {
-                tracing::info!(?snapshot, "NetworkManager's view of the VF");
-                snapshot
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not ask NetworkManager about the VF");
-                None
-            }
-            Err(_) => {
-                tracing::warn!(wait = ?NM_SNAPSHOT_WAIT, "NetworkManager did not answer about the VF");
-                None
-            }
-        }
-    }
-
-    /// Gives the restored link (`link`, with `mac`) back to NetworkManager as it was before the
-    /// unplug, in the background: the host has its reply already, and NM's DHCP can take
-    /// seconds. What was done is recorded against the saved `interface`.
-    fn hand_back(&self, interface: String, link: String, mac: String, before: Snapshot) {
-        let nm::Use::On(bus) = self.network_manager.clone() else {
-            return;
-        };
+    /// Gives the restored `link` back to the owner it had before the unplug, in the
+    /// background: the host has its reply already, and a DHCP lease can take seconds. Then,
+    /// after a settle period, reads the link again: what the owner dropped or added since the
+    /// restore is reported as differing from the saved state, never passed over as restored.
+    fn hand_back(&self, saved: InterfaceState, link: LinkRef, before: Snapshot) {
+        let owners = Arc::clone(&self.owners);
+        let handle = self.handle.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
-            let outcome = match nm::connect(&bus).await {
-                Ok(Some(conn)) => nm::hand_back(&conn, &link, &mac, &before).await,
-                Ok(None) => Ok("NetworkManager is not running; nothing to hand back".into()),
-                Err(e) => Err(e),
-            };
+            let owner = before.kind();
+            let outcome = owners.hand_back(&link, &before).await;
             match &outcome {
-                Ok(done) => tracing::info!(done, "handed the VF back to NetworkManager"),
-                Err(e) => tracing::error!(error = %e, "could not hand the VF back to NetworkManager"),
+                Ok(done) => tracing::info!(%owner, done, "handed the VF back"),
+                Err(e) => tracing::error!(%owner, error = %e, "could not hand the VF back"),
             }
+            let interface = saved.identity.name.clone();
             events.emit(Event::HandedBack {
-                interface,
+                interface: interface.clone(),
+                owner,
                 outcome: outcome.map_err(|e| e.to_string()),
             });
+            tokio::time::sleep(SETTLE).await;
+            let settled = match netstate::capture_index(&handle, link.index).await {
+                Ok(now) => differences(&saved, &now.state),
+                Err(e) => vec![format!("could not re-read {} after {owner} took it: {e}", link.name)],
+            };
+            for line in &settled {
+                tracing::warn!(%owner, line, "differs from the saved state after the hand-back");
+            }
+            tracing::info!(%owner, differences = settled.len(), "settled after the hand-back");
+            events.emit(Event::Settled { interface, settled });
         });
     }
 

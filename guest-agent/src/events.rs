@@ -4,6 +4,8 @@
 use tokio::sync::broadcast;
 use vfmig_protocol::message::{Phase, Restored, StateSaved};
 
+use crate::owner::OwnerKind;
+
 /// Who started a restore.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trigger {
@@ -30,11 +32,18 @@ pub enum Event {
         report: Restored,
         by: Trigger,
     },
-    /// After a restore, what the agent did to give the VF back to NetworkManager (or why it
-    /// could not): it runs after the host has its reply, as a DHCP profile can take seconds.
+    /// After a restore, what the agent did to give the VF back to its owner (or why it could
+    /// not): it runs after the host has its reply, as a DHCP lease can take seconds.
     HandedBack {
         interface: String,
+        owner: OwnerKind,
         outcome: Result<String, String>,
+    },
+    /// A settle period after the hand-back, what differs from the saved state: what the owner
+    /// dropped or added once it had the link. Empty when nothing does.
+    Settled {
+        interface: String,
+        settled: Vec<String>,
     },
 }
 

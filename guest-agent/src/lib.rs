@@ -10,7 +10,8 @@
 //! error is worse than one with a list of what is missing. It never keeps the hook's state in
 //! memory only: the kernel module holds it, so a restarted agent finds it as it was. What it
 //! shows on D-Bus (`org.vfmig.Guest1`) is read-only: the bus can never make it change anything.
-//! With NetworkManager it only ever touches the VF's device, and hands it back as it found it.
+//! With the guest's network manager (NetworkManager, systemd-networkd, ifupdown) it only ever
+//! touches the VF, and hands it back as it found it.
 
 pub mod agent;
 pub mod channel;
@@ -18,6 +19,6 @@ pub mod dbus;
 pub mod dma_hook;
 pub mod events;
 pub mod netstate;
-pub mod nm;
+pub mod owner;
 pub mod pending;
 pub mod store;

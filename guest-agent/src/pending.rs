@@ -1,8 +1,9 @@
 //! Restores the agent owes: a record per saved interface, written when the VF's state is saved
 //! for an unplug and taken when it is restored. Its presence is what udev's VF-arrival rule
 //! (`udev-rules/75-vfmig-vf.rules`) asks about — through `vfmig-guestd udev-arrival` — to keep
-//! NetworkManager off a fresh VF and give it the saved name before anything configures it.
-//! It also carries what NetworkManager was doing with the VF, to hand it back after.
+//! the network managers off a fresh VF and give it the saved name before anything configures
+//! it. It also carries what the VF's owner (NetworkManager, systemd-networkd, ifupdown) was
+//! doing with it, to hand it back after.
 //!
 //! Records live beside the saved states (`<name>.pending` in the store directory, /run/vfmig:
 //! it migrates with the guest's memory). They are small JSON documents, read with a size bound
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use vfmig_protocol::mac::MacAddr;
 use vfmig_protocol::message::validate_ifname;
 
-use crate::nm::Snapshot;
+use crate::owner::Snapshot;
 
 /// No record this agent writes comes near this; anything larger was not written by it.
 const MAX_RECORD: u64 = 4096;
@@ -26,9 +27,9 @@ const MAX_RECORD: u64 = 4096;
 pub struct Pending {
     /// The saved VF's MAC: a fresh VF provisioned with it is the one to restore onto.
     pub mac: MacAddr,
-    /// What NetworkManager did with the VF when it was saved; none when NM was not running
-    /// or did not know the link.
-    pub network_manager: Option<Snapshot>,
+    /// What the VF's owner did with it when it was saved; none when no network manager the
+    /// agent works with managed it.
+    pub owner: Option<Snapshot>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +149,7 @@ impl Arrival {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nm::ProfileRef;
+    use crate::owner::nm::{self, ProfileRef};
 
     fn dir() -> PathBuf {
         let d = std::env::temp_dir().join(format!(
@@ -169,13 +170,13 @@ mod tests {
         let d = dir();
         let p = Pending {
             mac: mac("52:54:00:10:00:01"),
-            network_manager: Some(Snapshot {
+            owner: Some(Snapshot::NetworkManager(nm::Snapshot {
                 managed: true,
                 profile: Some(ProfileRef {
                     uuid: "2f1c0d8e-0000-4000-8000-000000000001".into(),
                     id: "vf".into(),
                 }),
-            }),
+            })),
         };
         write(&d, "enp1s0", &p).unwrap();
         assert_eq!(all(&d), vec![("enp1s0".to_owned(), p.clone())]);
@@ -190,12 +191,15 @@ mod tests {
         let d = dir();
         let unmanaged = |m: &str| Pending {
             mac: mac(m),
-            network_manager: None,
+            owner: None,
         };
         assert_eq!(arrival(&d, &mac("52:54:00:20:00:02")), None, "nothing pending");
         write(&d, "enp1s0", &unmanaged("52:54:00:10:00:01")).unwrap();
         let only = arrival(&d, &mac("52:54:00:20:00:02")).unwrap();
-        assert_eq!(only.udev_properties(), "NM_UNMANAGED=1\nVFMIG_HOLD=1\nVFMIG_RESTORE_NAME=enp1s0\n");
+        assert_eq!(
+            only.udev_properties(),
+            "NM_UNMANAGED=1\nVFMIG_HOLD=1\nVFMIG_RESTORE_NAME=enp1s0\n"
+        );
         write(&d, "enp2s0", &unmanaged("52:54:00:10:00:02")).unwrap();
         assert_eq!(
             arrival(&d, &mac("52:54:00:10:00:02")).unwrap().name.as_deref(),

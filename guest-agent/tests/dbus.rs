@@ -86,13 +86,7 @@ async fn the_service_shows_what_the_agent_saved_and_restored_and_signals_each() 
     std::fs::set_permissions(&scratch.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let store = scratch.0.join("store");
     let handle = connect().unwrap();
-    let mut agent = Agent::new(
-        handle.clone(),
-        store.clone(),
-        Capabilities::default(),
-        DmaHook::default(),
-        StandbyConfig::Off,
-    );
+    let mut agent = Agent::new(handle.clone(), store.clone(), DmaHook::default(), StandbyConfig::Off);
     let address = Bus::Address(bus.address.clone());
     let _service = service::serve(&address, store.clone(), agent.events())
         .await

@@ -74,13 +74,7 @@ async fn start_agent(handle: &rtnetlink::Handle, store: &std::path::Path) -> Hos
 /// As [`start_agent`], with the guest's own standby setting.
 async fn start_agent_with(handle: &rtnetlink::Handle, store: &std::path::Path, standby: StandbyConfig) -> Host {
     let (guest_end, host_end) = UnixStream::pair().unwrap();
-    let mut agent = Agent::new(
-        handle.clone(),
-        store.to_owned(),
-        Capabilities::default(),
-        DmaHook::default(),
-        standby,
-    );
+    let mut agent = Agent::new(handle.clone(), store.to_owned(), DmaHook::default(), standby);
     let links = new_links().await.unwrap();
     tokio::spawn(async move {
         let mut s = guest_end;
@@ -837,13 +831,7 @@ async fn a_link_the_host_restored_onto_is_not_restored_again_when_its_appearance
     ip_batch(FIXTURE).unwrap();
     let handle = connect().unwrap();
     let store = std::env::temp_dir().join(format!("vfmig-session-late-{}", std::process::id()));
-    let mut agent = Agent::new(
-        handle.clone(),
-        store.clone(),
-        Capabilities::default(),
-        DmaHook::default(),
-        StandbyConfig::Off,
-    );
+    let mut agent = Agent::new(handle.clone(), store.clone(), DmaHook::default(), StandbyConfig::Off);
     let mut events = agent.events();
     let saved = agent
         .handle(HostMessage::PrepareUnplug(PrepareUnplug {

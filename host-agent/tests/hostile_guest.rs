@@ -67,6 +67,11 @@ fn hello(claims_everything: bool) -> GuestMessage {
             kernel_hook: claims_everything,
             network_manager: claims_everything,
             standby: claims_everything.then(|| "eth9".into()),
+            nic_owners: if claims_everything {
+                vec!["x".repeat(64); 8]
+            } else {
+                Vec::new()
+            },
         },
     );
     if claims_everything {

@@ -44,7 +44,14 @@ pub struct Capabilities {
     pub network_manager: bool,
     /// Name of a standby (paravirtual) interface the agent can move traffic to.
     pub standby: Option<String>,
+    /// The network managers running in the guest that the agent works with
+    /// ("NetworkManager", "systemd-networkd", "ifupdown"); empty when none runs.
+    pub nic_owners: Vec<String>,
 }
+
+/// Most NIC owners a hello may name, and the longest name.
+pub const MAX_NIC_OWNERS: usize = 8;
+pub const MAX_OWNER_NAME: usize = 64;
 
 /// First message of every session, in both directions. Frozen across majors.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -493,6 +500,17 @@ fn validate_hello(h: &Hello) -> Result<(), String> {
     validate_text("agent", &h.agent)?;
     if let Some(s) = &h.capabilities.standby {
         validate_ifname("standby", s)?;
+    }
+    let owners = &h.capabilities.nic_owners;
+    if owners.len() > MAX_NIC_OWNERS {
+        return Err(format!("nic_owners: {} names, at most {MAX_NIC_OWNERS}", owners.len()));
+    }
+    for o in owners {
+        if o.is_empty() || o.len() > MAX_OWNER_NAME || o.chars().any(char::is_control) {
+            return Err(format!(
+                "nic_owners: {o:?} is not a name of 1 to {MAX_OWNER_NAME} printable characters"
+            ));
+        }
     }
     Ok(())
 }

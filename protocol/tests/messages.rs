@@ -57,6 +57,7 @@ fn guest_messages() -> Vec<GuestMessage> {
                 kernel_hook: true,
                 network_manager: false,
                 standby: Some("eth0".into()),
+                nic_owners: vec!["systemd-networkd".into()],
             },
         )),
         GuestMessage::SyncAck { nonce: 7 },
@@ -265,6 +266,8 @@ fn out_of_bounds_fields_are_invalid_with_the_request_id() {
         (r#"{"v":1,"id":9,"msg":{"type":"restore","body":{"saved":"../../etc","onto":{"name":"eth1"}}}}"#.to_string(), "not a valid interface name"),
         (r#"{"v":1,"id":9,"msg":{"type":"prepare_unplug","body":{"interface":{"pci_address":"01:00.0"},"deadline_ms":10}}}"#.to_string(), "PCI address"),
         (format!(r#"{{"v":1,"id":9,"msg":{{"type":"hello","body":{{"versions":{{"min":{{"major":1,"minor":0}},"max":{{"major":1,"minor":0}}}},"agent":"{long}"}}}}}}"#), "at most 4096"),
+        (format!(r#"{{"v":1,"id":9,"msg":{{"type":"hello","body":{{"versions":{{"min":{{"major":1,"minor":0}},"max":{{"major":1,"minor":0}}}},"agent":"a","capabilities":{{"nic_owners":{}}}}}}}}}"#, serde_json::json!(vec!["ifupdown"; 9])), "at most 8"),
+        (r#"{"v":1,"id":9,"msg":{"type":"hello","body":{"versions":{"min":{"major":1,"minor":0},"max":{"major":1,"minor":0}},"agent":"a","capabilities":{"nic_owners":["a\nb"]}}}}"#.to_string(), "printable"),
     ];
     for (json, why) in bad {
         let err = decode::<HostMessage>(&framed(&json)).unwrap_err();

@@ -16,9 +16,12 @@ use vfmig_guest::dbus::{self, Bus, Serve};
 use vfmig_guest::dma_hook::DmaHook;
 use vfmig_guest::netstate::standby::StandbyConfig;
 use vfmig_guest::netstate::{self, RestoreOptions};
-use vfmig_guest::{nm, pending, store};
+use vfmig_guest::owner::ifupdown::Ifupdown;
+use vfmig_guest::owner::networkd::Networkd;
+use vfmig_guest::owner::nm::{self, NetworkManager};
+use vfmig_guest::owner::{NicOwner, Owners};
+use vfmig_guest::{pending, store};
 use vfmig_protocol::mac::MacAddr;
-use vfmig_protocol::message::Capabilities;
 use vfmig_protocol::netstate::SavedState;
 
 #[derive(Parser)]
@@ -30,6 +33,13 @@ use vfmig_protocol::netstate::SavedState;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// Whether the agent works with a network manager: whenever it runs, or never.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Toggle {
+    Auto,
+    Off,
 }
 
 #[derive(Subcommand)]
@@ -60,6 +70,14 @@ enum Command {
         /// address.
         #[arg(long, default_value = "auto")]
         network_manager: nm::Use,
+        /// Work with systemd-networkd when it manages the VF: keep it off the fresh VF until
+        /// the restore is done, then have it take the VF back keeping what was restored.
+        #[arg(long, value_enum, default_value = "auto")]
+        networkd: Toggle,
+        /// Work with ifupdown when it manages the VF: no hotplug ifup on the fresh VF during the
+        /// migration, and its record of the interface as before after it.
+        #[arg(long, value_enum, default_value = "auto")]
+        ifupdown: Toggle,
     },
     /// For udev's VF-arrival rule (IMPORT{program}): if restores are pending, print
     /// NM_UNMANAGED=1, VFMIG_HOLD=1 and the saved name the arriving link is to get; print nothing if none are.
@@ -152,6 +170,21 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The network managers the agent may work with, in the order it asks which one manages a VF.
+fn owners(network_manager: nm::Use, networkd: Toggle, ifupdown: Toggle) -> Owners {
+    let mut owners: Vec<Box<dyn NicOwner>> = Vec::new();
+    if let nm::Use::On(bus) = network_manager {
+        owners.push(Box::new(NetworkManager { bus }));
+    }
+    if networkd == Toggle::Auto {
+        owners.push(Box::new(Networkd::new(Bus::System)));
+    }
+    if ifupdown == Toggle::Auto {
+        owners.push(Box::new(Ifupdown::default()));
+    }
+    Owners::new(owners)
+}
+
 fn rtnetlink() -> Result<rtnetlink::Handle> {
     netstate::connect().context("opening rtnetlink")
 }
@@ -172,6 +205,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             standby,
             dbus,
             network_manager,
+            networkd,
+            ifupdown,
         } => {
             let port = match port {
                 Some(p) => p,
@@ -180,14 +215,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut stream = channel::port::open(&port).with_context(|| format!("opening {}", port.display()))?;
             tracing::info!(port = %port.display(), "serving the host");
             let links = netstate::new_links().await.context("watching for new links")?;
-            let mut agent = Agent::new(
-                rtnetlink()?,
-                store.clone(),
-                Capabilities::default(),
-                DmaHook::default(),
-                standby,
-            )
-            .with_network_manager(network_manager);
+            let mut agent = Agent::new(rtnetlink()?, store.clone(), DmaHook::default(), standby).with_owners(owners(
+                network_manager,
+                networkd,
+                ifupdown,
+            ));
+            let running = agent.owners_running().await;
+            tracing::info!(owners = ?running.iter().map(ToString::to_string).collect::<Vec<_>>(), "network managers found");
             // Kept for as long as the daemon serves: dropping the connection leaves the bus.
             let _bus = publish(dbus, store, agent.events()).await?;
             channel::session::serve(&mut stream, &mut agent, links)

@@ -156,8 +156,14 @@ impl std::fmt::Display for Status {
                 for line in mismatches {
                     writeln!(f, "  differs: {line}")?;
                 }
-                if let Some(nm) = &r.network_manager {
-                    writeln!(f, "  NetworkManager: {nm}")?;
+                if let (Some(owner), Some(done)) = (&r.owner, &r.handed_back) {
+                    writeln!(f, "  {owner}: {done}")?;
+                }
+                if let Some(settled) = &r.settled {
+                    writeln!(f, "  after settling: {} differences", settled.len())?;
+                    for line in settled {
+                        writeln!(f, "  differs after settling: {line}")?;
+                    }
                 }
             }
         }
@@ -190,7 +196,7 @@ impl Status {
                 "interface": r.interface, "applied": r.applied, "unchanged": r.unchanged,
                 "failed": r.failed, "mismatches": r.mismatches, "duration_ms": r.duration_ms,
                 "standby_released": r.standby_released, "trigger": r.trigger, "unix_ms": r.unix_ms,
-                "network_manager": r.network_manager,
+                "owner": r.owner, "handed_back": r.handed_back, "settled": r.settled,
             })),
         })
     }

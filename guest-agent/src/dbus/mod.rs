@@ -47,6 +47,17 @@ impl FromStr for Bus {
     }
 }
 
+/// A connection to `bus` if `service` is on it; `None` if there is no such bus or nobody owns
+/// that name (the service is not running).
+pub async fn connect_to(bus: &Bus, service: &str) -> zbus::Result<Option<zbus::Connection>> {
+    let Ok(conn) = bus.builder()?.build().await else {
+        return Ok(None);
+    };
+    let name = zbus::names::BusName::try_from(service)?;
+    let present = zbus::fdo::DBusProxy::new(&conn).await?.name_has_owner(name).await?;
+    Ok(present.then_some(conn))
+}
+
 /// Whether the daemon serves D-Bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Serve {
@@ -102,9 +113,14 @@ pub struct RestoreRecord {
     /// "host" (asked by the host agent) or "link-appeared" (the agent saw the VF come back).
     pub trigger: Option<String>,
     pub unix_ms: Option<u64>,
-    /// What the agent did to give the VF back to NetworkManager, once done; "failed: …" if
-    /// it could not.
-    pub network_manager: Option<String>,
+    /// The network manager the VF was handed back to ("NetworkManager", "systemd-networkd",
+    /// "ifupdown"), and what the agent did to give it back, once done; "failed: …" if it
+    /// could not.
+    pub owner: Option<String>,
+    pub handed_back: Option<String>,
+    /// Once the owner has had the link for a settle period: one line per difference from the
+    /// saved state then (what the owner dropped or added). Empty: none.
+    pub settled: Option<Vec<String>>,
 }
 
 /// A state on record in the agent's store.

@@ -73,7 +73,9 @@ fn restore_record(r: Restored, by: Trigger) -> RestoreRecord {
         standby_released: r.standby_released,
         trigger: Some(by.name().into()),
         unix_ms: Some(unix_ms_now()),
-        network_manager: None,
+        owner: None,
+        handed_back: None,
+        settled: None,
     }
 }
 
@@ -191,11 +193,23 @@ async fn publish(iface: &InterfaceRef<Guest1>, event: Event) -> zbus::Result<()>
             guest.last_restore_changed(emitter).await?;
             Guest1::state_restored(emitter, guest.last_restore.clone()).await
         }
-        Event::HandedBack { interface, outcome } => {
+        Event::HandedBack {
+            interface,
+            owner,
+            outcome,
+        } => {
             if guest.last_restore.interface.as_deref() != Some(interface.as_str()) {
                 return Ok(());
             }
-            guest.last_restore.network_manager = Some(outcome.unwrap_or_else(|e| format!("failed: {e}")));
+            guest.last_restore.owner = Some(owner.to_string());
+            guest.last_restore.handed_back = Some(outcome.unwrap_or_else(|e| format!("failed: {e}")));
+            guest.last_restore_changed(emitter).await
+        }
+        Event::Settled { interface, settled } => {
+            if guest.last_restore.interface.as_deref() != Some(interface.as_str()) {
+                return Ok(());
+            }
+            guest.last_restore.settled = Some(settled);
             guest.last_restore_changed(emitter).await
         }
     }

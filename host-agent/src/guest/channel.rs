@@ -99,6 +99,7 @@ impl ChannelGuest {
             agent: session.guest.agent,
             kernel_hook: session.guest.capabilities.kernel_hook,
             standby: session.guest.capabilities.standby,
+            nic_owners: session.guest.capabilities.nic_owners,
         };
         Ok((channel, info))
     }

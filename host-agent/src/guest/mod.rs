@@ -23,6 +23,8 @@ pub struct GuestInfo {
     pub kernel_hook: bool,
     /// The standby it would use, if it has one.
     pub standby: Option<String>,
+    /// The network managers it found in the guest and works with.
+    pub nic_owners: Vec<String>,
 }
 
 /// A VF's state as the guest saved it: named by the interface and digest the guest returned,

@@ -253,7 +253,15 @@ async fn negotiate<V: Vm, G: Guest>(ctx: &mut Ctx<'_, V, G>, fallback: Fallback,
     match ctx.guest.hello(ctx.plan.deadlines.agent).await {
         Ok(info) => {
             let standby = info.standby.as_deref().unwrap_or("none");
-            ctx.record(Phase::Negotiated, None, format!("{}, standby {standby}", info.agent));
+            let owners = match info.nic_owners.as_slice() {
+                [] => "none".to_owned(),
+                names => names.join(", "),
+            };
+            ctx.record(
+                Phase::Negotiated,
+                None,
+                format!("{}, standby {standby}, network manager {owners}", info.agent),
+            );
             if !info.kernel_hook {
                 let detail = format!(
                     "DMA hook unavailable ({} reports no DMA hook installed): the VF is unplugged before pre-copy; its state is saved and restored",

@@ -736,6 +736,7 @@ impl Guest for FakeGuest {
             agent: "fake-guestd".into(),
             kernel_hook: w.hook_installed,
             standby: w.standby_nic.then(|| STANDBY.to_owned()),
+            nic_owners: Vec::new(),
         })
     }
 
