@@ -137,8 +137,9 @@ install_deps() {
     fi
 }
 
-# What building and testing the Debian package needs: cargo-deb, debootstrap for the Debian
-# test guest it is installed into, and man to read the man pages it installs.
+# What building and testing the packages needs: cargo-deb, debootstrap for the Debian test
+# guest the .deb is installed into, man to read the man pages they install, and
+# cargo-generate-rpm with rpm to build the guest's .rpm and query it.
 install_packaging_deps() {
     if ! command -v debootstrap >/dev/null; then
         apt-get update -qq
@@ -154,5 +155,10 @@ install_packaging_deps() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq man-db >/dev/null
     fi
+    if ! command -v rpm >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >/dev/null
+    fi
     command -v cargo-deb >/dev/null || cargo install -q --locked cargo-deb@3.8.0
+    command -v cargo-generate-rpm >/dev/null || cargo install -q --locked cargo-generate-rpm@0.19.0
 }
