@@ -195,7 +195,10 @@ mod tests {
         assert_eq!(arrival(&d, &mac("52:54:00:20:00:02")), None, "nothing pending");
         write(&d, "enp1s0", &unmanaged("52:54:00:10:00:01")).unwrap();
         let only = arrival(&d, &mac("52:54:00:20:00:02")).unwrap();
-        assert_eq!(only.udev_properties(), "NM_UNMANAGED=1\nVFMIG_HOLD=1\nVFMIG_RESTORE_NAME=enp1s0\n");
+        assert_eq!(
+            only.udev_properties(),
+            "NM_UNMANAGED=1\nVFMIG_HOLD=1\nVFMIG_RESTORE_NAME=enp1s0\n"
+        );
         write(&d, "enp2s0", &unmanaged("52:54:00:10:00:02")).unwrap();
         assert_eq!(
             arrival(&d, &mac("52:54:00:10:00:02")).unwrap().name.as_deref(),
