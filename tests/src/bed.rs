@@ -15,7 +15,7 @@ use vfmig_host::qmp::Qmp;
 use vfmig_protocol::message::Restored;
 
 use crate::fabric::{Fabric, GUEST_V4};
-use crate::image::{debian_image, guest_image, GuestImage};
+use crate::image::{debian_image_of, guest_image, DebianFlavour, GuestImage};
 use crate::probe::wait_answering;
 use crate::vm::{vf_device_json, ScratchDir, SecondVf, Vm, VmConfig, VF_ID};
 use crate::{exclusive, Exclusive};
@@ -50,8 +50,8 @@ pub fn echo() -> SocketAddr {
 enum Guest {
     /// images/build: busybox, the agent, the DMA hook; network set up at boot.
     Busybox,
-    /// images/build-debian.
-    Debian,
+    /// images/build-debian, with the network stack the flavour names.
+    Debian(DebianFlavour),
 }
 
 /// Source with the VF, destination waiting for the migration with an empty root port.
@@ -151,8 +151,14 @@ impl Bed {
     /// A bed whose guest is the Debian system (systemd, udev, NetworkManager, the package),
     /// its disk an overlay both QEMUs share. Its network is the test's to set up, in the guest.
     pub async fn debian() -> Self {
+        Self::debian_with(DebianFlavour::Nm).await
+    }
+
+    /// [`Bed::debian`] with the network stack `flavour` names: with
+    /// [`DebianFlavour::Networkd`] the guest asks for its VF's address by DHCP by itself.
+    pub async fn debian_with(flavour: DebianFlavour) -> Self {
         Self::build(Shape {
-            guest: Guest::Debian,
+            guest: Guest::Debian(flavour),
             hook: false,
             ..Shape::busybox()
         })
@@ -171,10 +177,10 @@ impl Bed {
         } = shape;
         let one = exclusive();
         let dir = ScratchDir::new("vfmig").expect("scratch directory");
-        let debian = matches!(guest, Guest::Debian);
+        let debian = matches!(guest, Guest::Debian(_));
         let image = match guest {
             Guest::Busybox => guest_image().cloned(),
-            Guest::Debian => debian_image().and_then(|i| i.with_shared_overlay(&dir.0)),
+            Guest::Debian(flavour) => debian_image_of(flavour).and_then(|i| i.with_shared_overlay(&dir.0)),
         }
         .unwrap_or_else(|e| panic!("the guest image: {e}"));
         let fabric = Fabric::new().expect("the fabric comes up");

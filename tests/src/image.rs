@@ -1,4 +1,5 @@
-//! The test guest image, built (or found in its cache) by `images/build`.
+//! The test guest images, built (or found in their cache) by `images/build` and
+//! `images/build-debian`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -58,13 +59,43 @@ pub fn guest_image_showing(show: &mut dyn FnMut(&str)) -> Result<&'static GuestI
     IMAGE.get_or_init(|| build(show)).as_ref().map_err(Clone::clone)
 }
 
-/// The Debian guest (images/build-debian): systemd, udev, D-Bus, NetworkManager and the
-/// vfmig-guest package, installed with dpkg. Built once per test process.
+/// Who owns the Debian guest's network: images/build-debian's flavours, one base system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebianFlavour {
+    /// NetworkManager with Debian's defaults; each test writes the profile it needs.
+    Nm,
+    /// netplan rendering to systemd-networkd, NetworkManager masked, as Debian 12's genericcloud
+    /// image: `/etc/netplan/90-default.yaml` has networkd run DHCP on any NIC named en* or eth*.
+    Networkd,
+    /// ifupdown with isc-dhcp-client, NetworkManager masked; `/etc/network/interfaces` has lo
+    /// and sources `/etc/network/interfaces.d/*`, where each test writes its NIC's stanza.
+    Ifupdown,
+}
+
+impl DebianFlavour {
+    /// The build script's argument.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nm => "nm",
+            Self::Networkd => "networkd",
+            Self::Ifupdown => "ifupdown",
+        }
+    }
+}
+
+/// The Debian guest with NetworkManager ([`DebianFlavour::Nm`]).
 pub fn debian_image() -> Result<&'static GuestImage, String> {
-    static IMAGE: OnceLock<Result<GuestImage, String>> = OnceLock::new();
-    IMAGE
+    debian_image_of(DebianFlavour::Nm)
+}
+
+/// The Debian guest (images/build-debian): systemd, udev, D-Bus, the vfmig-guest package
+/// installed with dpkg, and the network stack `flavour` names. Each flavour is built once per
+/// test process.
+pub fn debian_image_of(flavour: DebianFlavour) -> Result<&'static GuestImage, String> {
+    static IMAGES: [OnceLock<Result<GuestImage, String>>; 3] = [const { OnceLock::new() }; 3];
+    IMAGES[flavour as usize]
         .get_or_init(|| {
-            let dir = run("images/build-debian", &mut |_| {})?;
+            let dir = run("images/build-debian", &[flavour.name()], &mut |_| {})?;
             Ok(GuestImage {
                 kernel: dir.join("vmlinuz"),
                 initramfs: dir.join("initrd.img"),
@@ -76,7 +107,7 @@ pub fn debian_image() -> Result<&'static GuestImage, String> {
 }
 
 fn build(show: &mut dyn FnMut(&str)) -> Result<GuestImage, String> {
-    let dir = run("images/build", show)?;
+    let dir = run("images/build", &[], show)?;
     Ok(GuestImage {
         kernel: dir.join("vmlinuz"),
         initramfs: dir.join("initramfs.gz"),
@@ -84,13 +115,14 @@ fn build(show: &mut dyn FnMut(&str)) -> Result<GuestImage, String> {
     })
 }
 
-/// Runs an image build script, handing its standard error to `show` line by line, and returns
-/// the directory it printed last, checked to hold the kernel.
-fn run(script: &str, show: &mut dyn FnMut(&str)) -> Result<PathBuf, String> {
+/// Runs an image build script with `args`, handing its standard error to `show` line by line,
+/// and returns the directory it printed last, checked to hold the kernel.
+fn run(script: &str, args: &[&str], show: &mut dyn FnMut(&str)) -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ lives in the workspace");
     let mut child = Command::new(root.join(script))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -12,6 +12,7 @@
 pub mod bed;
 pub mod compare;
 pub mod dbus_daemon;
+pub mod dhcp;
 pub mod fabric;
 pub mod hook;
 pub mod host_cli;

@@ -8,12 +8,11 @@
 //! has the device connected with the same profile, and there is no second address or lease.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vfmig_host::migration::Fallback;
 use vfmig_testbed::bed::{fresh_vf, migrate, plan, restore, show, Bed, FRESH_MAC, SOURCE_MAC, STATE};
+use vfmig_testbed::dhcp::{Dnsmasq, Lease};
 use vfmig_testbed::fabric::{GUEST_V4, PEER_V4};
 use vfmig_testbed::probe::{wait_answering, TcpProbe};
 use vfmig_testbed::shell::GuestShell;
@@ -84,59 +83,6 @@ async fn nm_connected(shell: &mut GuestShell) {
     }
 }
 
-/// A DHCP server on the peer's side of the bridge; killed when dropped.
-struct Dnsmasq {
-    child: Child,
-    leases: std::path::PathBuf,
-}
-
-impl Dnsmasq {
-    fn start(bed: &Bed) -> Self {
-        let leases = bed.dir.0.join("dnsmasq.leases");
-        // Entered by nsenter from this thread rather than spawned from one in the namespace:
-        // the child dies with the thread that started it, and this one lives as long as the test.
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!(
-            "--net=/proc/{}/fd/{}",
-            std::process::id(),
-            bed.fabric.peer.fd().as_raw_fd()
-        ))
-        .args([
-            "dnsmasq",
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--user=root",
-            "--interface=peer0",
-            "--bind-interfaces",
-            "--dhcp-authoritative",
-            "--dhcp-range=198.18.0.100,198.18.0.150,255.255.255.0,1h",
-        ])
-        .arg(format!("--dhcp-leasefile={}", leases.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-        vfmig_testbed::die_with_parent(&mut cmd);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("dnsmasq: {e}"));
-        Self { child, leases }
-    }
-
-    /// The leases it has handed out: "MAC address" per line, as its lease file has them.
-    fn leases(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.leases)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.split_whitespace().skip(1).take(2).collect::<Vec<_>>().join(" "))
-            .collect()
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Sets the guest's network up as `network` says; returns its IPv4 address.
 async fn configure(shell: &mut GuestShell, network: Network) -> IpAddr {
     match network {
@@ -188,6 +134,11 @@ async fn configure(shell: &mut GuestShell, network: Network) -> IpAddr {
         .unwrap_or_else(|| panic!("not an address: {v4}"))
 }
 
+/// What the DHCP server has handed out.
+fn handed_out(dhcp: &Dnsmasq) -> Vec<Lease> {
+    dhcp.leases().unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn shell(vm: &Vm) -> GuestShell {
     vm.shell(BOOT).await.unwrap_or_else(|e| panic!("{e}"))
 }
@@ -206,7 +157,7 @@ async fn migrate_with(network: Network) {
         Network::NoNm => Some(ok(&mut src, SLOT).await.trim().to_owned()),
         _ => None,
     };
-    let leases = dhcp.as_ref().map(Dnsmasq::leases);
+    let leases = dhcp.as_ref().map(handed_out);
 
     let (mut timeline, saved) = migrate(&bed, &plan(&bed.uri, Fallback::Refuse), &mut show).await;
     let saved = saved
@@ -296,11 +247,11 @@ async fn migrate_with(network: Network) {
         let leases = leases.expect("read before");
         assert_eq!(leases.len(), 1, "{leases:?}");
         assert_eq!(
-            dhcp.leases(),
+            handed_out(dhcp),
             leases,
             "no second lease, the same address for the same MAC"
         );
-        assert!(leases[0].ends_with(&address.to_string()), "{leases:?} for {address}");
+        assert_eq!(IpAddr::V4(leases[0].address), address, "{leases:?}");
     }
 }
 
