@@ -49,6 +49,18 @@ pub struct Agent {
     restored_onto: Option<(String, u32)>,
 }
 
+/// Puts back onto link `index` what its owner dropped of `saved` when it took the link; how
+/// many items that was.
+async fn put_back(handle: &Handle, saved: &SavedState, index: u32, owner: OwnerKind) -> Result<usize, String> {
+    // The restore again, all of it, but the MAC (the host's choice, made already) and the
+    // announcements (the peers were told).
+    match netstate::restore(handle, saved, index, RestoreOptions::default()).await {
+        Ok(r) if r.failed.is_empty() => Ok(r.applied.len()),
+        Ok(r) => Err(format!("putting back what {owner} dropped: {}", r.failed.join("; "))),
+        Err(e) => Err(format!("putting back what {owner} dropped: {e}")),
+    }
+}
+
 /// Whether the link named `link` is a leg of one of `state`'s multipath routes.
 fn carries_a_leg(state: &InterfaceState, link: &str) -> bool {
     state
@@ -512,7 +524,7 @@ impl Agent {
                     name: now.name,
                     mac: now.mac,
                 };
-                self.hand_back(saved.interface.clone(), link, before);
+                self.hand_back(saved.clone(), link, before);
             }
             (Some(before), None) => report.failed.push(format!(
                 "not handed back to {}: the interface could not be re-read",
@@ -539,29 +551,49 @@ impl Agent {
     }
 
     /// Gives the restored `link` back to the owner it had before the unplug, in the
-    /// background: the host has its reply already, and a DHCP lease can take seconds. Then,
-    /// after a settle period, reads the link again: what the owner dropped or added since the
-    /// restore is reported as differing from the saved state, never passed over as restored.
-    fn hand_back(&self, saved: InterfaceState, link: LinkRef, before: Snapshot) {
+    /// background: the host has its reply already, and a DHCP lease can take seconds. Once the
+    /// owner has taken the link, what it dropped as not its own is put back; once it has it
+    /// configured and a settle period has passed, the link is read again: what the owner
+    /// dropped or added since is reported as differing from the saved state, never passed over.
+    fn hand_back(&self, saved: SavedState, link: LinkRef, before: Snapshot) {
         let owners = Arc::clone(&self.owners);
         let handle = self.handle.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let owner = before.kind();
-            let outcome = owners.hand_back(&link, &before).await;
+            let interface = saved.interface.identity.name.clone();
+            let outcome = match owners.hand_back(&link, &before).await {
+                Ok(done) => {
+                    // Twice: at once, so that what the owner dropped is missing only for as
+                    // long as it takes; and once it has configured the link, for what it drops
+                    // later on the way (networkd drops foreign policy rules when it sets its
+                    // own). The first races the owner's own configuring (an address it adds
+                    // meanwhile is "File exists"): only the second one's failures count.
+                    let early = put_back(&handle, &saved, link.index, owner).await;
+                    if let Err(e) = &early {
+                        tracing::debug!(%owner, error = %e, "putting back at once raced the owner; again once it is done");
+                    }
+                    let configured = owners.configured(&link, owner).await.map_err(|e| e.to_string());
+                    let late = put_back(&handle, &saved, link.index, owner).await;
+                    configured
+                        .and(late)
+                        .map(|n| n + early.unwrap_or(0))
+                        .map(|n| format!("{done}; {n} items it dropped put back"))
+                }
+                Err(e) => Err(e.to_string()),
+            };
             match &outcome {
                 Ok(done) => tracing::info!(%owner, done, "handed the VF back"),
                 Err(e) => tracing::error!(%owner, error = %e, "could not hand the VF back"),
             }
-            let interface = saved.identity.name.clone();
             events.emit(Event::HandedBack {
                 interface: interface.clone(),
                 owner,
-                outcome: outcome.map_err(|e| e.to_string()),
+                outcome,
             });
             tokio::time::sleep(SETTLE).await;
             let settled = match netstate::capture_index(&handle, link.index).await {
-                Ok(now) => differences(&saved, &now.state),
+                Ok(now) => differences(&saved.interface, &now.state),
                 Err(e) => vec![format!("could not re-read {} after {owner} took it: {e}", link.name)],
             };
             for line in &settled {

@@ -14,6 +14,7 @@ pub mod compare;
 pub mod dbus_daemon;
 pub mod dhcp;
 pub mod fabric;
+pub mod guest_net;
 pub mod hook;
 pub mod host_cli;
 pub mod image;

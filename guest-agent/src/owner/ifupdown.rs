@@ -1,13 +1,15 @@
 //! ifupdown (`/etc/network/interfaces`), when it manages the VF.
 //!
-//! udev's mark does not reach ifupdown: its own udev rule runs `ifup@IF.service` on every new
+//! udev's mark does not reach ifupdown: its own udev rule starts `ifup@IF.service` on every new
 //! link named in an `allow-hotplug` stanza, which on the fresh VF would run the stanza again —
-//! dhclient's client ID follows the MAC, so a VF with another MAC loses its address to a NAK
-//! and a flush seconds after the restore. So the unit is masked for the migration (runtime
-//! only, nothing in /etc changes) and unmasked when the VF is handed back; ifupdown's own
-//! record of the interface (`/run/network/ifstate.IF`) is then made to say what it said before,
-//! bringing the stanza up again if it was taken down, so that `ifquery --state`, a later
-//! `ifdown` and dhclient's renewals work as before.
+//! a static stanza fails on the restored addresses, and dhclient's client ID follows the MAC, so
+//! a VF with another MAC loses its address to a NAK and a flush seconds after the restore. So
+//! the unit is masked for the migration (runtime only, nothing in /etc changes) and unmasked
+//! at the hand-back. ifupdown's record of the interface is then made to say what it said
+//! before, so that `ifquery --state` and a later `ifdown` work: a static stanza's record is
+//! written back if the unplug's `ifdown` removed it (its configuration is the restored one);
+//! a DHCP stanza without its dhclient is brought up by ifupdown again, as hotplug would, and
+//! dhclient renews the lease it has on file.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,24 +30,31 @@ const IFUP_WAIT: Duration = Duration::from_secs(70);
 pub struct Snapshot {
     /// The logical interface ifupdown brought up on it (its ifstate record).
     pub logical: String,
+    /// A dhclient ran for it: the stanza's method is DHCP.
+    pub dhcp: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum IfupdownError {
     #[error("{command}: {why}")]
     Command { command: String, why: String },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 /// ifupdown, as an owner of NICs.
 pub struct Ifupdown {
     /// Where ifupdown keeps its record of what is up (`/run/network`).
     pub state_dir: PathBuf,
+    /// Where ifupdown's dhclient writes its pid (`/run`).
+    pub pid_dir: PathBuf,
 }
 
 impl Default for Ifupdown {
     fn default() -> Self {
         Self {
             state_dir: PathBuf::from("/run/network"),
+            pid_dir: PathBuf::from("/run"),
         }
     }
 }
@@ -54,8 +63,8 @@ fn unit(name: &str) -> String {
     format!("ifup@{name}.service")
 }
 
-/// Runs `program args` within `wait`; its output on failure.
-async fn run(program: &str, args: &[&str], wait: Duration) -> Result<(), IfupdownError> {
+/// Runs `program args` within `wait`; its standard output, or why it failed.
+async fn run(program: &str, args: &[&str], wait: Duration) -> Result<String, IfupdownError> {
     let command = format!("{program} {}", args.join(" "));
     let failed = |why: String| IfupdownError::Command {
         command: command.clone(),
@@ -67,7 +76,7 @@ async fn run(program: &str, args: &[&str], wait: Duration) -> Result<(), Ifupdow
         .map_err(|_| failed(format!("no answer within {wait:?}")))?
         .map_err(|e| failed(e.to_string()))?;
     if output.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
     Err(failed(format!(
         "{}: {}",
@@ -86,6 +95,48 @@ impl Ifupdown {
         let logical = text.trim();
         (!logical.is_empty()).then(|| logical.to_owned())
     }
+
+    /// Whether the dhclient ifupdown started for `name` runs.
+    fn dhclient_runs(&self, name: &str) -> bool {
+        std::fs::read_to_string(self.pid_dir.join(format!("dhclient.{name}.pid")))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| PathBuf::from(format!("/proc/{pid}")).exists())
+    }
+
+    /// Writes ifupdown's record that `name` is up as `logical`, as `ifup` writes it: the
+    /// per-interface file and the line in the combined one.
+    fn write_record(&self, name: &str, logical: &str) -> Result<(), IfupdownError> {
+        let io = |path: PathBuf| move |error| IfupdownError::Io { path, error };
+        let record = self.record(name);
+        std::fs::write(&record, format!("{logical}\n")).map_err(io(record.clone()))?;
+        let all = self.state_dir.join("ifstate");
+        let text = std::fs::read_to_string(&all).unwrap_or_default();
+        let mut lines: Vec<&str> = text.lines().filter(|l| l.split('=').next() != Some(name)).collect();
+        let line = format!("{name}={logical}");
+        lines.push(&line);
+        std::fs::write(&all, lines.join("\n") + "\n").map_err(io(all.clone()))
+    }
+
+    /// Forgets a record whose dhclient is gone, so that `ifup` runs the stanza again.
+    fn forget_record(&self, name: &str) -> Result<(), IfupdownError> {
+        let record = self.record(name);
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(IfupdownError::Io { path: record, error: e })
+            }
+            _ => {}
+        }
+        let all = self.state_dir.join("ifstate");
+        let text = std::fs::read_to_string(&all).unwrap_or_default();
+        let kept: Vec<&str> = text.lines().filter(|l| l.split('=').next() != Some(name)).collect();
+        let out = if kept.is_empty() {
+            String::new()
+        } else {
+            kept.join("\n") + "\n"
+        };
+        std::fs::write(&all, out).map_err(|error| IfupdownError::Io { path: all, error })
+    }
 }
 
 #[async_trait::async_trait]
@@ -99,9 +150,12 @@ impl NicOwner for Ifupdown {
     }
 
     async fn snapshot(&self, link: &LinkRef) -> Result<Option<super::Snapshot>, OwnerError> {
-        Ok(self
-            .logical(&link.name)
-            .map(|logical| super::Snapshot::Ifupdown(Snapshot { logical })))
+        Ok(self.logical(&link.name).map(|logical| {
+            super::Snapshot::Ifupdown(Snapshot {
+                logical,
+                dhcp: self.dhclient_runs(&link.name),
+            })
+        }))
     }
 
     async fn hold(&self, name: &str, _before: &super::Snapshot) -> Result<(), OwnerError> {
@@ -113,12 +167,46 @@ impl NicOwner for Ifupdown {
         let super::Snapshot::Ifupdown(before) = before else {
             return Err(OwnerError::NotMine(self.kind(), before.kind()));
         };
-        run("systemctl", &["unmask", "--runtime", &unit(&link.name)], SYSTEMCTL_WAIT).await?;
-        if self.logical(&link.name).is_some() {
-            return Ok(format!("{} up in ifupdown as before", link.name));
+        let name = &link.name;
+        run("systemctl", &["unmask", "--runtime", &unit(name)], SYSTEMCTL_WAIT).await?;
+        let recorded = self.logical(name).is_some();
+        if !before.dhcp {
+            if recorded {
+                return Ok(format!("{name} up in ifupdown as before"));
+            }
+            self.write_record(name, &before.logical)?;
+            return Ok(format!(
+                "{name} recorded up in ifupdown again ({name}={})",
+                before.logical
+            ));
         }
-        let stanza = format!("{}={}", link.name, before.logical);
-        run("ifup", &[&stanza], IFUP_WAIT).await?;
-        Ok(format!("{} brought up by ifupdown again ({stanza})", link.name))
+        if recorded && self.dhclient_runs(name) {
+            return Ok(format!("{name} up in ifupdown as before, its dhclient running"));
+        }
+        self.forget_record(name)?;
+        // As hotplug would, for an allow-hotplug stanza: dhclient then lives in that unit, and
+        // the next unplug's ifdown finds it. Any other stanza is brought up in a unit of its own.
+        let hotplug = run("ifquery", &["--allow", "hotplug", "-l"], SYSTEMCTL_WAIT).await?;
+        if hotplug.lines().any(|l| l.trim() == name) {
+            run("systemctl", &["start", &unit(name)], IFUP_WAIT).await?;
+        } else {
+            let stanza = format!("{name}={}", before.logical);
+            let unit = format!("--unit=vfmig-ifup-{name}");
+            run(
+                "systemd-run",
+                &[
+                    &unit,
+                    "--property=Type=oneshot",
+                    "--property=RemainAfterExit=yes",
+                    "ifup",
+                    &stanza,
+                ],
+                IFUP_WAIT,
+            )
+            .await?;
+        }
+        Ok(format!(
+            "{name} brought up by ifupdown again, its dhclient renewing the lease on file"
+        ))
     }
 }

@@ -8,8 +8,11 @@
 //!
 //! Keeping off a fresh VF is mostly udev's part (`udev-rules/75-vfmig-vf.rules` marks it
 //! `NM_UNMANAGED=1` and `VFMIG_HOLD=1` while a restore is pending); an owner that udev's mark
-//! does not reach (ifupdown's hotplug) holds itself off in [`NicOwner::hold`]. The agent's core
-//! sees only this module: which owner it talks to is found here, at start and per link.
+//! does not reach (ifupdown's hotplug) holds itself off in [`NicOwner::hold`]. An owner that
+//! takes the link back drops what it did not configure itself (networkd does, once, when it
+//! takes a link): the agent puts that back once the owner has taken the link, and reads the
+//! link again after a settle period. The agent's core sees only this module: which owner it
+//! talks to is found here, at start and per link.
 
 pub mod ifupdown;
 pub mod networkd;
@@ -99,9 +102,14 @@ pub trait NicOwner: Send + Sync {
     async fn hold(&self, _name: &str, _before: &Snapshot) -> Result<(), OwnerError> {
         Ok(())
     }
-    /// Gives the restored `link` back as `before` says it was: managed again, with what was
-    /// restored kept. Returns what was done, for the record.
+    /// Gives the restored `link` back as `before` says it was, to be managed again; returns,
+    /// with what was done for the record, once the owner has taken it — what it drops of the
+    /// restored state as not its own, it has dropped by then, and the agent puts it back.
     async fn hand_back(&self, link: &LinkRef, before: &Snapshot) -> Result<String, OwnerError>;
+    /// Waits until the owner has configured the link it took back (a DHCP lease included).
+    async fn configured(&self, _link: &LinkRef) -> Result<(), OwnerError> {
+        Ok(())
+    }
 }
 
 /// The owners the agent works with: which of them may be asked is the operator's choice
@@ -159,6 +167,13 @@ impl Owners {
         match self.of(before.kind()) {
             Some(owner) => owner.hand_back(link, before).await,
             None => Err(OwnerError::Absent(before.kind())),
+        }
+    }
+
+    pub async fn configured(&self, link: &LinkRef, kind: OwnerKind) -> Result<(), OwnerError> {
+        match self.of(kind) {
+            Some(owner) => owner.configured(link).await,
+            None => Ok(()),
         }
     }
 }
