@@ -57,6 +57,7 @@ impl NicOwner for StandIn {
         Ok(Some(Snapshot::Ifupdown(IfupdownSnapshot {
             logical: link.name.clone(),
             dhcp: false,
+            index: link.index,
         })))
     }
 

@@ -74,6 +74,17 @@ pub fn host_bin() -> std::path::PathBuf {
     bin
 }
 
+/// Runs `cmd` to its end; its standard output, or the test fails with its standard error.
+pub fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Has the kernel kill `cmd`'s process if the thread that starts it (the test) dies without
 /// running its guards.
 pub fn die_with_parent(cmd: &mut std::process::Command) {

@@ -14,6 +14,7 @@ use vfmig_host::migration::Fallback;
 use vfmig_testbed::bed::{fresh_vf, migrate, plan, restore, show, Bed, FRESH_MAC, SOURCE_MAC, STATE};
 use vfmig_testbed::dhcp::{Dnsmasq, Lease};
 use vfmig_testbed::fabric::{GUEST_V4, PEER_V4};
+use vfmig_testbed::guest_net::{ok, vf_ipv4};
 use vfmig_testbed::probe::{wait_answering, TcpProbe};
 use vfmig_testbed::shell::GuestShell;
 use vfmig_testbed::vm::{vf_device_json, Vm, VF_ID};
@@ -34,10 +35,6 @@ enum Network {
     /// NetworkManager stopped; the VF configured with `ip`, as a minimal image would. The
     /// fresh VF goes into another PCI slot.
     NoNm,
-}
-
-async fn ok(shell: &mut GuestShell, command: &str) -> String {
-    shell.ok(command).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The guest's own state besides the profile's: a route in another table and static
@@ -120,18 +117,7 @@ async fn configure(shell: &mut GuestShell, network: Network) -> IpAddr {
             .await;
         }
     }
-    let v4 = ok(
-        shell,
-        &format!("ip -4 -o addr show dev {VF} scope global | awk '{{print $4}}'"),
-    )
-    .await;
-    let lines: Vec<&str> = v4.lines().collect();
-    assert_eq!(lines.len(), 1, "one IPv4 address on the VF: {v4}");
-    lines[0]
-        .split('/')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("not an address: {v4}"))
+    IpAddr::V4(vf_ipv4(shell).await)
 }
 
 /// What the DHCP server has handed out.
