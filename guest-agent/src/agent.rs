@@ -31,6 +31,10 @@ const UDEV_WAIT: Duration = Duration::from_secs(5);
 /// link again and reports what the owner changed: what networkd or dhclient would drop or add
 /// follows within a second of taking the link (measured under TCG), a DHCP answer included.
 const SETTLE: Duration = Duration::from_secs(5);
+/// The whole hand-back, past which it is reported as failed. Each owner bounds its own waits,
+/// a DHCP lease the longest (60 s for networkd and NetworkManager's activation, 70 s for ifup);
+/// this bounds them together, and a D-Bus call that never returns.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(150);
 /// Naming the owners in a hello must not hold it up: past this, none are named.
 const OWNERS_WAIT: Duration = Duration::from_secs(2);
 
@@ -562,26 +566,29 @@ impl Agent {
         tokio::spawn(async move {
             let owner = before.kind();
             let interface = saved.interface.identity.name.clone();
-            let outcome = match owners.hand_back(&link, &before).await {
-                Ok(done) => {
-                    // Twice: at once, so that what the owner dropped is missing only for as
-                    // long as it takes; and once it has configured the link, for what it drops
-                    // later on the way (networkd drops foreign policy rules when it sets its
-                    // own). The first races the owner's own configuring (an address it adds
-                    // meanwhile is "File exists"): only the second one's failures count.
-                    let early = put_back(&handle, &saved, link.index, owner).await;
-                    if let Err(e) = &early {
-                        tracing::debug!(%owner, error = %e, "putting back at once raced the owner; again once it is done");
-                    }
-                    let configured = owners.configured(&link, owner).await.map_err(|e| e.to_string());
-                    let late = put_back(&handle, &saved, link.index, owner).await;
-                    configured
-                        .and(late)
-                        .map(|n| n + early.unwrap_or(0))
-                        .map(|n| format!("{done}; {n} items it dropped put back"))
+            let handing = async {
+                let done = owners.hand_back(&link, &before).await.map_err(|e| e.to_string())?;
+                // Twice: at once, so that what the owner dropped is missing only for as long as
+                // it takes; and once it has configured the link, for what it drops later on the
+                // way (networkd drops foreign policy rules when it sets its own). The first
+                // races the owner's own configuring (an address it adds meanwhile is "File
+                // exists"): only the second one's failures count.
+                let early = put_back(&handle, &saved, link.index, owner).await;
+                if let Err(e) = &early {
+                    tracing::debug!(%owner, error = %e, "putting back at once raced the owner; again once it is done");
                 }
-                Err(e) => Err(e.to_string()),
+                owners.configured(&link, owner).await.map_err(|e| e.to_string())?;
+                let late = put_back(&handle, &saved, link.index, owner).await?;
+                Ok(format!(
+                    "{done}; {} items it dropped put back",
+                    late + early.unwrap_or(0)
+                ))
             };
+            // An owner that stops answering (a D-Bus call to a stopped daemon has no deadline
+            // of its own) must not leave the hand-back hanging unreported.
+            let outcome = tokio::time::timeout(HAND_BACK_WAIT, handing)
+                .await
+                .unwrap_or_else(|_| Err(format!("{owner} did not take the VF back within {HAND_BACK_WAIT:?}")));
             match &outcome {
                 Ok(done) => tracing::info!(%owner, done, "handed the VF back"),
                 Err(e) => tracing::error!(%owner, error = %e, "could not hand the VF back"),
