@@ -54,7 +54,7 @@ fn config(side: usize, mac: &str, incoming: bool) -> VmConfig {
         iommu: false,
         standby: false,
         failover: false,
-        pf: false,
+        pf: None,
         spare_port: false,
         second_vf: None,
     }

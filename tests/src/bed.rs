@@ -222,7 +222,7 @@ impl Bed {
             iommu: false,
             standby,
             failover,
-            pf: false,
+            pf: None,
             spare_port: debian,
             second_vf: second_vf.map(|_| SecondVf {
                 mac: SOURCE_MAC2.into(),

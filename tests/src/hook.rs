@@ -59,7 +59,7 @@ impl HookGuest {
             iommu,
             standby: false,
             failover: false,
-            pf: false,
+            pf: None,
             spare_port: false,
             second_vf: None,
         };

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use crate::image::guest_image;
+use crate::image::{guest_image, GuestImage};
 use crate::shell::GuestShell;
-use crate::vm::{ScratchDir, Vm, VmConfig};
+use crate::vm::{PfHost, ScratchDir, Vm, VmConfig};
 use crate::{exclusive, Exclusive};
 
 /// VFs the PF is given at boot.
@@ -28,8 +28,12 @@ pub struct SriovHost {
 
 impl SriovHost {
     pub async fn boot() -> Result<Self, String> {
+        Self::boot_on(guest_image()?, PfHost::Alone).await
+    }
+
+    /// The same on another image (the nested bed's, which carries QEMU), sized for `role`.
+    pub async fn boot_on(image: &GuestImage, role: PfHost) -> Result<Self, String> {
         let one = exclusive();
-        let image = guest_image()?;
         let dir = ScratchDir::new("sriov-host").map_err(|e| e.to_string())?;
         let config = VmConfig {
             name: "host",
@@ -42,7 +46,7 @@ impl SriovHost {
             iommu: true,
             standby: false,
             failover: false,
-            pf: true,
+            pf: Some(role),
             spare_port: false,
             second_vf: None,
         };
@@ -53,6 +57,16 @@ impl SriovHost {
                     [ \"$(basename \"$(readlink $n/device/driver)\")\" = igb ] && basename $n && exit 0; \
                     done; sleep 0.1; done; exit 1";
         let pf = shell.ok(find).await?.trim().to_owned();
+        // The nested bed's VFs are for its guests: L1 probes no VF driver on them, as hosts
+        // that pass VFs through are set up. With igbvf probing them as the PF reinitialises, a
+        // two-vCPU VM stalled once in some 55 enables here (and once in CI): a vCPU's local
+        // APIC kept the timer vector in service (ISR 236, PPR 0xe0). With no probe, or one
+        // vCPU, 150 enables each never did.
+        if role == PfHost::Nested {
+            shell
+                .ok(&format!("echo 0 > /sys/class/net/{pf}/device/sriov_drivers_autoprobe"))
+                .await?;
+        }
         // Wait for the link too, after enabling the VFs: igb refuses a VF rate limit while its
         // link is down, and enabling SR-IOV closes and reopens the PF, which takes the link down
         // (waiting before it let a rate be refused, once in a fresh-clone run).
@@ -61,7 +75,8 @@ impl SriovHost {
                 "ip link set {pf} up; echo {VFS} > /sys/class/net/{pf}/device/sriov_numvfs; \
                  for i in $(seq 100); do [ \"$(cat /sys/class/net/{pf}/carrier)\" = 1 ] && exit 0; sleep 0.1; done; exit 1"
             ))
-            .await?;
+            .await
+            .map_err(|e| format!("{e}; guest console:\n{}", vm.console()))?;
         shell.ok("modprobe vfio-pci").await?;
         Ok(Self {
             vm,

@@ -85,15 +85,26 @@ pub struct VmConfig {
     /// the VF is its primary, and the guest's net_failover bonds the two. The destination
     /// starts with the VF too (QEMU keeps it hidden until the guest negotiates failover).
     pub failover: bool,
-    /// Play a *host* instead: an igb, QEMU's SR-IOV NIC, on a root port of its own, a PF to
-    /// the guest's igb driver (no network behind it); the guest waits for no VF at boot.
-    pub pf: bool,
+    /// Play a *host* instead: an igb, QEMU's SR-IOV NIC, a PF to the guest's igb driver (no
+    /// network behind it); the guest waits for no VF at boot.
+    pub pf: Option<PfHost>,
     /// A second empty root port (`rp3`), for a fresh VF plugged into another slot than the
     /// one it replaces (which gives it another predictable name).
     pub spare_port: bool,
     /// A second VF (`vf2`, on root port `rp4`, netdev `vf1` on tap `<tap>-2`, the fabric's
     /// second network), which the guest names eth1 and gives addresses and routes of its own.
     pub second_vf: Option<SecondVf>,
+}
+
+/// What a VM playing a host runs, which sizes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PfHost {
+    /// vfmig-host's SR-IOV side alone: 512 MiB, one vCPU.
+    Alone,
+    /// The nested bed's source and destination QEMUs, 256 MiB guests each: 1.5 GiB and two
+    /// vCPUs (on one, the nested guest saved so slowly that pre-copy drained past the hold).
+    /// Two are a risk under TCG: see `SriovHost::boot_on`.
+    Nested,
 }
 
 /// The second VF of a VM.
@@ -135,15 +146,32 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The virtio-serial controller: legacy-only on a VM playing a host, as its modern BAR would
+/// open a 64-bit window (see the igb's placement in [`Vm::start`]).
+fn virtio_serial(config: &VmConfig) -> &'static str {
+    if config.pf.is_some() {
+        "virtio-serial-pci,id=vser0,disable-modern=on,disable-legacy=off"
+    } else {
+        "virtio-serial-pci,id=vser0"
+    }
+}
+
 /// The guest's kernel command line: what images/guest-init sets up for `config`.
 pub fn kernel_cmdline(image: &GuestImage, config: &VmConfig) -> String {
+    // A VM playing a host keeps the guest's addresses off its PF: the nested guest behind it
+    // has them.
+    let addresses = if config.pf.is_some() {
+        String::new()
+    } else {
+        format!(" vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6}")
+    };
     format!(
-        "console=ttyS0 panic=-1 quiet vfmig.addr={GUEST_V4}/{PREFIX_V4} vfmig.addr6={GUEST_V6}/{PREFIX_V6} \
+        "console=ttyS0 panic=-1 quiet{addresses} \
          vfmig.agent={} vfmig.hook={} vfmig.failover={} vfmig.role={}{}",
         if config.agent { "on" } else { "off" },
         if config.hook { "on" } else { "absent" },
         if config.failover { "on" } else { "off" },
-        if config.pf { "host" } else { "guest" },
+        if config.pf.is_some() { "host" } else { "guest" },
         if config.iommu { " intel_iommu=on" } else { "" },
     ) + if image.disk.is_some() { " root=/dev/vda rw" } else { "" }
         + &config.second_vf.as_ref().map_or(String::new(), |vf| {
@@ -155,10 +183,24 @@ impl Vm {
     pub fn start(image: &GuestImage, dir: &Path, config: &VmConfig) -> std::io::Result<Self> {
         let dir = dir.join(config.name);
         fs::create_dir_all(&dir)?;
+        // A VM started again in the same directory (a new destination) must not be reached
+        // through the sockets its predecessor left: a stale one refuses connections, then is
+        // gone for a moment while QEMU binds it anew, and a connect then fails outright (seen
+        // once, in a fresh-clone run).
+        for socket in ["qmp.sock", HOST_QMP, "agent.sock", "shell.sock"] {
+            match fs::remove_file(dir.join(socket)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         let accel = if std::env::var("VFMIG_ACCEL").as_deref() == Ok("kvm") {
             "kvm"
         } else {
             "tcg"
+        };
+        let (memory, cpus) = match config.pf {
+            Some(PfHost::Nested) => ("1536", "2"),
+            _ => ("512", "1"),
         };
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
@@ -167,9 +209,9 @@ impl Vm {
             "-M",
             "q35",
             "-m",
-            "512",
+            memory,
             "-smp",
-            "1",
+            cpus,
             "-nodefaults",
             "-display",
             "none",
@@ -201,7 +243,7 @@ impl Vm {
         // first (a QMP socket serves one client at a time).
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", dir.join(HOST_QMP).display()))
-        .args(["-device", "virtio-serial-pci,id=vser0", "-chardev"])
+        .args(["-device", virtio_serial(config), "-chardev"])
         .arg(format!(
             "socket,id=agent,path={},server=on,wait=off",
             dir.join("agent.sock").display()
@@ -214,8 +256,23 @@ impl Vm {
             dir.join("shell.sock").display()
         ))
         .arg("-device")
-        .arg(format!("virtserialport,bus=vser0.0,chardev=shell,name={SHELL_PORT}"))
-        .args(["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]);
+        .arg(format!("virtserialport,bus=vser0.0,chardev=shell,name={SHELL_PORT}"));
+        if config.pf.is_some() {
+            // QEMU 10.0.2's igb maps VF BARs as 32-bit, but behind a pcie-root-port SeaBIOS
+            // gives the port a 64-bit prefetchable window and Linux puts the VF BARs there,
+            // out of igbvf's reach ("PF still in reset state", a random MAC, no carrier;
+            // measured). So the igb sits on the root bus, nothing opens a 64-bit window (no
+            // root port, a legacy virtio-serial) and q35 has no 64-bit hole: the VF BARs land
+            // below 4 GiB and igbvf comes up with the MAC the PF gave it.
+            cmd.args([
+                "-global",
+                "q35-pcihost.pci-hole64-size=0",
+                "-device",
+                "igb,id=pf,bus=pcie.0,addr=0x4,romfile=",
+            ]);
+        } else {
+            cmd.args(["-device", "pcie-root-port,id=rp1,chassis=1,slot=1"]);
+        }
         if let Some(tap) = &config.tap {
             cmd.arg("-netdev")
                 .arg(format!("tap,id=vf0,ifname={tap},script=no,downscript=no"));
@@ -246,14 +303,6 @@ impl Vm {
                     cmd.arg("-device").arg(vf_device_arg(VF2_ID, &vf.mac, "vfmig"));
                 }
             }
-        }
-        if config.pf {
-            cmd.args([
-                "-device",
-                "pcie-root-port,id=rp2,chassis=2,slot=2",
-                "-device",
-                "igb,id=pf,bus=rp2,romfile=",
-            ]);
         }
         if config.spare_port {
             cmd.args(["-device", "pcie-root-port,id=rp3,chassis=3,slot=3"]);

@@ -50,7 +50,7 @@ async fn the_package_starts_on_the_port_shows_on_the_system_bus_and_removes_clea
         iommu: false,
         standby: false,
         failover: false,
-        pf: false,
+        pf: None,
         spare_port: false,
         second_vf: None,
     };

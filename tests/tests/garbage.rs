@@ -39,7 +39,7 @@ fn config() -> VmConfig {
         iommu: false,
         standby: false,
         failover: false,
-        pf: false,
+        pf: None,
         spare_port: false,
         second_vf: None,
     }

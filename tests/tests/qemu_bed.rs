@@ -34,7 +34,7 @@ fn config(name: &'static str, tap: &str, incoming: bool) -> VmConfig {
         iommu: false,
         standby: false,
         failover: false,
-        pf: false,
+        pf: None,
         spare_port: false,
         second_vf: None,
     }

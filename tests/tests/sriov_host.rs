@@ -123,8 +123,34 @@ async fn check_answers_compatible_or_not_with_the_reason() {
     let policy = "--allow-vlan 0 --allow-vlan 100 --allow-trust";
     let check = |extra: &str| format!("check --descriptor /tmp/src.json --pf {pf} {extra}");
 
+    // Compatible, with the warning that only vfmig-host migrate moves the VF's state (standard
+    // error, which the shell merges after the verdict; a field of the JSON).
     let (rc, out) = host.vfmig(&check(policy)).await;
-    assert_eq!((rc, out.trim()), (0, "compatible: VF 0 on the destination can take it"));
+    let mut lines = out.trim().lines();
+    assert_eq!(
+        (rc, lines.next()),
+        (0, Some("compatible: VF 0 on the destination can take it")),
+        "{out}"
+    );
+    let warning = lines.next().unwrap_or_default();
+    assert!(
+        warning.starts_with("warning: a plain migration") && warning.contains("failover_pair_id"),
+        "{out}"
+    );
+    assert!(
+        warning.ends_with("use vfmig-host migrate") && lines.next().is_none(),
+        "{out}"
+    );
+    let (rc, out) = host.vfmig(&check(&format!("{policy} --json"))).await;
+    assert_eq!(rc, 0, "{out}");
+    let verdict = json(&out);
+    assert_eq!(verdict["compatible"], true);
+    assert!(
+        verdict["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("failover_pair_id")),
+        "{out}"
+    );
 
     let mut other = d.clone();
     other["pf"]["device"] = 0x1533.into();
@@ -335,4 +361,70 @@ async fn the_libvirt_hook_provisions_vfmig_s_migration_and_releases_the_vf_when_
         .await
         .unwrap();
     assert_ne!(rc, 0, "the record outlived the release: {out}");
+}
+
+/// A provisioned VF driven by a VF driver, as a guest's would: igbvf (in the host VM here)
+/// binds it, comes up with the MAC provisioning set, and passes traffic to the PF's side.
+#[tokio::test(flavor = "current_thread")]
+async fn a_provisioned_vf_works_with_a_vf_driver() {
+    let mut host = SriovHost::boot().await.unwrap_or_else(|e| panic!("{e}"));
+    let pf = host.pf.clone();
+    let mut d = descriptor(&mut host, 0).await;
+    // Untagged and untrusted, so the PF's own untagged address is on the VF's network.
+    d["vf"]["vlan"] = 0.into();
+    d["vf"]["trust"] = false.into();
+    host.write("/tmp/plain.json", &d.to_string()).await;
+    let (rc, out) = host
+        .vfmig(&format!("provision --pf {pf} --descriptor /tmp/plain.json --json"))
+        .await;
+    assert_eq!(rc, 0, "{out}");
+    let address = json(&out)["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    let dev = format!("/sys/bus/pci/devices/{address}");
+    let ip = vfmig_testbed::sriov_host::IP;
+    host.shell
+        .ok(&format!(
+            "echo igbvf > {dev}/driver_override && echo {address} > {dev}/driver/unbind && \
+             echo {address} > /sys/bus/pci/drivers_probe && \
+             for i in $(seq 100); do [ -d {dev}/net ] && exit 0; sleep 0.1; done; exit 1"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("igbvf never bound {address}: {e}"));
+    let vf = host
+        .shell
+        .ok(&format!("ls {dev}/net"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let vf = vf.trim();
+    let mac = host
+        .shell
+        .ok(&format!("cat /sys/class/net/{vf}/address"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mac.trim(), MAC, "igbvf's MAC is the one provisioned");
+    // The VF in a namespace of its own, so that its traffic to the PF's address leaves
+    // through it and comes back through the PF (the emulated igb switches between the two).
+    host.shell
+        .ok(&format!(
+            "{ip} netns add vf && {ip} link set {vf} netns vf && {ip} -n vf addr add 198.18.5.2/24 dev {vf} && \
+             {ip} -n vf link set {vf} up && ip addr add 198.18.5.1/24 dev {pf}"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // igbvf's link comes up a few seconds after the VF is set up.
+    let (rc, out) = host
+        .shell
+        .run(
+            &format!(
+                "for i in $(seq 100); do [ \"$({ip} -n vf -br link show {vf} | grep -c LOWER_UP)\" = 1 ] && break; sleep 0.2; done; \
+                 {ip} netns exec vf ping -c 5 -W 2 198.18.5.1 || {{ {ip} -n vf -d link show {vf}; dmesg | tail -20; exit 1; }}"
+            ),
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rc, 0, "no traffic through the VF: {out}");
+    assert!(out.contains(" 0% packet loss"), "{out}");
 }

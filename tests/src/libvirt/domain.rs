@@ -56,7 +56,7 @@ impl GuestDomain {
             iommu: false,
             standby: false,
             failover: false,
-            pf: false,
+            pf: None,
             spare_port: false,
             second_vf: None,
         };

@@ -98,7 +98,7 @@ fn demo() -> Result<ExitCode, String> {
         iommu: false,
         standby: true,
         failover: false,
-        pf: false,
+        pf: None,
         spare_port: false,
         second_vf: None,
     };
