@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use vfmig_host::guest::Saved;
 use vfmig_host::migration::journal::{default_path, Journal, JournalError, RunState};
-use vfmig_host::migration::state::{Hook, Migrating, SourceState, Unplug, Vf, VfRun};
+use vfmig_host::migration::state::{Gate, Hook, Migrating, SourceState, Unplug, Vf, VfRun};
 use vfmig_host::vm::Params;
 
 fn dir() -> PathBuf {
@@ -47,6 +47,7 @@ fn journal() -> Journal {
                     max_bandwidth: 134_217_728,
                     downtime_limit: 300,
                 },
+                gate: Gate::Pause { was: false },
                 vfs: vec![
                     vf("vf", "52:54:00:10:00:01", "eth0"),
                     vf("vf2", "52:54:00:10:00:03", "eth1"),
@@ -112,6 +113,28 @@ fn a_journal_that_does_not_validate_is_refused_and_left_alone() {
     journal().save(&path).unwrap();
     let err = Journal::load(&path, &["hostdev1".to_owned()]).unwrap_err();
     assert!(matches!(err, JournalError::OtherVf { .. }), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A journal written before the switch-over gate reads as a run that set no gate, so a run
+/// taken up from it puts back nothing it did not change.
+#[test]
+fn a_journal_without_the_gate_reads_as_no_gate() {
+    let d = dir();
+    let path = d.join("vm.vfmig-journal");
+    let mut written = serde_json::to_value(journal()).unwrap();
+    assert_eq!(
+        written["state"]["source"]["unplugging"]["gate"],
+        serde_json::json!({"pause": {"was": false}})
+    );
+    let fields = written["state"]["source"]["unplugging"].as_object_mut().unwrap();
+    fields.remove("gate");
+    std::fs::write(&path, serde_json::to_vec(&written).unwrap()).unwrap();
+    let loaded = Journal::load(&path, &ids()).unwrap().expect("a journal");
+    let RunState::Source(SourceState::Unplugging { m, .. }) = loaded.state else {
+        panic!("{loaded:?}")
+    };
+    assert_eq!(m.gate, Gate::None);
     std::fs::remove_dir_all(d).unwrap();
 }
 

@@ -4,7 +4,7 @@
 use vfmig_host::guest::Saved;
 use vfmig_host::migration::plan::Fallback;
 use vfmig_host::migration::state::{
-    DestinationProblem, DestinationState, Fresh, Hook, Migrating, SourceState, Unplug, Vf, VfRun, Why,
+    DestinationProblem, DestinationState, Fresh, Gate, Hook, Migrating, SourceState, Unplug, Vf, VfRun, Why,
 };
 use vfmig_host::migration::transition::{
     next, next_destination, resumed, resumed_destination, DestinationEvent, Event,
@@ -16,6 +16,7 @@ fn m() -> Migrating {
             max_bandwidth: 1 << 27,
             downtime_limit: 300,
         },
+        gate: Gate::Pause { was: false },
         vfs: vec![VfRun {
             vf: Vf {
                 id: "vf".into(),
@@ -148,6 +149,7 @@ fn events() -> Vec<(&'static str, Event)> {
             "read",
             Event::Read {
                 params,
+                gate: Gate::Pause { was: false },
                 vfs: vec![m().vfs[0].vf.clone()],
                 fallback: Fallback::Refuse,
             },
@@ -324,6 +326,80 @@ fn a_run_taken_up_confirms_the_hook_before_joining_pre_copy_and_retries_a_stuck_
         start: false,
     };
     assert_eq!(resumed(releasing.clone()), releasing);
+}
+
+/// The gate's state as read travels with the run, so the give-back puts the capability back
+/// as it was: QEMU's pause for a bare QEMU, none for libvirt. QEMU's own failover is not
+/// gated: it waits for the guest to release the primary itself.
+#[test]
+fn the_gate_as_read_is_carried_into_the_run() {
+    for gate in [Gate::Pause { was: true }, Gate::Pause { was: false }, Gate::None] {
+        let read = Event::Read {
+            params: m().params,
+            gate,
+            vfs: vec![m().vfs[0].vf.clone()],
+            fallback: Fallback::Refuse,
+        };
+        let negotiating = next(SourceState::Start, read).expect("read");
+        assert_eq!(negotiating.into_migrating().map(|m| m.gate), Some(gate));
+    }
+    let failover = Event::QemuFailover {
+        params: m().params,
+        vfs: vec![m().vfs[0].vf.clone()],
+        pair: "standby".into(),
+    };
+    let failover = next(SourceState::Start, failover).expect("qemu failover");
+    assert_eq!(failover.into_migrating().map(|m| m.gate), Some(Gate::None));
+}
+
+/// A VF still in the VM when QEMU paused before its switch-over gives the run up from any
+/// state that can meet the pause, keeping what the give-back needs.
+#[test]
+fn a_vf_plugged_at_switchover_gives_the_run_up() {
+    let why = Why::PluggedAtSwitchover {
+        plugged: vec!["vf".into()],
+    };
+    assert_eq!(
+        why.to_string(),
+        "the VF vf was still plugged at switchover (QEMU paused before it; the migration was cancelled there)"
+    );
+    for state in [
+        SourceState::Precopy { m: m(), ours: true },
+        SourceState::Held { m: m() },
+        SourceState::Tracking { m: m(), joining: true },
+        SourceState::Unplugging {
+            m: m(),
+            hook: Hook::Tracking,
+            before_precopy: false,
+        },
+        SourceState::Completing {
+            m: m(),
+            hook: Hook::Stopped,
+        },
+        SourceState::QemuFailover {
+            m: m(),
+            pair: "standby".into(),
+        },
+    ] {
+        let hook = state.hook();
+        let name = state.name();
+        let next = next(state, Event::Failed(why.clone())).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            next,
+            SourceState::GivingBack {
+                m: m(),
+                hook,
+                why: why.clone()
+            },
+            "{name}"
+        );
+    }
+    // A run taken up where QEMU may sit paused goes on from where the gate is checked.
+    let completing = SourceState::Completing {
+        m: m(),
+        hook: Hook::Stopped,
+    };
+    assert_eq!(resumed(completing.clone()), completing);
 }
 
 #[test]

@@ -51,6 +51,7 @@ fn guest_error(request: &'static str, e: ChannelError, deadline: Duration) -> Gu
         ChannelError::Closed | ChannelError::Io(_) => GuestError::Lost(e.to_string()),
         ChannelError::Refused { reply, .. } => GuestError::Refused {
             request,
+            code: reply.code,
             message: format!("{} ({})", reply.message, reply.code),
         },
         e @ (ChannelError::TooManyReplies(_) | ChannelError::Version(_) | ChannelError::Message(_)) => {

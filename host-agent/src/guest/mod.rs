@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use vfmig_protocol::message::{Restored, StandbyRequest, StateSaved, TrackedDevice};
-use vfmig_protocol::MacAddr;
+use vfmig_protocol::{ErrorCode, MacAddr};
 
 /// What the guest agent said of itself at the start of a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +64,11 @@ pub enum GuestError {
     Silent { request: &'static str, after: Duration },
     /// The agent answered with an error.
     #[error("the guest agent refused {request}: {message}")]
-    Refused { request: &'static str, message: String },
+    Refused {
+        request: &'static str,
+        code: ErrorCode,
+        message: String,
+    },
     /// The channel broke and could not be opened again.
     #[error("the guest channel is lost: {0}")]
     Lost(String),
@@ -77,6 +81,17 @@ impl GuestError {
     /// The agent did not answer in time (rather than answering no).
     pub fn is_silent(&self) -> bool {
         matches!(self, Self::Silent { .. } | Self::Lost(_))
+    }
+
+    /// The agent has no interface for the VF: its driver let the VF go (an eject under way).
+    pub fn no_such_interface(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused {
+                code: ErrorCode::NoSuchInterface,
+                ..
+            }
+        )
     }
 }
 

@@ -2,19 +2,23 @@
 //!
 //! In order, each step safe to run again and each only as far as needed: the migration is
 //! cancelled (unless it ended, or completed after all — then the VM is on the destination and
-//! nothing is given back); the parameters are put back; a VF whose unplug was requested is
-//! given a grace period to go, and every VF that is gone is plugged back; the DMA hook is
-//! stopped and the guest takes back what it saved for each VF (moved back from a standby,
-//! restored onto a VF plugged back) and forgets it. The whole is bounded by the give-back
-//! deadline. A guest that already missed a deadline gets a short wait per request: what it
-//! does not answer stays queued, and it applies it, in order, when it answers again.
+//! nothing is given back); the switch-over gate's capability and the parameters are put back;
+//! a VF whose unplug was requested is given a grace period to go, and every VF that is gone is
+//! plugged back; the DMA hook is stopped and the guest takes back what it saved for each VF
+//! (moved back from a standby, restored onto a VF plugged back) and forgets it. A VF still in
+//! the VM after the grace whose interface the guest no longer has is being ejected, slowly:
+//! that cannot be stopped, so it is waited for and plugged back, and the guest asked again.
+//! The whole is bounded by the give-back deadline. A guest that already missed a deadline gets
+//! a short wait per request: what it does not answer stays queued, and it applies it, in
+//! order, when it answers again.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::gate;
 use super::source::{Acted, Ctx};
-use super::state::{Hook, SourceState, Unplug};
+use super::state::{Hook, SourceState, Unplug, VfRun};
 use super::timeline::Phase;
 use super::transition::Event;
 use crate::guest::Guest;
@@ -46,7 +50,14 @@ pub(super) async fn act<V: Vm, G: Guest>(
     let mut report = Vec::new();
     let mut problems = Vec::new();
 
-    if let Some(state) = stop_migration(vm, until, &mut report, &mut problems).await? {
+    let stopped = stop_migration(vm, until, &mut report, &mut problems).await?;
+    // Once no migration runs, completed or not: nothing vfmig changed may outlive the run.
+    match gate::restore(vm, m).await {
+        Ok(()) => {}
+        Err(e) if e.is_lost() => return Err(e),
+        Err(e) => problems.push(format!("pause-before-switchover could not be put back: {e}")),
+    }
+    if let Some(state) = stopped {
         if state == MigrationState::Completed {
             ctx.record(
                 Phase::Completed,
@@ -64,6 +75,7 @@ pub(super) async fn act<V: Vm, G: Guest>(
     }
 
     let mut replugged = Vec::new();
+    let mut lingering = Vec::new();
     for run in &m.vfs {
         let id = &run.vf.id;
         let mut present = vm.device_present(id).await?;
@@ -74,21 +86,11 @@ pub(super) async fn act<V: Vm, G: Guest>(
                 report.push(format!(
                     "{id} is still plugged (the guest may yet act on the eject request)"
                 ));
+                lingering.push(id.clone());
             }
         }
-        if present {
-            continue;
-        }
-        match &run.vf.device {
-            None => problems.push(format!("{id} is gone and no spec to plug it back was given")),
-            Some(spec) => match vm.add_device(spec).await {
-                Ok(()) => {
-                    report.push(format!("{id} plugged back"));
-                    replugged.push(id.clone());
-                }
-                Err(e) if e.is_lost() => return Err(e),
-                Err(e) => problems.push(format!("plugging {id} back failed: {e}")),
-            },
+        if !present && plug_back(vm, run, &mut report, &mut problems).await? {
+            replugged.push(id.clone());
         }
     }
 
@@ -108,8 +110,26 @@ pub(super) async fn act<V: Vm, G: Guest>(
             }
         }
         for run in &m.vfs {
-            let back = replugged.contains(&run.vf.id);
-            match ctx.guest.keep(run.vf.mac, run.saved.as_ref(), wait(until)).await {
+            let mut back = replugged.contains(&run.vf.id);
+            let mut answer = ctx.guest.keep(run.vf.mac, run.saved.as_ref(), wait(until)).await;
+            if matches!(&answer, Err(e) if e.no_such_interface()) && lingering.contains(&run.vf.id) {
+                // The guest let the VF go after the grace: the eject it began cannot be
+                // stopped, so it is waited for, to the deadline, and the VF plugged back.
+                let id = &run.vf.id;
+                if vm.wait_device_gone(id, left(until)).await? {
+                    report.push(format!("{id} went once the guest had let it go"));
+                    back = plug_back(vm, run, &mut report, &mut problems).await?;
+                } else {
+                    problems.push(format!(
+                        "the guest let {id} go but it was still in the VM at the give-back deadline"
+                    ));
+                }
+                if back {
+                    replugged.push(id.clone());
+                    answer = ctx.guest.keep(run.vf.mac, run.saved.as_ref(), wait(until)).await;
+                }
+            }
+            match answer {
                 Ok(kept) => {
                     if let Some(name) = &kept.saved {
                         let standby = kept
@@ -145,6 +165,31 @@ pub(super) async fn act<V: Vm, G: Guest>(
         }
     });
     Ok(())
+}
+
+/// Plugs a VF that is gone back from its spec; whether it is back.
+async fn plug_back<V: Vm>(
+    vm: &V,
+    run: &VfRun,
+    report: &mut Vec<String>,
+    problems: &mut Vec<String>,
+) -> Result<bool, VmError> {
+    let id = &run.vf.id;
+    let Some(spec) = &run.vf.device else {
+        problems.push(format!("{id} is gone and no spec to plug it back was given"));
+        return Ok(false);
+    };
+    match vm.add_device(spec).await {
+        Ok(()) => {
+            report.push(format!("{id} plugged back"));
+            Ok(true)
+        }
+        Err(e) if e.is_lost() => Err(e),
+        Err(e) => {
+            problems.push(format!("plugging {id} back failed: {e}"));
+            Ok(false)
+        }
+    }
 }
 
 /// Cancels the migration unless it ended, and waits for it to end; how it ended.

@@ -3,18 +3,20 @@
 //!
 //! Source: negotiate with the guest agent → the guest's DMA hook tracks every VF → pre-copy
 //! with the VFs plugged → hold near the end → the guest saves each VF's state → unplug each →
-//! stop the hook, release → the migration completes. Destination: plug a fresh VF for each
+//! stop the hook, release → QEMU pauses before switching over, and goes on only if no VF is
+//! in the VM → the migration completes. Destination: plug a fresh VF for each
 //! and have the guest restore each saved state onto it. Without a hook confirmed for every
 //! VF the safe path runs instead (save, unplug, then pre-copy); whatever fails, and whenever
 //! the operator cancels, the give-back puts the VM back as it was on the source.
 //!
 //! - [`plan`]: what the operator asked for; [`state`]: where a run stands, as the journal
 //!   holds it; [`transition`]: the one transition function of each side.
-//! - [`source`], [`precopy`], [`release`], [`giveback`]: the source side's actions;
+//! - [`source`], [`precopy`], [`release`], [`gate`], [`giveback`]: the source side's actions;
 //!   [`destination`]: the destination side's run.
 //! - [`journal`], [`timeline`], [`outcome`]: what a run leaves on disk, shows, and ends with.
 
 pub mod destination;
+mod gate;
 mod giveback;
 pub mod journal;
 pub mod outcome;

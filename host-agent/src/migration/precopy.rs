@@ -8,22 +8,24 @@
 //! (bandwidth × downtime-limit) — and, with a threshold of 0, as soon as a pass drains. A low
 //! downtime-limit therefore does not hold an idle guest: measured on the test bed, a 512 MiB
 //! guest with downtime-limit 1 ms completed on its own 1.5 s into pre-copy, VF still plugged.
-//! QEMU 10 has no general switchover gate (`switchover-ack` only waits for devices that ask,
-//! i.e. VFIO migration). What holds: throttling `max-bandwidth` to [`HOLD_BANDWIDTH`] while a
+//! (`switchover-ack` only waits for devices that ask, i.e. VFIO migration.) What holds: throttling `max-bandwidth` to [`HOLD_BANDWIDTH`] while a
 //! large remainder is left, so the remainder drains slowly, and watching it while the guest
 //! saves its state and the VFs are unplugged: should it fall under [`HOLD_FLOOR`] first, the
 //! migration is given up with the VFs kept. The threshold is QEMU's *measured* bandwidth times
 //! downtime-limit, so with the default 300 ms and full-speed pre-copy it can exceed the hold
 //! margin's remainder, and QEMU may switch over before the throttle bites (seen once in the
 //! demo: held at 16.5 MiB, switched over at once). So pre-copy also runs with downtime-limit
-//! [`HOLD_DOWNTIME_MS`] while the VFs are plugged: then QEMU cannot switch over until the
-//! remainder is all but gone, never with a VF plugged. Once the VFs are gone the original
-//! parameters come back and pre-copy finishes at full speed.
+//! [`HOLD_DOWNTIME_MS`] while the VFs are plugged: then QEMU switches over only once the
+//! remainder is all but gone. Once the VFs are gone the original parameters come back and
+//! pre-copy finishes at full speed. The hold makes a switch-over with a VF plugged unlikely;
+//! the gate ([`super::gate`]) forbids it: should QEMU reach its switch-over while the hold
+//! holds, it pauses there, and the migration is given up with the VFs kept.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::gate;
 use super::source::{Acted, Ctx};
 use super::state::{Migrating, Unplug, Why};
 use super::timeline::Phase;
@@ -94,6 +96,7 @@ pub(super) async fn hold<V: Vm, G: Guest>(
                 ..Default::default()
             })
             .await?;
+            gate::arm(vm, m).await?;
             vm.start_migration(&plan.uri).await?;
             events.push(Event::MigrationStarted);
             ctx.record(Phase::PrecopyStarted, None, format!("{} still plugged", listed(m)));
@@ -108,6 +111,10 @@ pub(super) async fn hold<V: Vm, G: Guest>(
         };
         if now.state.is_finished() {
             events.push(Event::Failed(ended(&now)));
+            return Ok(());
+        }
+        if now.state == MigrationState::PreSwitchover {
+            events.push(Event::Failed(gate::paused_plugged(vm, m).await?));
             return Ok(());
         }
         if let Some(ram) = now.ram.as_ref().filter(|r| r.total > 0) {
@@ -134,13 +141,16 @@ pub(super) async fn hold<V: Vm, G: Guest>(
     Ok(())
 }
 
-/// Returns once a held migration's remainder is under [`HOLD_FLOOR`] or the migration ended:
-/// why the hold broke.
-async fn hold_broken<V: Vm>(vm: &V) -> Result<Why, VmError> {
+/// Returns once a held migration's remainder is under [`HOLD_FLOOR`], it paused before its
+/// switch-over, or it ended: why the hold broke.
+async fn hold_broken<V: Vm>(vm: &V, m: &Migrating) -> Result<Why, VmError> {
     loop {
         if let Some(now) = vm.migration().await? {
             if now.state.is_finished() {
                 return Ok(ended(&now));
+            }
+            if now.state == MigrationState::PreSwitchover {
+                return gate::paused_plugged(vm, m).await;
             }
             if let Some(ram) = now.ram.as_ref().filter(|r| r.remaining < HOLD_FLOOR) {
                 return Ok(Why::HoldLeaked {
@@ -153,9 +163,9 @@ async fn hold_broken<V: Vm>(vm: &V) -> Result<Why, VmError> {
 }
 
 /// Waits for the hold to break, or forever when no pre-copy runs (`held` false).
-async fn watch_hold<V: Vm>(vm: &V, held: bool) -> Result<Why, VmError> {
+async fn watch_hold<V: Vm>(vm: &V, m: &Migrating, held: bool) -> Result<Why, VmError> {
     if held {
-        hold_broken(vm).await
+        hold_broken(vm, m).await
     } else {
         std::future::pending().await
     }
@@ -175,7 +185,7 @@ pub(super) async fn save<V: Vm, G: Guest>(
         let left = until.saturating_duration_since(Instant::now());
         let answer = tokio::select! {
             answer = ctx.guest.save(run.vf.mac, &plan.standby, plan.accept_loss, plan.deadlines.unplug, left) => answer,
-            why = watch_hold(vm, held) => {
+            why = watch_hold(vm, m, held) => {
                 events.push(Event::Failed(why?));
                 return Ok(());
             }
@@ -252,7 +262,7 @@ pub(super) async fn unplug<V: Vm, G: Guest>(
         let left = until.saturating_duration_since(Instant::now());
         let gone = tokio::select! {
             gone = vm.wait_device_gone(id, left) => gone?,
-            why = watch_hold(vm, !before_precopy) => {
+            why = watch_hold(vm, m, !before_precopy) => {
                 events.push(Event::Failed(why?));
                 return Ok(());
             }

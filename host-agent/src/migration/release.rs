@@ -1,11 +1,12 @@
-//! The VFs are gone: stop the hook, release the hold, let the migration run to its end — and
-//! the migration QEMU's own failover drives.
+//! The VFs are gone: stop the hook, release the hold, let the migration run to its end through
+//! the switch-over gate — and the migration QEMU's own failover drives.
 
 use tokio::time::Instant;
 
+use super::gate;
 use super::precopy::ended;
 use super::source::{Acted, Ctx};
-use super::state::{Hook, Migrating, Why};
+use super::state::{Gate, Hook, Migrating, Why};
 use super::timeline::{Phase, QemuFigures};
 use super::transition::Event;
 use crate::guest::Guest;
@@ -23,6 +24,8 @@ async fn to_start<V: Vm>(vm: &V) -> Result<bool, crate::vm::VmError> {
 
 /// How often the migration is read while it runs to its end.
 const COMPLETION_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// …and when QEMU pauses before its switch-over: the VM waits stopped until a poll sees it.
+const GATE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Stops the hook (the driver's unmap-all at removal went through it; nothing is left to
 /// track), puts the parameters back, and starts pre-copy if it did not run yet (`start`).
@@ -63,6 +66,7 @@ pub(super) async fn release<V: Vm, G: Guest>(
         vm.set_params(m.params.into()).await?;
         ctx.record(Phase::Released, None, "original max-bandwidth and downtime-limit");
     } else if to_start(vm).await? {
+        gate::arm(vm, m).await?;
         vm.start_migration(&plan.uri).await?;
         ctx.record(Phase::PrecopyStarted, None, "without the VF");
     }
@@ -71,8 +75,12 @@ pub(super) async fn release<V: Vm, G: Guest>(
 }
 
 /// Waits for the migration's end, within the completion deadline.
-pub(super) async fn complete<V: Vm, G: Guest>(ctx: &mut Ctx<'_, V, G>, events: &mut Vec<Event>) -> Acted {
-    run_to_end(ctx, events, "QEMU switched over", |_| Watch::On).await
+pub(super) async fn complete<V: Vm, G: Guest>(
+    ctx: &mut Ctx<'_, V, G>,
+    m: &Migrating,
+    events: &mut Vec<Event>,
+) -> Acted {
+    run_to_end(ctx, m, events, "QEMU switched over", |_| Watch::On).await
 }
 
 /// What a look at a migration still running finds.
@@ -82,16 +90,22 @@ enum Watch {
     GiveUp(Why),
 }
 
-/// Waits for the migration's end within the completion deadline, recording `completed` when
-/// it completes; `watch` looks at each reading of it while it runs.
+/// Waits for the migration's end within the completion deadline, through the switch-over
+/// gate, recording `completed` when it completes; `watch` looks at each reading of it while
+/// it runs.
 async fn run_to_end<V: Vm, G: Guest>(
     ctx: &mut Ctx<'_, V, G>,
+    m: &Migrating,
     events: &mut Vec<Event>,
     completed: &str,
     mut watch: impl FnMut(&Migration) -> Watch,
 ) -> Acted {
     let deadline = ctx.plan.deadlines.completion;
     let until = Instant::now() + deadline;
+    let gated = matches!(m.gate, Gate::Pause { .. });
+    let poll = if gated { GATE_POLL } else { COMPLETION_POLL };
+    // QEMU may still show the pause just after the continue: the gate is passed once.
+    let mut continued = false;
     loop {
         let Some(now) = ctx.vm.migration().await? else {
             let error = "no migration runs any more".into();
@@ -100,13 +114,25 @@ async fn run_to_end<V: Vm, G: Guest>(
         };
         if now.state.is_finished() {
             ctx.timeline().qemu = Some(QemuFigures::of(&now));
+            let restored = match gate::restore(ctx.vm, m).await {
+                Ok(()) => String::new(),
+                Err(e) if e.is_lost() => return Err(e),
+                Err(e) => format!("; pause-before-switchover could not be put back: {e}"),
+            };
             if now.state == MigrationState::Completed {
-                ctx.record(Phase::Completed, Some(&now), completed);
+                ctx.record(Phase::Completed, Some(&now), format!("{completed}{restored}"));
                 events.push(Event::Completed);
             } else {
                 events.push(Event::Failed(ended(&now)));
             }
             return Ok(());
+        }
+        // A pause vfmig did not ask for is for whoever asked to end.
+        if gated && now.state == MigrationState::PreSwitchover && !continued {
+            if !gate::pass(ctx, m, &now, events).await? {
+                return Ok(());
+            }
+            continued = true;
         }
         match watch(&now) {
             Watch::On => {}
@@ -121,7 +147,7 @@ async fn run_to_end<V: Vm, G: Guest>(
             events.push(Event::Failed(Why::CompletionTimeout { after_ms }));
             return Ok(());
         }
-        tokio::time::sleep(COMPLETION_POLL).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -173,6 +199,7 @@ pub(super) async fn qemu_failover<V: Vm, G: Guest>(
     };
     run_to_end(
         ctx,
+        m,
         events,
         "QEMU switched over; it re-plugs the VF on the destination",
         watch,

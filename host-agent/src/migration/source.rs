@@ -9,17 +9,18 @@
 use tokio::sync::watch;
 use vfmig_protocol::message::TrackedDevice;
 
+use super::gate;
 use super::giveback;
 use super::journal::{Journal, RunState};
 use super::outcome::{source_outcome, MigrateError};
 use super::plan::{Fallback, Plan};
 use super::precopy;
 use super::release;
-use super::state::{Migrating, SourceState, Vf, Why};
+use super::state::{Gate, Migrating, SourceState, Vf, Why};
 use super::timeline::{Phase, Step, Timeline};
 use super::transition::{next, resumed, Event};
 use crate::guest::{Guest, Saved};
-use crate::vm::{Migration, Vm, VmError};
+use crate::vm::{Migration, MigrationState, Vm, VmError};
 
 /// The operator's request to stop, with who made it ("SIGINT", …).
 #[derive(Clone)]
@@ -192,7 +193,7 @@ async fn act<V: Vm, G: Guest>(ctx: &mut Ctx<'_, V, G>, state: &SourceState, even
         SourceState::SavingFirst { m, .. } => precopy::save(ctx, m, false, events).await,
         SourceState::Unplugging { m, before_precopy, .. } => precopy::unplug(ctx, m, *before_precopy, events).await,
         SourceState::Releasing { m, hook, start } => release::release(ctx, m, *hook, *start, events).await,
-        SourceState::Completing { .. } => release::complete(ctx, events).await,
+        SourceState::Completing { m, .. } => release::complete(ctx, m, events).await,
         SourceState::QemuFailover { m, pair } => release::qemu_failover(ctx, m, pair, events).await,
         // The give-back runs outside the cancel; the others are terminal.
         SourceState::GivingBack { .. }
@@ -234,9 +235,18 @@ async fn start<V: Vm, G: Guest>(ctx: &mut Ctx<'_, V, G>, events: &mut Vec<Event>
         });
     }
     let params = ctx.vm.params().await?;
+    let gate = match ctx.vm.switchover_gate().await? {
+        Some(was) => Gate::Pause { was },
+        None => Gate::None,
+    };
     let fallback = ctx.plan.fallback;
     events.push(match primaries.len() {
-        0 => Event::Read { params, vfs, fallback },
+        0 => Event::Read {
+            params,
+            gate,
+            vfs,
+            fallback,
+        },
         n if n == vfs.len() => {
             let pair = primaries.swap_remove(0).1;
             Event::QemuFailover { params, vfs, pair }
@@ -291,6 +301,18 @@ async fn track<V: Vm, G: Guest>(
     joining: bool,
     events: &mut Vec<Event>,
 ) -> Acted {
+    // Taken up with QEMU paused before its switch-over and the VFs plugged: the guest, stopped,
+    // cannot answer, and the migration must not go on.
+    if joining
+        && ctx
+            .vm
+            .migration()
+            .await?
+            .is_some_and(|now| now.state == MigrationState::PreSwitchover)
+    {
+        events.push(Event::Failed(gate::paused_plugged(ctx.vm, m).await?));
+        return Ok(());
+    }
     let until = tokio::time::Instant::now() + ctx.plan.deadlines.prepare;
     let mut tracked = Vec::new();
     let mut asked = false;

@@ -45,11 +45,26 @@ pub struct VfRun {
     pub unplug: Unplug,
 }
 
+/// The switch-over gate (see [`super::gate`]) as the run found it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gate {
+    /// The hypervisor has no pause vfmig can hold (libvirt pauses and continues by itself);
+    /// also a journal written before vfmig had the gate.
+    #[default]
+    None,
+    /// QEMU pauses before its switch-over for vfmig's check; `was`: the capability as it was
+    /// before vfmig set it, put back when the run ends.
+    Pause { was: bool },
+}
+
 /// What every state of a started migration carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Migrating {
     /// The migration parameters as they were before vfmig changed any.
     pub params: Params,
+    #[serde(default)]
+    pub gate: Gate,
     pub vfs: Vec<VfRun>,
     /// The guest agent answered: a give-back asks it to take its state back.
     #[serde(default)]
@@ -128,6 +143,10 @@ pub enum Why {
     CompletionTimeout {
         after_ms: u64,
     },
+    /// QEMU paused before its switch-over with these VFs still in the VM.
+    PluggedAtSwitchover {
+        plugged: Vec<String>,
+    },
 }
 
 impl Why {
@@ -176,6 +195,11 @@ impl fmt::Display for Why {
                 plugged.join(", ")
             ),
             Self::CompletionTimeout { after_ms } => write!(f, "the migration did not complete within {after_ms} ms"),
+            Self::PluggedAtSwitchover { plugged } => write!(
+                f,
+                "the VF {} was still plugged at switchover (QEMU paused before it; the migration was cancelled there)",
+                plugged.join(", ")
+            ),
         }
     }
 }

@@ -20,7 +20,8 @@ pub enum Phase {
     HookEnabled,
     /// QMP `migrate` issued with the VF still plugged.
     PrecopyStarted,
-    /// Pre-copy's remainder fell under the margin; bandwidth throttled so QEMU cannot switch over.
+    /// Pre-copy's remainder fell under the margin; bandwidth throttled so QEMU does not switch
+    /// over (the gate would stop it if it did).
     Held,
     /// The guest agent saved the VF's network state.
     StateSaved,
@@ -35,6 +36,9 @@ pub enum Phase {
     HookDisabled,
     /// Migration parameters restored; QEMU may switch over.
     Released,
+    /// QEMU paused before its switch-over (the VM stopped), none of the VFs was in the VM, and
+    /// vfmig let it go on (`migrate-continue`).
+    SwitchoverAllowed,
     /// QEMU reported the migration completed.
     Completed,
     /// The VF cannot stay through pre-copy (guest agent or DMA hook unusable): it is unplugged
@@ -160,14 +164,14 @@ impl Timeline {
     pub fn table(&self) -> String {
         let mib = |v: Option<u64>| v.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
         let mut out = format!(
-            "{:>8}  {:<16} {:>12} {:>14} {:>5}  {}\n",
+            "{:>8}  {:<18} {:>12} {:>14} {:>5}  {}\n",
             "ms", "phase", "sent MiB", "remaining MiB", "syncs", "detail"
         );
         for s in &self.steps {
             let phase = s.phase.name();
             let _ = writeln!(
                 out,
-                "{:>8}  {:<16} {:>12} {:>14} {:>5}  {}",
+                "{:>8}  {:<18} {:>12} {:>14} {:>5}  {}",
                 s.at_ms,
                 phase,
                 mib(s.ram_transferred),

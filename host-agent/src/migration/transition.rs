@@ -3,16 +3,17 @@
 //! error, never a guess.
 
 use super::plan::Fallback;
-use super::state::{DestinationProblem, DestinationState, Hook, Migrating, SourceState, Unplug, Vf, VfRun, Why};
+use super::state::{DestinationProblem, DestinationState, Gate, Hook, Migrating, SourceState, Unplug, Vf, VfRun, Why};
 use crate::guest::Saved;
 use crate::vm::Params;
 
 /// What happened on the source side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The VFs and the parameters were read (nothing changed yet).
+    /// The VFs, the parameters and the switch-over gate were read (nothing changed yet).
     Read {
         params: Params,
+        gate: Gate,
         vfs: Vec<Vf>,
         fallback: Fallback,
     },
@@ -113,9 +114,10 @@ pub struct InvalidTransition {
     pub event: &'static str,
 }
 
-fn migrating(params: Params, vfs: Vec<Vf>) -> Migrating {
+fn migrating(params: Params, gate: Gate, vfs: Vec<Vf>) -> Migrating {
     Migrating {
         params,
+        gate,
         vfs: vfs
             .into_iter()
             .map(|vf| VfRun {
@@ -141,12 +143,23 @@ pub fn next(state: SourceState, event: Event) -> Result<SourceState, InvalidTran
     let (from, on) = (state.name(), event.name());
     let invalid = InvalidTransition { from, event: on };
     let next = match (state, event) {
-        (S::Start, E::Read { params, vfs, fallback }) => S::Negotiating {
-            m: migrating(params, vfs),
+        (
+            S::Start,
+            E::Read {
+                params,
+                gate,
+                vfs,
+                fallback,
+            },
+        ) => S::Negotiating {
+            m: migrating(params, gate, vfs),
             fallback,
         },
         (S::Start, E::QemuFailover { params, vfs, pair }) => S::QemuFailover {
-            m: migrating(params, vfs),
+            // QEMU's failover gates its own migration: it waits in wait-unplug until the guest
+            // released the primary, and keeps the device (partly unplugged, to plug it back should
+            // the migration fail), where vfmig's gate would find it present: not gated.
+            m: migrating(params, Gate::None, vfs),
             pair,
         },
         (S::Start | S::Negotiating { .. }, E::Refused(why)) => S::Refused { why },

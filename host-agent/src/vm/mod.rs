@@ -173,4 +173,11 @@ pub trait Vm {
     async fn running(&self) -> Result<bool, VmError>;
     /// The standby a device is paired with for QEMU's own virtio-net failover, if it is.
     async fn failover_pair(&self, id: &str) -> Result<Option<String>, VmError>;
+    /// Whether the hypervisor pauses a migration before its switch-over for vfmig to let it
+    /// go on (QEMU's `pause-before-switchover`), or `None` where vfmig cannot hold it there.
+    async fn switchover_gate(&self) -> Result<Option<bool>, VmError>;
+    /// Turns that pause on or off; refused while a migration runs.
+    async fn set_switchover_gate(&self, on: bool) -> Result<(), VmError>;
+    /// Lets a migration paused before its switch-over go on. Not an error if it already did.
+    async fn continue_switchover(&self) -> Result<(), VmError>;
 }

@@ -19,6 +19,9 @@ const GONE_POLL: Duration = Duration::from_millis(20);
 /// QEMU's answer to a second `device_del` while the guest has not yet acted on the first.
 const UNPLUG_PENDING: &str = "already in the process of unplug";
 
+/// The migration capability that pauses QEMU before its switch-over, the VM already stopped.
+const PAUSE_BEFORE_SWITCHOVER: &str = "pause-before-switchover";
+
 /// A VM driven through QEMU's monitor.
 pub struct Qemu<M> {
     monitor: M,
@@ -197,5 +200,46 @@ impl<M: Monitor> Vm for Qemu<M> {
         }
         let on = self.qom_get(&pair, "failover").await;
         Ok(matches!(on, Ok(Value::Bool(true))).then_some(pair))
+    }
+
+    async fn switchover_gate(&self) -> Result<Option<bool>, VmError> {
+        let capabilities: Vec<Value> = self.query("query-migrate-capabilities").await?;
+        let found = capabilities
+            .iter()
+            .find(|c| c["capability"] == PAUSE_BEFORE_SWITCHOVER)
+            .and_then(|c| c["state"].as_bool());
+        match found {
+            Some(on) => Ok(Some(on)),
+            None => Err(VmError::Refused {
+                request: "query-migrate-capabilities".into(),
+                error: format!("this QEMU has no {PAUSE_BEFORE_SWITCHOVER} capability"),
+            }),
+        }
+    }
+
+    async fn set_switchover_gate(&self, on: bool) -> Result<(), VmError> {
+        let capabilities = json!([{ "capability": PAUSE_BEFORE_SWITCHOVER, "state": on }]);
+        self.run(
+            "migrate-set-capabilities",
+            Some(json!({ "capabilities": capabilities })),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn continue_switchover(&self) -> Result<(), VmError> {
+        let paused = Some(json!({ "state": "pre-switchover" }));
+        match self.run("migrate-continue", paused).await {
+            // Refused when not paused: a continue issued before went through.
+            Err(VmError::Refused { .. })
+                if self
+                    .migration()
+                    .await?
+                    .is_some_and(|m| m.state != super::MigrationState::PreSwitchover) =>
+            {
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 }

@@ -20,7 +20,7 @@ use vfmig_host::guest::{Guest, GuestError, GuestInfo, Kept, Saved};
 use vfmig_host::migration::precopy::HOLD_BANDWIDTH;
 use vfmig_host::vm::{Migration, MigrationState, Params, ParamsChange, Ram, Vm, VmError};
 use vfmig_protocol::message::{Restored, StandbyRequest, StateSaved, TrackedDevice};
-use vfmig_protocol::MacAddr;
+use vfmig_protocol::{ErrorCode, MacAddr};
 
 pub const ORIGINAL: Params = Params {
     max_bandwidth: 134_217_728,
@@ -33,6 +33,7 @@ const STEP: u64 = 200 << 20;
 const GUEST_LATENCY: Duration = Duration::from_millis(5);
 const RELEASE: Duration = Duration::from_millis(100);
 pub const STANDBY: &str = "sb0";
+const NO_SUCH_INTERFACE: &str = "no such interface";
 
 pub fn mac(s: &str) -> MacAddr {
     s.parse().expect("a constant MAC")
@@ -65,6 +66,8 @@ pub struct Mig {
     pub error: Option<String>,
     /// Once all is sent, the switch-over takes a moment (a cancel can still win it).
     pub switchover: Option<Instant>,
+    /// `migrate-continue` let it past its pause before switch-over.
+    pub continued: bool,
 }
 
 /// The switch-over: from the last byte sent to "completed".
@@ -76,9 +79,16 @@ pub struct Hv {
     pub devices: BTreeMap<String, (MacAddr, String)>,
     /// Devices whose unplug was requested, and when the guest lets go (never: `None`).
     pub releasing: BTreeMap<String, Option<Instant>>,
+    /// A slow eject: the guest's driver lets a device go as soon as its unplug is requested,
+    /// the device leaves this long after.
+    pub slow_eject: Option<Duration>,
     pub migration: Option<Mig>,
     pub params: Option<Params>,
     pub slots: u32,
+    /// `pause-before-switchover`.
+    pub pause: bool,
+    /// `migrate-continue` calls, and whether any VF of the VM was present at each.
+    pub continues: Vec<bool>,
 }
 
 /// A state the guest saved: under the interface's name.
@@ -118,6 +128,8 @@ pub enum Fault {
     OperatorCancel,
     /// vfmig-host is killed (the test runs it again).
     HostKilled,
+    /// QEMU switches over at once, throttle or not (its threshold met early, as once seen).
+    EarlySwitchover,
 }
 
 pub struct World {
@@ -147,6 +159,11 @@ pub struct World {
     pub killed: Rc<Notify>,
     pub cancel: Option<watch::Sender<Option<String>>>,
     pub calls: Vec<String>,
+    early_switchover: bool,
+    /// Kill vfmig-host when it first sees QEMU paused before its switch-over.
+    pub kill_at_pause: bool,
+    /// The hypervisor offers no pause vfmig can hold (libvirt).
+    pub no_gate: bool,
 }
 
 pub type Shared = Rc<RefCell<World>>;
@@ -192,6 +209,9 @@ impl World {
             killed: Rc::new(Notify::new()),
             cancel: None,
             calls: Vec::new(),
+            early_switchover: false,
+            kill_at_pause: false,
+            no_gate: false,
         }))
     }
 
@@ -233,6 +253,7 @@ impl World {
                     let _ = tx.send(Some("the operator (test)".into()));
                 }
             }
+            Fault::EarlySwitchover => self.early_switchover = true,
             Fault::HypervisorError => {}
         }
     }
@@ -293,7 +314,8 @@ impl World {
             Side::Source => &self.src,
             Side::Destination => &self.dst,
         };
-        hv.devices.values().any(|(m, _)| *m == mac)
+        let let_go = |id: &String| hv.slow_eject.is_some() && hv.releasing.contains_key(id);
+        hv.devices.iter().any(|(id, (m, _))| *m == mac && !let_go(id))
     }
 
     fn interface_of(&self, mac: MacAddr) -> Option<String> {
@@ -325,7 +347,7 @@ impl World {
                     Side::Destination => &self.dst,
                 };
                 let pci = hv.devices.values().find(|(d, _)| *d == m).map(|(_, p)| p.clone());
-                let pci = pci.ok_or("no such interface")?;
+                let pci = pci.ok_or(NO_SUCH_INTERFACE)?;
                 self.tracking.insert(pci);
                 Ok(Answer::Tracked(self.tracked()))
             }
@@ -338,7 +360,7 @@ impl World {
                 let name = self
                     .interface_of(m)
                     .filter(|_| self.guest_has(m))
-                    .ok_or("no such interface")?;
+                    .ok_or(NO_SUCH_INTERFACE)?;
                 if let Some(rec) = self.saved.get(&name).filter(|r| r.on_standby) {
                     return Ok(Answer::Saved(name.clone(), rec.clone()));
                 }
@@ -371,7 +393,7 @@ impl World {
                     return Err("the state on record has another digest; nothing was changed".into());
                 }
                 if !self.guest_has(m) {
-                    return Err("no such interface".into());
+                    return Err(NO_SUCH_INTERFACE.into());
                 }
                 self.net.insert(name.clone(), Net::Vf(m));
                 self.saved.remove(&name);
@@ -387,7 +409,7 @@ impl World {
                     return Err("the state on record has another digest; nothing was changed".into());
                 }
                 if !self.guest_has(onto) {
-                    return Err("no such interface".into());
+                    return Err(NO_SUCH_INTERFACE.into());
                 }
                 self.net.insert(saved.interface.clone(), Net::Vf(onto));
                 if let Some(r) = self.saved.get_mut(&saved.interface) {
@@ -454,12 +476,14 @@ pub struct FakeVm {
 }
 
 /// The hypervisor requests that change something.
-const VM_EFFECTS: [&str; 5] = [
+const VM_EFFECTS: [&str; 7] = [
     "start_migration",
     "cancel_migration",
     "set_params",
     "remove_device",
     "add_device",
+    "set_switchover_gate",
+    "continue_switchover",
 ];
 
 impl FakeVm {
@@ -487,45 +511,74 @@ impl FakeVm {
 impl Vm for FakeVm {
     async fn migration(&self) -> Result<Option<Migration>, VmError> {
         let side = self.side;
-        self.call("migration", |w| {
-            let dead = w.destination_dead;
-            let hv = w.hv(side);
-            let held = hv.params.is_some_and(|p| p.max_bandwidth == HOLD_BANDWIDTH);
-            let Some(m) = hv.migration.as_mut() else {
-                return Ok(None);
-            };
-            if !m.state.is_finished() {
-                if dead {
-                    m.state = MigrationState::Failed;
-                    m.error = Some("Unable to write to socket: Broken pipe".into());
-                } else if !held {
-                    m.remaining = m.remaining.saturating_sub(STEP);
+        let answer = self
+            .call("migration", |w| {
+                let dead = w.destination_dead;
+                let early = side == Side::Source && w.early_switchover;
+                let mut early_taken = false;
+                let hv = w.hv(side);
+                let held = hv.params.is_some_and(|p| p.max_bandwidth == HOLD_BANDWIDTH);
+                let pause = hv.pause;
+                let Some(m) = hv.migration.as_mut() else {
+                    return Ok(None);
+                };
+                // Paused before its switch-over, QEMU waits for migrate-continue or a cancel.
+                if !m.state.is_finished() && m.state != MigrationState::PreSwitchover {
                     let now = Instant::now();
-                    match m.switchover {
-                        None if m.remaining == 0 => m.switchover = Some(now + SWITCHOVER),
-                        Some(at) if at <= now => m.state = MigrationState::Completed,
-                        _ => {}
+                    if dead {
+                        m.state = MigrationState::Failed;
+                        m.error = Some("Unable to write to socket: Broken pipe".into());
+                    } else {
+                        if early {
+                            m.switchover = Some(now);
+                            early_taken = true;
+                        }
+                        if !held {
+                            m.remaining = m.remaining.saturating_sub(STEP);
+                            if m.remaining == 0 && m.switchover.is_none() {
+                                m.switchover = Some(now + SWITCHOVER);
+                            }
+                        }
+                        if m.switchover.is_some_and(|at| at <= now) {
+                            m.state = if pause && !m.continued {
+                                MigrationState::PreSwitchover
+                            } else {
+                                MigrationState::Completed
+                            };
+                        }
                     }
                 }
-            }
-            let out = Migration {
-                state: m.state,
-                ram: Some(Ram {
-                    transferred: TOTAL - m.remaining,
-                    remaining: m.remaining,
-                    total: TOTAL,
-                    dirty_sync_count: 1,
-                }),
-                error: m.error.clone(),
-                total_time_ms: Some(1000),
-                downtime_ms: (m.state == MigrationState::Completed).then_some(20),
-            };
-            if m.state == MigrationState::Completed && side == Side::Source {
-                w.guest_side = Side::Destination;
-            }
-            Ok(Some(out))
-        })
-        .await
+                let out = Migration {
+                    state: m.state,
+                    ram: Some(Ram {
+                        transferred: TOTAL - m.remaining,
+                        remaining: m.remaining,
+                        total: TOTAL,
+                        dirty_sync_count: 1,
+                    }),
+                    error: m.error.clone(),
+                    total_time_ms: Some(1000),
+                    downtime_ms: (m.state == MigrationState::Completed).then_some(20),
+                };
+                if m.state == MigrationState::Completed && side == Side::Source {
+                    w.guest_side = Side::Destination;
+                }
+                if early_taken {
+                    w.early_switchover = false;
+                }
+                Ok(Some(out))
+            })
+            .await?;
+        let paused = answer
+            .as_ref()
+            .is_some_and(|m| m.state == MigrationState::PreSwitchover);
+        if paused && std::mem::take(&mut self.world.borrow_mut().kill_at_pause) {
+            self.world.borrow_mut().host_killed = true;
+            let killed = self.world.borrow().killed.clone();
+            killed.notify_one();
+            std::future::pending::<()>().await;
+        }
+        Ok(answer)
     }
 
     async fn start_migration(&self, _target: &str) -> Result<(), VmError> {
@@ -543,6 +596,7 @@ impl Vm for FakeVm {
                 remaining: TOTAL,
                 error: None,
                 switchover: None,
+                continued: false,
             });
             Ok(())
         })
@@ -589,7 +643,7 @@ impl Vm for FakeVm {
             if hv.devices.contains_key(id) {
                 hv.releasing
                     .entry(id.to_owned())
-                    .or_insert(Some(Instant::now() + RELEASE));
+                    .or_insert(Some(Instant::now() + hv.slow_eject.unwrap_or(RELEASE)));
             }
             Ok(())
         })
@@ -667,7 +721,7 @@ impl Vm for FakeVm {
                 .hv(side)
                 .migration
                 .as_ref()
-                .is_some_and(|m| m.state == MigrationState::Completed);
+                .is_some_and(|m| matches!(m.state, MigrationState::Completed | MigrationState::PreSwitchover));
             Ok(!(side == Side::Source && done))
         })
         .await
@@ -675,6 +729,52 @@ impl Vm for FakeVm {
 
     async fn failover_pair(&self, _id: &str) -> Result<Option<String>, VmError> {
         self.call("failover_pair", |_| Ok(None)).await
+    }
+
+    async fn switchover_gate(&self) -> Result<Option<bool>, VmError> {
+        let side = self.side;
+        self.call("switchover_gate", |w| Ok((!w.no_gate).then_some(w.hv(side).pause)))
+            .await
+    }
+
+    async fn set_switchover_gate(&self, on: bool) -> Result<(), VmError> {
+        let side = self.side;
+        self.call("set_switchover_gate", |w| {
+            let hv = w.hv(side);
+            // As QEMU: capabilities are fixed while a migration runs.
+            if hv.migration.as_ref().is_some_and(|m| !m.state.is_finished()) {
+                return Err(VmError::Refused {
+                    request: "migrate-set-capabilities".into(),
+                    error: "There's a migration process in progress".into(),
+                });
+            }
+            hv.pause = on;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn continue_switchover(&self) -> Result<(), VmError> {
+        let side = self.side;
+        self.call("continue_switchover", |w| {
+            let hv = w.hv(side);
+            let plugged = !hv.devices.is_empty();
+            let Some(m) = hv
+                .migration
+                .as_mut()
+                .filter(|m| m.state == MigrationState::PreSwitchover)
+            else {
+                return Err(VmError::Refused {
+                    request: "migrate-continue".into(),
+                    error: "Migration not in expected state".into(),
+                });
+            };
+            m.state = MigrationState::Device;
+            m.continued = true;
+            hv.continues.push(plugged);
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -714,7 +814,15 @@ impl FakeGuest {
             tokio::time::sleep(deadline.saturating_sub(GUEST_LATENCY)).await;
             return Err(silent);
         }
-        answer.map_err(|message| GuestError::Refused { request: what, message })
+        answer.map_err(|message| GuestError::Refused {
+            request: what,
+            code: if message == NO_SUCH_INTERFACE {
+                ErrorCode::NoSuchInterface
+            } else {
+                ErrorCode::Internal
+            },
+            message,
+        })
     }
 }
 

@@ -153,6 +153,7 @@ fn assert_as_before(world: &Shared, vfs: usize, what: &str) {
         w.tracking
     );
     assert_eq!(w.src.params, Some(ORIGINAL), "{what}: migration parameters");
+    assert!(!w.src.pause, "{what}: pause-before-switchover left on");
     let running = w.src.migration.as_ref().is_some_and(|m| !m.state.is_finished());
     assert!(!running, "{what}: a migration still runs");
     assert!(!w.journal.exists(), "{what}: the journal was left behind");
@@ -181,6 +182,9 @@ fn assert_migrated(world: &Shared, vfs: usize, what: &str) {
         w.saved
     );
     assert!(!w.journal.exists(), "{what}: the journal was left behind");
+    assert!(!w.src.pause, "{what}: pause-before-switchover left on");
+    // The gate let the migration go on once, with no VF in the VM.
+    assert_eq!(w.src.continues, [false], "{what}: migrate-continue");
 }
 
 #[tokio::test(start_paused = true)]
@@ -205,6 +209,15 @@ async fn two_vfs_migrate_and_are_restored_onto_fresh_vfs() {
         assert_eq!(order.iter().filter(|&&p| p == Phase::StateSaved).count(), 2);
         assert!(order.iter().rposition(|&p| p == Phase::StateSaved) < Some(at(Phase::UnplugRequested)));
         assert!(at(Phase::Unplugged) < at(Phase::HookDisabled) && at(Phase::HookDisabled) < at(Phase::Released));
+        assert!(
+            at(Phase::Released) < at(Phase::SwitchoverAllowed) && at(Phase::SwitchoverAllowed) < at(Phase::Completed)
+        );
+        let allowed = timeline.step(Phase::SwitchoverAllowed).expect("the gate");
+        assert!(
+            allowed.detail.starts_with("VF vf, vf2 not in the VM"),
+            "{}",
+            allowed.detail
+        );
         assert_eq!(order.iter().filter(|&&p| p == Phase::Restored).count(), 2);
         assert_eq!(order.contains(&Phase::StandbyActive), standby, "{}", timeline.table());
         let w = world.borrow();
@@ -259,6 +272,110 @@ async fn a_silent_agent_is_refused_or_unplugged_first_as_the_policy_says() {
     let w = world.borrow();
     assert_eq!(w.guest_side, Side::Destination);
     assert!(w.src.devices.is_empty(), "both VFs were unplugged before pre-copy");
+    // The gate applies to the unplug-first path too, and passes.
+    assert_eq!(w.src.continues, [false], "migrate-continue once, no VF in the VM");
+    assert!(!w.src.pause, "pause-before-switchover put back");
+    assert!(
+        timeline.step(Phase::SwitchoverAllowed).is_some(),
+        "{}",
+        timeline.table()
+    );
+}
+
+/// QEMU reaches its switch-over while pre-copy is held with the VFs plugged: it pauses, vfmig
+/// finds them in the VM, cancels there and gives the run up with the VFs kept, saying why.
+#[tokio::test(start_paused = true)]
+async fn a_vf_still_plugged_at_switchover_stops_the_migration_there() {
+    for at in ["precopy", "held", "unplugging"] {
+        let dir = Scratch::new(&format!("gate-{at}"));
+        let world = World::new(2, true, false, dir.journal());
+        world.borrow_mut().fault = Some((Fault::EarlySwitchover, at));
+        let mut timeline = Timeline::new();
+        let end = migrate(&world, &plan(2, dir.journal(), Fallback::Refuse), &mut timeline).await;
+        let End::Exit(1, message) = end else {
+            panic!("{at}: {end:?}\n{}", timeline.table())
+        };
+        assert!(message.contains("still plugged at switchover"), "{at}: {message}");
+        assert_as_before(&world, 2, &format!("plugged at switchover, {at}"));
+        let w = world.borrow();
+        assert!(w.src.continues.is_empty(), "{at}: migrate-continue with a VF plugged");
+        assert_eq!(
+            w.src.migration.as_ref().map(|m| m.state),
+            Some(vfmig_host::vm::MigrationState::Cancelled),
+            "{at}"
+        );
+        assert!(
+            timeline.step(Phase::SwitchoverAllowed).is_none(),
+            "{}",
+            timeline.table()
+        );
+    }
+}
+
+/// A hypervisor without a pause vfmig can hold (libvirt) migrates as before: nothing set,
+/// nothing continued, the hold alone keeps the switch-over after the unplug.
+#[tokio::test(start_paused = true)]
+async fn without_a_gate_the_migration_runs_as_before() {
+    let dir = Scratch::new("no-gate");
+    let world = World::new(2, true, false, dir.journal());
+    world.borrow_mut().no_gate = true;
+    let mut timeline = Timeline::new();
+    let end = migrate(&world, &plan(2, dir.journal(), Fallback::Refuse), &mut timeline).await;
+    assert_eq!(end, End::Exit(0, "restored".into()), "{}", timeline.table());
+    let w = world.borrow();
+    assert_eq!(w.guest_side, Side::Destination);
+    assert!(w.src.continues.is_empty() && !w.src.pause);
+    assert!(!w.calls.iter().any(|c| c == "set_switchover_gate"), "{:?}", w.calls);
+    assert!(
+        timeline.step(Phase::SwitchoverAllowed).is_none(),
+        "{}",
+        timeline.table()
+    );
+}
+
+/// vfmig-host killed while QEMU sits paused before its switch-over, and run again: with the
+/// VFs gone the run taken up lets it go on; with a VF still plugged it cancels, without
+/// asking the stopped guest anything first.
+#[tokio::test(start_paused = true)]
+async fn a_run_taken_up_at_the_pause_goes_on_or_gives_up_as_the_vfs_say() {
+    let dir = Scratch::new("gate-resumed");
+    let world = World::new(2, true, false, dir.journal());
+    world.borrow_mut().kill_at_pause = true;
+    let plan = plan(2, dir.journal(), Fallback::Refuse);
+    let mut timeline = Timeline::new();
+    assert_eq!(migrate(&world, &plan, &mut timeline).await, End::Killed);
+    assert_eq!(world.borrow().journal_state().as_deref(), Some("completing"));
+    world.borrow_mut().host_killed = false;
+    let end = migrate(&world, &plan, &mut timeline).await;
+    assert_eq!(end, End::Exit(0, "restored".into()), "{}", timeline.table());
+    assert!(timeline.step(Phase::Resumed).is_some());
+    assert_migrated(&world, 2, "taken up at the pause");
+
+    let dir = Scratch::new("gate-resumed-plugged");
+    let world = World::new(2, true, false, dir.journal());
+    world.borrow_mut().kill_at_pause = true;
+    world.borrow_mut().fault = Some((Fault::EarlySwitchover, "held"));
+    let plan = self::plan(2, dir.journal(), Fallback::Refuse);
+    let mut timeline = Timeline::new();
+    assert_eq!(migrate(&world, &plan, &mut timeline).await, End::Killed);
+    assert_eq!(world.borrow().journal_state().as_deref(), Some("held"));
+    world.borrow_mut().host_killed = false;
+    let asked = world.borrow().calls.len();
+    let end = migrate(&world, &plan, &mut timeline).await;
+    let End::Exit(1, message) = end else {
+        panic!("{end:?}\n{}", timeline.table())
+    };
+    assert!(message.contains("still plugged at switchover"), "{message}");
+    assert_as_before(&world, 2, "taken up at the pause, VFs plugged");
+    let w = world.borrow();
+    assert!(w.src.continues.is_empty());
+    let cancelled = w.calls[asked..].iter().position(|c| c == "cancel_migration");
+    let tracked = w.calls[asked..].iter().position(|c| c == "track_dma");
+    assert!(
+        cancelled.is_some() && tracked.is_none_or(|t| Some(t) > cancelled),
+        "{:?}",
+        &w.calls[asked..]
+    );
 }
 
 /// A VF the guest never releases: the migration is given up, the other VF is plugged back,
@@ -280,6 +397,37 @@ async fn one_vf_that_does_not_unplug_keeps_both_on_the_source() {
         );
         assert_as_before(&world, 2, "one VF stuck");
     }
+}
+
+/// A guest whose eject outlasts the unplug deadline and the grace after it: its driver let the
+/// VFs go at once, so the give-back waits for them to leave, plugs them back, and the guest
+/// takes its state back onto them; the whole within the deadlines.
+#[tokio::test(start_paused = true)]
+async fn a_slow_eject_is_waited_for_and_the_vfs_plugged_back() {
+    let dir = Scratch::new("slow-eject");
+    let world = World::new(2, true, false, dir.journal());
+    let d = Deadlines::default();
+    // Past the unplug deadline and the 10 s grace, within the give-back deadline.
+    world.borrow_mut().src.slow_eject = Some(d.unplug + Duration::from_secs(15));
+    let mut timeline = Timeline::new();
+    let started = Instant::now();
+    let end = migrate(&world, &plan(2, dir.journal(), Fallback::Refuse), &mut timeline).await;
+    let End::Exit(1, message) = end else {
+        panic!("{end:?}\n{}", timeline.table())
+    };
+    assert!(message.contains("was not released within"), "{message}");
+    let back = timeline.step(Phase::RolledBack).expect("given back");
+    // vf outlasts the grace; vf2's eject, as slow, ends while vf's grace runs.
+    for want in [
+        "vf went once the guest had let it go; vf plugged back",
+        "vf2 plugged back",
+        "the guest put eth0 back on vf",
+        "the guest put eth1 back on vf2",
+    ] {
+        assert!(back.detail.contains(want), "{want}: {}", back.detail);
+    }
+    assert_as_before(&world, 2, "slow eject");
+    assert!(started.elapsed() < d.agent + d.prepare + d.unplug + d.giveback + Duration::from_secs(10));
 }
 
 /// What each fault at each state must end in.
@@ -305,6 +453,10 @@ fn expected(at: &str, fault: Fault) -> Expect {
         Fault::AgentKilled if after_unplug => Expect::Migrated,
         Fault::AgentKilled => Expect::Back,
         Fault::HostKilled => Expect::Migrated,
+        // Paused before its switch-over with a VF plugged, the migration is cancelled there;
+        // once the VFs are gone the gate lets it go on.
+        Fault::EarlySwitchover if matches!(at, "releasing" | "completing") => Expect::Migrated,
+        Fault::EarlySwitchover => Expect::Back,
     }
 }
 
@@ -386,6 +538,7 @@ async fn a_fault_at_every_state_ends_migrated_or_with_the_vm_as_before() {
         Fault::DestinationKilled,
         Fault::OperatorCancel,
         Fault::HostKilled,
+        Fault::EarlySwitchover,
     ];
     let mut table = Vec::new();
     for fault in faults {
@@ -396,7 +549,7 @@ async fn a_fault_at_every_state_ends_migrated_or_with_the_vm_as_before() {
         }
     }
     println!("{}", table.join("\n"));
-    assert_eq!(table.len(), 84);
+    assert_eq!(table.len(), 98);
 }
 
 /// The operator's cancel carries its reason into the message, and a migration that fails

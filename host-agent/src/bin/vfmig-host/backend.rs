@@ -173,4 +173,13 @@ impl Vm for AnyVm<'_> {
     async fn failover_pair(&self, id: &str) -> Result<Option<String>, VmError> {
         either!(self, v => v.failover_pair(id).await)
     }
+    async fn switchover_gate(&self) -> Result<Option<bool>, VmError> {
+        either!(self, v => v.switchover_gate().await)
+    }
+    async fn set_switchover_gate(&self, on: bool) -> Result<(), VmError> {
+        either!(self, v => v.set_switchover_gate(on).await)
+    }
+    async fn continue_switchover(&self) -> Result<(), VmError> {
+        either!(self, v => v.continue_switchover().await)
+    }
 }

@@ -140,6 +140,29 @@ pub fn verdict(v: &Verdict, as_json: bool) -> Result<ExitCode> {
     })
 }
 
+/// What a compatible verdict does not say: the VF can move, but only vfmig moves it safely.
+/// QEMU raises no migration blocker for a vfio-pci VF with `failover_pair_id` (vfmig's set-up)
+/// and, if nobody unplugs it, completes the migration without its state.
+const PLAIN_MIGRATION: &str = "a plain migration (QEMU's migrate, or libvirt's) of a VM whose VF has \
+     failover_pair_id set completes without the VF's state, silently: use vfmig-host migrate";
+
+/// `check`'s verdict, with the warning above when compatible: on standard error beside the
+/// text, as a field of the JSON.
+fn checked(v: &Verdict, as_json: bool) -> Result<ExitCode> {
+    if !v.compatible {
+        return verdict(v, as_json);
+    }
+    if as_json {
+        let mut value = serde_json::to_value(v)?;
+        value["warning"] = PLAIN_MIGRATION.into();
+        println!("{}", json(&value)?);
+    } else {
+        println!("{v}");
+        eprintln!("warning: {PLAIN_MIGRATION}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(command: SriovCommand) -> Result<ExitCode> {
     let handle = sriov::connect()?;
     match command {
@@ -156,7 +179,7 @@ pub async fn run(command: SriovCommand) -> Result<ExitCode> {
                 (None, Some(pf)) => sriov::offer(&handle, pf, args.policy.policy()).await?,
                 (None, None) => unreachable!("clap requires --offer or --pf"),
             };
-            return verdict(&check(&source, &offer), args.json);
+            return checked(&check(&source, &offer), args.json);
         }
         SriovCommand::Provision {
             pf,

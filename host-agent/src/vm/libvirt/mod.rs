@@ -40,6 +40,14 @@ use passthrough::Passthrough;
 /// definition (measured: about 0.1 s after a migration job ends).
 const DEFINITION_WAIT: Duration = Duration::from_secs(5);
 
+/// The switch-over pause is libvirt's own (see [`LibvirtVm::switchover_gate`]).
+fn gate_is_libvirts() -> VmError {
+    VmError::Refused {
+        request: "pause-before-switchover".into(),
+        error: "libvirt pauses and continues its migration before switch-over itself".into(),
+    }
+}
+
 /// Errors that mean the connection to libvirtd is gone, not that libvirt refused.
 fn lost(e: &LibvirtError) -> bool {
     matches!(
@@ -332,5 +340,25 @@ impl Vm for LibvirtVm {
 
     async fn failover_pair(&self, id: &str) -> Result<Option<String>, VmError> {
         self.qemu.failover_pair(id).await
+    }
+
+    /// No gate vfmig can hold: libvirt turns `pause-before-switchover` on for every migration
+    /// it runs (its always-on source capabilities, applied as its job starts, over anything set
+    /// through the passthrough) and issues `migrate-continue` itself once its own pre-switchover
+    /// work is done; its API offers no pause there. Nor does libvirt refuse the VF itself: its
+    /// "cannot migrate a domain with <interface type='hostdev'>" check is the fallback for a
+    /// QEMU that cannot report migration blockers, and QEMU reports none for a vfio-pci VF with
+    /// `failover_pair_id`. What guards a libvirt migration is the hold, and the destination
+    /// hook refusing a migration vfmig did not start (docs/libvirt.md).
+    async fn switchover_gate(&self) -> Result<Option<bool>, VmError> {
+        Ok(None)
+    }
+
+    async fn set_switchover_gate(&self, _on: bool) -> Result<(), VmError> {
+        Err(gate_is_libvirts())
+    }
+
+    async fn continue_switchover(&self) -> Result<(), VmError> {
+        Err(gate_is_libvirts())
     }
 }
