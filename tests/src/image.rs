@@ -106,6 +106,24 @@ pub fn debian_image_of(flavour: DebianFlavour) -> Result<&'static GuestImage, St
         .map_err(Clone::clone)
 }
 
+/// The nested bed's host (images/build-nested): the test guest with this machine's QEMU in
+/// its initramfs and, under /nested, the test guest again as the nested guest. Built once per
+/// test process.
+pub fn nested_image() -> Result<&'static GuestImage, String> {
+    static IMAGE: OnceLock<Result<GuestImage, String>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let dir = run("images/build-nested", &[], &mut |_| {})?;
+            Ok(GuestImage {
+                kernel: dir.join("vmlinuz"),
+                initramfs: dir.join("initramfs.gz"),
+                disk: None,
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 fn build(show: &mut dyn FnMut(&str)) -> Result<GuestImage, String> {
     let dir = run("images/build", &[], show)?;
     Ok(GuestImage {

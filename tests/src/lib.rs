@@ -19,6 +19,7 @@ pub mod hook;
 pub mod host_cli;
 pub mod image;
 pub mod libvirt;
+pub mod nested;
 pub mod netns;
 pub mod probe;
 pub mod proxy;
