@@ -112,15 +112,9 @@ impl Ifupdown {
     /// Writes ifupdown's record that `name` is up as `logical`, as `ifup` writes it: the
     /// per-interface file and the line in the combined one.
     fn write_record(&self, name: &str, logical: &str) -> Result<(), IfupdownError> {
-        let io = |path: PathBuf| move |error| IfupdownError::Io { path, error };
         let record = self.record(name);
-        std::fs::write(&record, format!("{logical}\n")).map_err(io(record.clone()))?;
-        let all = self.state_dir.join("ifstate");
-        let text = std::fs::read_to_string(&all).unwrap_or_default();
-        let mut lines: Vec<&str> = text.lines().filter(|l| l.split('=').next() != Some(name)).collect();
-        let line = format!("{name}={logical}");
-        lines.push(&line);
-        std::fs::write(&all, lines.join("\n") + "\n").map_err(io(all.clone()))
+        std::fs::write(&record, format!("{logical}\n")).map_err(|error| IfupdownError::Io { path: record, error })?;
+        self.rewrite_ifstate(name, Some(logical))
     }
 
     /// Forgets a record whose dhclient is gone, so that `ifup` runs the stanza again.
@@ -132,14 +126,21 @@ impl Ifupdown {
             }
             _ => {}
         }
+        self.rewrite_ifstate(name, None)
+    }
+
+    /// ifupdown's combined `ifstate` file with `name`'s line dropped, and `name=logical`
+    /// added when given.
+    fn rewrite_ifstate(&self, name: &str, logical: Option<&str>) -> Result<(), IfupdownError> {
         let all = self.state_dir.join("ifstate");
         let text = std::fs::read_to_string(&all).unwrap_or_default();
-        let kept: Vec<&str> = text.lines().filter(|l| l.split('=').next() != Some(name)).collect();
-        let out = if kept.is_empty() {
-            String::new()
-        } else {
-            kept.join("\n") + "\n"
-        };
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.split('=').next() != Some(name))
+            .map(str::to_owned)
+            .collect();
+        lines.extend(logical.map(|logical| format!("{name}={logical}")));
+        let out: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&all, out).map_err(|error| IfupdownError::Io { path: all, error })
     }
 }
@@ -252,5 +253,37 @@ impl NicOwner for Ifupdown {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records as `ifup` and `ifdown` leave them: the other interfaces' lines kept.
+    #[test]
+    fn records_are_written_and_forgotten_as_ifupdown_does() {
+        let dir = std::env::temp_dir().join(format!("vfmig-ifstate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        let ifupdown = Ifupdown {
+            state_dir: dir.clone(),
+            pid_dir: dir.clone(),
+        };
+        let all = dir.join("ifstate");
+        let read = |path: &PathBuf| std::fs::read_to_string(path).expect("readable");
+        std::fs::write(&all, "lo=lo\neth0=old\n").expect("writable");
+
+        ifupdown.write_record("eth0", "eth0").expect("written");
+        assert_eq!(read(&all), "lo=lo\neth0=eth0\n");
+        assert_eq!(read(&dir.join("ifstate.eth0")), "eth0\n");
+
+        ifupdown.forget_record("eth0").expect("forgotten");
+        assert_eq!(read(&all), "lo=lo\n");
+        assert!(!dir.join("ifstate.eth0").exists());
+        ifupdown.forget_record("eth0").expect("forgetting twice is no error");
+
+        ifupdown.forget_record("lo").expect("forgotten");
+        assert_eq!(read(&all), "");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
