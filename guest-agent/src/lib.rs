@@ -18,6 +18,7 @@ pub mod channel;
 pub mod dbus;
 pub mod dma_hook;
 pub mod events;
+mod handback;
 pub mod netstate;
 pub mod owner;
 pub mod pending;
