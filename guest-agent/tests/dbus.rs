@@ -22,6 +22,9 @@ use vfmig_testbed::dbus_daemon::DbusDaemon;
 use vfmig_testbed::netns::{enter_fresh, ip_batch};
 use vfmig_testbed::vm::ScratchDir;
 
+mod common;
+use common::{by_name, prepare_unplug};
+
 const FIXTURE: &str = "link add vfa0 address 02:00:00:00:0a:01 type veth peer name vfa0p
 link set vfa0p up
 link set vfa0 up
@@ -105,15 +108,7 @@ async fn the_service_shows_what_the_agent_saved_and_restored_and_signals_each() 
     let mut restored_signals = guest.receive_state_restored().await.unwrap();
 
     let replies = agent
-        .handle(HostMessage::PrepareUnplug(PrepareUnplug {
-            interface: InterfaceSelector {
-                name: Some("vfa0".into()),
-                ..Default::default()
-            },
-            deadline_ms: 5000,
-            standby: StandbyRequest::Off,
-            accept_loss: false,
-        }))
+        .handle(prepare_unplug(by_name("vfa0"), StandbyRequest::Off, false))
         .await;
     let GuestMessage::StateSaved(told_host) = &replies[0] else {
         panic!("{replies:?}")

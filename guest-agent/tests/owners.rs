@@ -19,6 +19,9 @@ use vfmig_protocol::message::*;
 use vfmig_protocol::ErrorCode;
 use vfmig_testbed::netns::{enter_fresh, ip_batch};
 
+mod common;
+use common::{by_name, prepare_unplug};
+
 const FIXTURE: &str = "link add vfa0 address 02:00:00:00:0a:01 type veth peer name vfa0p
 link set vfa0p up
 link set vfa0 up
@@ -97,15 +100,7 @@ fn agent_with(handle: &rtnetlink::Handle, store: &std::path::Path, owner: StandI
 }
 
 fn prepare() -> HostMessage {
-    HostMessage::PrepareUnplug(PrepareUnplug {
-        interface: InterfaceSelector {
-            name: Some("vfa0".into()),
-            ..Default::default()
-        },
-        deadline_ms: 5000,
-        standby: StandbyRequest::Off,
-        accept_loss: false,
-    })
+    prepare_unplug(by_name("vfa0"), StandbyRequest::Off, false)
 }
 
 fn store(name: &str) -> std::path::PathBuf {

@@ -17,6 +17,9 @@ use vfmig_protocol::request::{Progress, RequestTracker};
 use vfmig_protocol::{ErrorCode, MacAddr};
 use vfmig_testbed::netns::{enter_fresh, ip_batch};
 
+mod common;
+use common::{by_name, prepare_unplug};
+
 struct Host {
     stream: UnixStream,
     decoder: Decoder,
@@ -108,13 +111,7 @@ async fn a_link_with_a_saved_mac_is_restored_without_the_host() {
         name: Some("vfa0".into()),
         ..Default::default()
     };
-    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
-        interface: by_name,
-        deadline_ms: 5000,
-        standby: StandbyRequest::Off,
-        accept_loss: false,
-    }))
-    .await;
+    host.send(prepare_unplug(by_name, StandbyRequest::Off, false)).await;
     host.reply().await;
     host.reply().await;
     let before = capture(&handle, "vfa0").await.unwrap().state;
@@ -171,14 +168,7 @@ async fn hello_prepare_unplug_and_restore_over_a_stream() {
         name: Some("vfa0".into()),
         ..Default::default()
     };
-    let id = host
-        .send(HostMessage::PrepareUnplug(PrepareUnplug {
-            interface: by_name,
-            deadline_ms: 5000,
-            standby: StandbyRequest::Off,
-            accept_loss: false,
-        }))
-        .await;
+    let id = host.send(prepare_unplug(by_name, StandbyRequest::Off, false)).await;
     let (saved, progress) = host.reply().await;
     assert_eq!((saved.id, progress), (id, Progress::Interim));
     let GuestMessage::StateSaved(s) = saved.msg else {
@@ -275,12 +265,11 @@ async fn a_standby_carries_the_vfs_state_through_the_gap_and_gives_it_back() {
         ..Default::default()
     };
     let before = capture(&handle, "vfa0").await.unwrap().state;
-    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
-        interface: by_name("vfa0"),
-        deadline_ms: 5000,
-        standby: StandbyRequest::Use(by_name("sb0")),
-        accept_loss: false,
-    }))
+    host.send(prepare_unplug(
+        by_name("vfa0"),
+        StandbyRequest::Use(by_name("sb0")),
+        false,
+    ))
     .await;
     let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
         panic!("not saved")
@@ -354,12 +343,11 @@ async fn a_named_standby_that_is_missing_or_down_is_refused_and_auto_goes_withou
     };
     let before = capture(&handle, "vfa0").await.unwrap().state;
     for (standby, why) in [("nope0", "no interface"), ("sb0", "no carrier")] {
-        host.send(HostMessage::PrepareUnplug(PrepareUnplug {
-            interface: by_name("vfa0"),
-            deadline_ms: 5000,
-            standby: StandbyRequest::Use(by_name(standby)),
-            accept_loss: false,
-        }))
+        host.send(prepare_unplug(
+            by_name("vfa0"),
+            StandbyRequest::Use(by_name(standby)),
+            false,
+        ))
         .await;
         let GuestMessage::Error(e) = host.reply().await.0.msg else {
             panic!("{standby}: not refused")
@@ -376,13 +364,8 @@ async fn a_named_standby_that_is_missing_or_down_is_refused_and_auto_goes_withou
     }
     // sb0 is the guest's configured standby, but its peer is down, so it has no carrier: the
     // automatic choice passes it over.
-    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
-        interface: by_name("vfa0"),
-        deadline_ms: 5000,
-        standby: StandbyRequest::Auto,
-        accept_loss: false,
-    }))
-    .await;
+    host.send(prepare_unplug(by_name("vfa0"), StandbyRequest::Auto, false))
+        .await;
     let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
         panic!("not saved")
     };
@@ -416,16 +399,8 @@ async fn a_vf_enslaved_to_a_master_is_left_alone() {
         Some("sb0"),
         "the hello names the standby"
     );
-    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
-        interface: InterfaceSelector {
-            name: Some("vfa0".into()),
-            ..Default::default()
-        },
-        deadline_ms: 5000,
-        standby: StandbyRequest::Auto,
-        accept_loss: false,
-    }))
-    .await;
+    host.send(prepare_unplug(by_name("vfa0"), StandbyRequest::Auto, false))
+        .await;
     let GuestMessage::StateSaved(s) = host.reply().await.0.msg else {
         panic!("not saved")
     };
@@ -452,12 +427,11 @@ route add 192.0.2.0/24 nexthop via 198.18.10.1 dev vfa0 nexthop via 198.18.20.1 
     let handle = connect().unwrap();
     let store = std::env::temp_dir().join(format!("vfmig-session-leg-{}", std::process::id()));
     let mut host = start_agent_with(&handle, &store, StandbyConfig::Named("sb0".into())).await;
-    host.send(HostMessage::PrepareUnplug(PrepareUnplug {
-        interface: by_name("vfa0"),
-        deadline_ms: 5000,
-        standby: StandbyRequest::Use(by_name("sb0")),
-        accept_loss: false,
-    }))
+    host.send(prepare_unplug(
+        by_name("vfa0"),
+        StandbyRequest::Use(by_name("sb0")),
+        false,
+    ))
     .await;
     let GuestMessage::Error(e) = host.reply().await.0.msg else {
         panic!("a named standby that is a leg was not refused")
@@ -477,23 +451,10 @@ route add 192.0.2.0/24 nexthop via 198.18.10.1 dev vfa0 nexthop via 198.18.20.1 
     std::fs::remove_dir_all(store).unwrap();
 }
 
-fn by_name(name: &str) -> InterfaceSelector {
-    InterfaceSelector {
-        name: Some(name.into()),
-        ..Default::default()
-    }
-}
-
 impl Host {
     /// Saves `vfa0`'s state (moving it to `standby` as asked); what the agent reported.
     async fn save(&mut self, standby: StandbyRequest) -> StateSaved {
-        self.send(HostMessage::PrepareUnplug(PrepareUnplug {
-            interface: by_name("vfa0"),
-            deadline_ms: 5000,
-            standby,
-            accept_loss: false,
-        }))
-        .await;
+        self.send(prepare_unplug(by_name("vfa0"), standby, false)).await;
         let GuestMessage::StateSaved(s) = self.reply().await.0.msg else {
             panic!("not saved")
         };
@@ -736,13 +697,8 @@ async fn fresh_vfs_that_arrive_with_each_others_names_get_their_own() {
     let mut before = Vec::new();
     for name in ["vfa0", "vfb0"] {
         before.push(capture(&handle, name).await.unwrap().state);
-        host.send(HostMessage::PrepareUnplug(PrepareUnplug {
-            interface: by_name(name),
-            deadline_ms: 5000,
-            standby: StandbyRequest::Off,
-            accept_loss: false,
-        }))
-        .await;
+        host.send(prepare_unplug(by_name(name), StandbyRequest::Off, false))
+            .await;
         host.reply().await;
         host.reply().await;
     }
@@ -787,14 +743,7 @@ async fn a_state_restore_cannot_put_back_is_refused_with_nothing_saved_unless_th
     let store = std::env::temp_dir().join(format!("vfmig-session-unrestorable-{}", std::process::id()));
     let mut host = start_agent(&handle, &store).await;
     let before = capture(&handle, "vfa0").await.unwrap().state;
-    let ask = |accept_loss| {
-        HostMessage::PrepareUnplug(PrepareUnplug {
-            interface: by_name("vfa0"),
-            deadline_ms: 5000,
-            standby: StandbyRequest::Off,
-            accept_loss,
-        })
-    };
+    let ask = |accept_loss| prepare_unplug(by_name("vfa0"), StandbyRequest::Off, accept_loss);
     host.send(ask(false)).await;
     let GuestMessage::Error(e) = host.reply().await.0.msg else {
         panic!("not refused")
@@ -834,12 +783,7 @@ async fn a_link_the_host_restored_onto_is_not_restored_again_when_its_appearance
     let mut agent = Agent::new(handle.clone(), store.clone(), DmaHook::default(), StandbyConfig::Off);
     let mut events = agent.events();
     let saved = agent
-        .handle(HostMessage::PrepareUnplug(PrepareUnplug {
-            interface: by_name("vfa0"),
-            deadline_ms: 5000,
-            standby: StandbyRequest::Off,
-            accept_loss: false,
-        }))
+        .handle(prepare_unplug(by_name("vfa0"), StandbyRequest::Off, false))
         .await;
     assert!(matches!(saved[0], GuestMessage::StateSaved(_)), "{saved:?}");
     // The fresh VF: the saved MAC, another index.

@@ -1,5 +1,5 @@
-//! What the capture-and-restore test files share: comparing a restored state with the saved
-//! one, and a trip through the sealed document as the agent persists it.
+//! What the guest agent's test files share: comparing a restored state with the saved one, a
+//! trip through the sealed document as the agent persists it, and the host's requests.
 
 // Each test file uses a part of this.
 #![allow(dead_code)]
@@ -7,8 +7,27 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vfmig_guest::netstate::RestoreReport;
+use vfmig_protocol::message::{HostMessage, InterfaceSelector, PrepareUnplug, StandbyRequest};
 use vfmig_protocol::netstate::{self, InterfaceState, SavedState};
 use vfmig_protocol::MacAddr;
+
+/// An interface as the host names it.
+pub fn by_name(name: &str) -> InterfaceSelector {
+    InterfaceSelector {
+        name: Some(name.into()),
+        ..Default::default()
+    }
+}
+
+/// The host's prepare-unplug, with the unplug due within 5 s.
+pub fn prepare_unplug(interface: InterfaceSelector, standby: StandbyRequest, accept_loss: bool) -> HostMessage {
+    HostMessage::PrepareUnplug(PrepareUnplug {
+        interface,
+        deadline_ms: 5000,
+        standby,
+        accept_loss,
+    })
+}
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
