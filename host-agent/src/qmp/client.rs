@@ -16,7 +16,7 @@ use futures::{SinkExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
@@ -78,16 +78,11 @@ impl Qmp {
     pub async fn connect(path: &Path) -> Result<Self, QmpError> {
         let (read, write) = UnixStream::connect(path).await?.into_split();
         let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_LINE));
-        let greeting = tokio::time::timeout(COMMAND_DEADLINE, lines.next())
+        tokio::time::timeout(COMMAND_DEADLINE, greeting(&mut lines))
             .await
             .map_err(|_| QmpError::Timeout {
                 command: "greeting".into(),
-            })?
-            .ok_or(QmpError::Closed)?
-            .map_err(|e| QmpError::Protocol(e.to_string()))?;
-        if !greeting.contains("\"QMP\"") {
-            return Err(QmpError::Protocol(format!("unexpected greeting {greeting:.200}")));
-        }
+            })??;
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let (events, _) = broadcast::channel(256);
@@ -157,8 +152,34 @@ impl Qmp {
     }
 }
 
+/// Reads up to the greeting, passing over the events before it.
+///
+/// QEMU should send nothing before its greeting, but QEMU 10.0 can: a monitor stays out of
+/// negotiation mode from its previous client's close until the next client's open has been
+/// handled, and an event emitted then goes to the new client first (seen: a `RESUME` ahead of
+/// the greeting, when vfmig-host ran again on a destination the run it replaced had been
+/// connected to; fixed in QEMU by "monitor/qmp: … negotiation phase" on close). Such an event
+/// is from before this connection, which no one here can be waiting for.
+async fn greeting(lines: &mut FramedRead<OwnedReadHalf, LinesCodec>) -> Result<(), QmpError> {
+    loop {
+        let line = lines
+            .next()
+            .await
+            .ok_or(QmpError::Closed)?
+            .map_err(|e| QmpError::Protocol(e.to_string()))?;
+        let message: Option<Value> = serde_json::from_str(&line).ok();
+        match message {
+            Some(m) if m.get("QMP").is_some() => return Ok(()),
+            Some(m) if m.get("event").is_some() => {
+                tracing::debug!(line = %format_args!("{line:.200}"), "QMP event ahead of the greeting, passed over");
+            }
+            _ => return Err(QmpError::Protocol(format!("unexpected greeting {line:.200}"))),
+        }
+    }
+}
+
 async fn read_loop(
-    mut lines: FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
+    mut lines: FramedRead<OwnedReadHalf, LinesCodec>,
     pending: Pending,
     closed: Arc<AtomicBool>,
     events: broadcast::Sender<Event>,
@@ -193,4 +214,58 @@ async fn read_loop(
     // Dropping the senders wakes every waiter with "closed".
     closed.store(true, Ordering::SeqCst);
     pending.lock().expect("pending map poisoned").clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    const GREETING: &str = r#"{"QMP": {"version": {}, "capabilities": []}}"#;
+
+    /// A monitor that sends `first`, then answers `qmp_capabilities` and `query-status`.
+    async fn monitor(name: &str, first: &'static [&'static str]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("vfmig-qmp-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("a socket in the temporary directory");
+        tokio::spawn(async move {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (read, mut write) = stream.into_split();
+            for line in first {
+                let _ = write.write_all(format!("{line}\n").as_bytes()).await;
+            }
+            let mut requests = BufReader::new(read).lines();
+            while let Ok(Some(request)) = requests.next_line().await {
+                let request: Value = serde_json::from_str(&request).expect("the client sends JSON");
+                let answer = json!({ "return": { "status": "running" }, "id": request["id"] });
+                let _ = write.write_all(format!("{answer}\n").as_bytes()).await;
+            }
+        });
+        path
+    }
+
+    /// What QEMU 10.0 can send a client that connects just after another left: an event of
+    /// the previous connection ahead of the greeting.
+    #[tokio::test]
+    async fn events_ahead_of_the_greeting_are_passed_over() {
+        let path = monitor("early-event", &[r#"{"event": "RESUME", "timestamp": {}}"#, GREETING]).await;
+        let qmp = Qmp::connect(&path).await.expect("connected past the early event");
+        let status = qmp.execute("query-status", None).await.expect("answered");
+        assert_eq!(status["status"], "running");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_greet_is_refused() {
+        let path = monitor("no-greeting", &[r#"{"return": {}}"#]).await;
+        match Qmp::connect(&path).await {
+            Err(QmpError::Protocol(e)) => assert!(e.starts_with("unexpected greeting"), "{e}"),
+            other => panic!("expected a protocol error, got {:?}", other.err()),
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }
