@@ -91,6 +91,20 @@ pub struct Hv {
     pub continues: Vec<bool>,
 }
 
+impl Hv {
+    /// As QEMU: `request` is refused while a migration runs (a second `migrate`, or a
+    /// capability change).
+    fn idle(&self, request: &str) -> Result<(), VmError> {
+        if self.migration.as_ref().is_some_and(|m| !m.state.is_finished()) {
+            return Err(VmError::Refused {
+                request: request.into(),
+                error: "There's a migration process in progress".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A state the guest saved: under the interface's name.
 #[derive(Clone, Debug)]
 pub struct SavedRec {
@@ -585,12 +599,7 @@ impl Vm for FakeVm {
         let side = self.side;
         self.call("start_migration", |w| {
             let hv = w.hv(side);
-            if hv.migration.as_ref().is_some_and(|m| !m.state.is_finished()) {
-                return Err(VmError::Refused {
-                    request: "migrate".into(),
-                    error: "There's a migration process in progress".into(),
-                });
-            }
+            hv.idle("migrate")?;
             hv.migration = Some(Mig {
                 state: MigrationState::Active,
                 remaining: TOTAL,
@@ -741,13 +750,7 @@ impl Vm for FakeVm {
         let side = self.side;
         self.call("set_switchover_gate", |w| {
             let hv = w.hv(side);
-            // As QEMU: capabilities are fixed while a migration runs.
-            if hv.migration.as_ref().is_some_and(|m| !m.state.is_finished()) {
-                return Err(VmError::Refused {
-                    request: "migrate-set-capabilities".into(),
-                    error: "There's a migration process in progress".into(),
-                });
-            }
+            hv.idle("migrate-set-capabilities")?;
             hv.pause = on;
             Ok(())
         })
